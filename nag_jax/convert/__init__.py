@@ -1,0 +1,47 @@
+"""Checkpoint conversion: PyTorch DiT/SiT releases <-> Orbax (and, by others, VAE / Inception).
+
+Python API (torch is imported only by the functions that read or write PyTorch files):
+
+    from nag_jax.convert import load_torch_checkpoint, load_params, save_params
+    params, meta = load_torch_checkpoint("SiT-XL-2-256.pt", "SiT")   # no file written
+    save_params("ckpt/sit", params, meta)                            # Orbax, atomic
+    params, meta = load_params("ckpt/sit")                           # numpy leaves
+    model = create_model_from_metadata(meta, dtype="bfloat16")       # the matching flax module
+
+CLI: ``python -m nag_jax.convert {to-orbax,to-torch,inspect} ...`` (see __main__.py).
+"""
+
+from nag_jax.convert.common import (
+    Architecture,
+    ConversionError,
+    create_model_from_metadata,
+    load_params,
+    read_metadata,
+    save_params,
+)
+
+
+def load_torch_checkpoint(path, family, **kwargs):
+    """See :func:`nag_jax.convert.torch_to_orbax.load_torch_checkpoint`."""
+    from nag_jax.convert.torch_to_orbax import load_torch_checkpoint as _load
+
+    return _load(path, family, **kwargs)
+
+
+def export_torch(src, dest, *, force=False):
+    """See :func:`nag_jax.convert.orbax_to_torch.export`."""
+    from nag_jax.convert.orbax_to_torch import export
+
+    return export(src, dest, force=force)
+
+
+__all__ = [
+    "Architecture",
+    "ConversionError",
+    "create_model_from_metadata",
+    "export_torch",
+    "load_params",
+    "load_torch_checkpoint",
+    "read_metadata",
+    "save_params",
+]

@@ -1,0 +1,105 @@
+"""Shows the tree, shapes, dtypes and parameter count of a checkpoint.
+
+    python -m nag_jax.convert inspect SiT-XL-2-256.pt            # raw or train.py dict
+    python -m nag_jax.convert inspect model.safetensors
+    python -m nag_jax.convert inspect ckpt/sit_xl2_256 [--json]  # Orbax (converted or trained)
+
+PyTorch files are opened with ``weights_only=True, mmap=True`` (nothing is unpickled, nothing
+loaded); Orbax checkpoints are read from their metadata only (no arrays restored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+COMMAND = "inspect"
+HELP = "tree, shapes, dtypes, parameter count of a .pt/.safetensors/Orbax checkpoint"
+
+
+def _flatten_torch(obj, prefix=""):
+    import torch
+
+    out = {}
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = (tuple(obj.shape), str(obj.dtype).replace("torch.", ""))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_flatten_torch(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out.update(_flatten_torch(v, f"{prefix}.{i}" if prefix else str(i)))
+    return out
+
+
+def describe(path: str) -> dict:
+    """-> {"format", "entries": {name: (shape, dtype)}, "num_params", "metadata"}."""
+    from nag_jax.convert import common
+
+    if os.path.isdir(path):
+        import orbax.checkpoint as ocp
+
+        meta = {}
+        try:
+            meta = common.read_metadata(path)
+        except Exception:  # noqa: BLE001 - a plain Orbax checkpoint has no NAG metadata
+            meta = {}
+        item = os.path.join(path, "params") if os.path.isdir(os.path.join(path, "params")) else path
+        try:
+            tree = ocp.StandardCheckpointer().metadata(item)
+            tree = getattr(tree, "item_metadata", tree)
+            tree = getattr(tree, "tree", tree)
+        except Exception as e:  # noqa: BLE001
+            raise common.ConversionError(
+                f"{path} is not a readable Orbax checkpoint ({type(e).__name__}: {e})."
+            ) from None
+        entries = {
+            "/".join(k): (tuple(v.shape), str(v.dtype)) for k, v in common.tree_paths(tree).items()
+        }
+        fmt = "orbax"
+    elif path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="numpy") as f:
+            entries = {}
+            for k in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                sl = f.get_slice(k)
+                entries[k] = (tuple(sl.get_shape()), str(sl.get_dtype()))
+            meta = f.metadata() or {}
+        fmt = "safetensors"
+    else:
+        from nag_jax.convert.torch_to_orbax import _torch_load
+
+        obj = _torch_load(path)
+        entries = _flatten_torch(obj)
+        meta = {}
+        if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
+            meta = {"train_args": {k: repr(v) for k, v in vars(obj["args"]).items()}}
+        fmt = "torch"
+    n = sum(math.prod(s) for s, _ in entries.values())
+    return {"format": fmt, "entries": entries, "num_params": n, "metadata": meta}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help=".pt/.pth, .safetensors or an Orbax checkpoint directory")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.path)
+    if args.json:
+        info = dict(info, entries={k: [list(s), d] for k, (s, d) in info["entries"].items()})
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    width = max((len(k) for k in info["entries"]), default=10)
+    for k, (shape, dtype) in info["entries"].items():
+        print(f"{k:<{width}}  {dtype:<9} {shape}")
+    if info["metadata"]:
+        print("metadata:", json.dumps(info["metadata"], default=str))
+    print(
+        f"{info['format']}: {len(info['entries'])} arrays, {info['num_params']:,} numbers "
+        f"({info['num_params'] * 4 / 2**20:.1f} MiB as float32)"
+    )
+    return 0

@@ -1,0 +1,94 @@
+"""Orbax checkpoint (converted or trained DiT/SiT params) -> PyTorch state dict in the releases'
+key layout (pos_embed included), as .pt (``torch.save`` of the state dict) or .safetensors.
+
+    python -m nag_jax.convert to-torch ckpt/sit_xl2_256 SiT-XL-2-256.pt
+    python -m nag_jax.convert to-torch ckpt/sit_xl2_256 sit.safetensors
+
+The file loads into the releases' ``models.py`` with ``model.load_state_dict(sd)``; a learned
+NAG ``null_noise_token`` (D,) is exported under that key (load it with ``strict=False`` into a
+release model, or into a model that defines the parameter). torch -> orbax -> torch is bit-exact
+for float32 sources. Time conventions do not enter here (weights only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from nag_jax.convert import common
+from nag_jax.convert.common import ConversionError
+
+COMMAND = "to-torch"
+HELP = "Orbax DiT/SiT checkpoint -> PyTorch .pt / .safetensors (releases' keys)"
+
+
+def params_to_state_dict(params, metadata) -> dict[str, np.ndarray]:
+    """Flax params + metadata -> {releases' key: float32 numpy array in torch layout}.
+
+    Strict: every parameter must be used and every key filled (errors name them).
+    """
+    from nag_jax.models.embeddings import get_2d_sincos_pos_embed
+
+    arch = common.Architecture.from_metadata(metadata)
+    leaves = {"/".join(k): v for k, v in common.tree_paths(params).items()}
+    if "null_noise_token" in leaves and not arch.null_noise_token:
+        arch = common.Architecture.from_metadata({**metadata, "null_noise": "learned"})
+    expected = common.torch_shapes(arch)
+    expected.pop("pos_embed")
+    by_flax = {"/".join(common.flax_path(k)): k for k in expected}
+    want = {
+        "/".join(common.flax_path(k)): common.to_flax(k, np.empty(s, np.float32)).shape
+        for k, s in expected.items()
+    }
+    shapes = {k: tuple(np.shape(v)) for k, v in leaves.items()}
+    try:
+        common.check_keys(shapes, want)
+    except ConversionError as e:
+        raise ConversionError(f"params tree does not match metadata {arch}: {e}") from None
+    sd = {"pos_embed": get_2d_sincos_pos_embed(arch.hidden_size, arch.grid)[None]}
+    for fk, tk in by_flax.items():
+        sd[tk] = common.to_torch_layout(tk, np.asarray(leaves[fk], dtype=np.float32))
+    return sd
+
+
+def save_state_dict(sd: dict[str, np.ndarray], dest: str, *, force: bool = False) -> None:
+    """Writes .pt (torch.save of a dict of tensors) or .safetensors, atomically."""
+    if not dest.endswith((".pt", ".pth", ".safetensors")):
+        raise ConversionError(f"destination {dest}: expected a .pt, .pth or .safetensors name.")
+
+    def write(tmp):
+        import torch
+
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+        if dest.endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            save_file(tensors, tmp)
+        else:
+            torch.save(tensors, tmp)
+
+    common.atomic_publish(write, dest, force)
+
+
+def export(src: str, dest: str, *, force: bool = False) -> dict:
+    """Converted Orbax checkpoint at ``src`` -> PyTorch file ``dest``. Returns the metadata."""
+    common.check_destination(os.path.abspath(dest), force)
+    params, meta = common.load_params(src)
+    sd = params_to_state_dict(params, meta)
+    del params
+    save_state_dict(sd, dest, force=force)
+    return meta
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="Orbax checkpoint directory written by to-orbax / save_params")
+    p.add_argument("dest", help="output .pt/.pth or .safetensors (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace dest (after the new is complete)")
+
+
+def run(args: argparse.Namespace) -> int:
+    meta = export(args.src, args.dest, force=args.force)
+    print(f"wrote {os.path.abspath(args.dest)} ({meta.get('model')}, releases' key layout)")
+    return 0
