@@ -1,0 +1,167 @@
+"""Precomputed SD-VAE latents stored as array_record shards: format, writer and reader.
+
+A latents directory holds
+
+    metadata.json                                   (written last; its presence = complete set)
+    latents-00000-of-00008.array_record             (one file per shard)
+    ...
+
+Record layout (one record per example, little endian, no pickling):
+
+    bytes 0..3    label, int32
+    bytes 4..     latents, shape (V, h, w, c) in `dtype`, C order
+
+V = 1 (the image's latent) or 2 (the image's latent, then the latent of the horizontally flipped
+image -- fast-DiT style, so flipping at training time is exact). `dtype` is "float32",
+"float16" (half the space; SD-VAE latents * 0.18215 are O(1), so float16's 3 significant digits are
+ample) or "bfloat16" (via ml_dtypes). Readers always return float32.
+
+metadata.json:
+
+    {"format": "nag_jax.latents.v1", "latent_shape": [h, w, c], "dtype": "float16",
+     "variants": ["image", "hflip"], "scale_factor": 0.18215, "scaled": true, "count": N,
+     "num_classes": 1000, "image_size": 256, "source": "...", "vae": "...",
+     "shards": [{"file": "latents-00000-of-00008.array_record", "count": n0}, ...]}
+
+"scaled" says whether the stored latents are already multiplied by scale_factor (the releases'
+convention: latent = encode(x).sample() * 0.18215; decode(z / 0.18215)). A training pipeline feeds
+stored latents as they are when scaled is true, else multiplies by scale_factor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+FORMAT = "nag_jax.latents.v1"
+METADATA_FILE = "metadata.json"
+SD_VAE_SCALE = 0.18215
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _np_dtype(name: str):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    if name not in _DTYPES:
+        raise ValueError(f"latent dtype {name!r} is not supported: expected one of {_DTYPES}")
+    return np.dtype(name)
+
+
+def shard_filename(shard: int, num_shards: int) -> str:
+    return f"latents-{shard:05d}-of-{num_shards:05d}.array_record"
+
+
+def encode_record(label: int, latents: np.ndarray, dtype: str) -> bytes:
+    """Serialises one example: int32 label + (V, h, w, c) latents in `dtype`."""
+    arr = np.ascontiguousarray(np.asarray(latents, dtype=np.float32).astype(_np_dtype(dtype)))
+    return np.int32(label).astype("<i4").tobytes() + arr.tobytes()
+
+
+def decode_record(record: bytes, latent_shape, num_variants: int, dtype: str):
+    """Inverse of `encode_record` -> (label int32, latents (V, h, w, c) float32)."""
+    label = np.frombuffer(record, dtype="<i4", count=1)[0]
+    lat = np.frombuffer(record, dtype=_np_dtype(dtype), offset=4)
+    return label, lat.reshape((num_variants, *latent_shape)).astype(np.float32)
+
+
+def write_shard(path: str, labels, latents, dtype: str = "float16") -> None:
+    """Writes one shard atomically (tmp file + rename).
+
+    labels: (N,) ints; latents: (N, V, h, w, c) float (V = 1 or 2 variants).
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    labels = np.asarray(labels)
+    latents = np.asarray(latents)
+    if latents.ndim != 5 or latents.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"write_shard expects latents (N, V, h, w, c) and labels (N,), got {latents.shape} "
+            f"and {labels.shape}"
+        )
+    tmp = f"{path}.tmp-{os.getpid()}"
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    try:
+        for y, z in zip(labels, latents):
+            writer.write(encode_record(int(y), z, dtype))
+    finally:
+        writer.close()
+    os.replace(tmp, path)
+
+
+def write_metadata(directory: str, metadata: dict) -> None:
+    """Writes metadata.json atomically; fills "format"."""
+    metadata = {"format": FORMAT, **metadata}
+    path = os.path.join(directory, METADATA_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_metadata(directory: str) -> dict:
+    """Reads and checks metadata.json of a latents directory (clear errors when missing)."""
+    if not directory or not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"latents data_dir {directory!r} does not exist: expected a directory with "
+            f"{METADATA_FILE} and latents-*.array_record shards, written by "
+            "`python -m nag_jax.main --config=... --config.mode=encode_latents` "
+            "(nag_jax.data.encode_latents)"
+        )
+    path = os.path.join(directory, METADATA_FILE)
+    if not os.path.exists(path):
+        shards = [f for f in os.listdir(directory) if f.endswith(".array_record")]
+        raise FileNotFoundError(
+            f"{path} is missing: the latents directory {directory!r} is incomplete "
+            f"({len(shards)} shard file(s) present). Rerun encode_latents with the same workdir; "
+            "it resumes and writes metadata.json when every shard is done"
+        )
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+class LatentsSource:
+    """grain RandomAccessDataSource over a latents directory.
+
+    ``src[i]`` -> {"latents": (V, h, w, c) float32, "label": int32}; order = shard order.
+    """
+
+    def __init__(self, directory: str):
+        import grain
+
+        self.directory = directory
+        self.metadata = read_metadata(directory)
+        paths = [os.path.join(directory, s["file"]) for s in self.metadata["shards"]]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"latents directory {directory!r}: {len(missing)} shard(s) listed in "
+                f"{METADATA_FILE} are missing, e.g. {missing[0]}"
+            )
+        self._source = grain.sources.ArrayRecordDataSource(paths)
+        self.latent_shape = tuple(self.metadata["latent_shape"])
+        self.num_variants = len(self.metadata.get("variants", ["image"]))
+        self.dtype = self.metadata["dtype"]
+        if len(self._source) != self.metadata["count"]:
+            raise ValueError(
+                f"latents directory {directory!r}: shards hold {len(self._source)} records, "
+                f"metadata.json says {self.metadata['count']}"
+            )
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index):
+        label, lat = decode_record(
+            self._source[index], self.latent_shape, self.num_variants, self.dtype
+        )
+        return {"latents": lat, "label": np.int32(label)}
+
+    def __repr__(self) -> str:
+        return f"LatentsSource({self.directory!r}, count={len(self)})"

@@ -1,0 +1,294 @@
+"""grain input pipelines: deterministic, per-epoch shuffled, process-sharded, checkpointable.
+
+    it = create_dataset(config.data, seed=config.seed, process_index=jax.process_index(),
+                        process_count=jax.process_count(),
+                        global_batch_size=config.data.global_batch_size)
+    batch = next(it)   # {"image": (B_local, H, W, C) float32, "label": (B_local,) int32}
+
+B_local = global_batch_size // process_count. "image" holds pixels in [-1, 1] (NHWC, C = 3) for
+image sources and latents (B, h, w, 4) for the "latents" source (already multiplied by 0.18215).
+Batches are numpy arrays; the trainer assembles the global jax.Array
+(nag_jax.parallel.global_batch / jax.make_array_from_process_local_data).
+
+How it is built (grain.MapDataset; every step is a pure function of the index):
+  1. record keys 0..N'-1 with N' = N - N % process_count (the few trailing records are dropped so
+     every process gets the same number), strided slice ``[process_index::process_count]``:
+     processes read disjoint shards whose union is the whole (trimmed) dataset;
+  2. ``shuffle(seed)`` then ``repeat(num_epochs)``: grain re-seeds the shuffle each epoch
+     (seed + epoch), so each epoch is a fresh permutation of the process's shard;
+  3. the position in the repeated stream gives the epoch; horizontal flips are drawn from a hash of
+     (seed, epoch, record key) (nag_jax.data.preprocess.flip_decisions), so they do not depend on
+     batch size, workers or process layout;
+  4. ``batch(B_local, drop_remainder=True)`` over keys, then one vectorised load per batch
+     (synthetic shapes render a whole batch at once; image sources decode + ADM centre crop each
+     example; latents parse records).
+  5. ``to_iter_dataset(ReadOptions(num_threads, prefetch_buffer_size))`` and, with
+     ``num_workers > 0``, ``mp_prefetch`` (worker processes; output does not depend on the count).
+
+Checkpointing (the iterator is a ``grain.DatasetIterator``):
+  - plain: ``state = it.get_state()`` (a small JSON-able dict, e.g. {"next_index": 42});
+    later ``it = create_dataset(same cfg...); it.set_state(state)`` -> the same next batches.
+  - Orbax: save the iterator as an item with grain's handler::
+
+        mngr = ocp.CheckpointManager(dir, item_names=("state", "data"))   # or item_handlers
+        mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(train_state),
+            data=grain.checkpoint.CheckpointSave(it)))
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(it)))   # restores `it` in place
+
+    grain writes one JSON per process (``process_{i}-of-{n}.json``, from jax.process_index()),
+    so each process restores its own shard position. Restore with the same data config, seed,
+    global batch and process count (the state is a position in this deterministic stream).
+
+data_cfg keys (ml_collections.ConfigDict or any object with .get; missing keys -> defaults):
+  name               "synthetic_shapes" | "image_folder" | "latents" | any tfds name
+                     ("imagenet2012", ...)
+  data_dir           directory (image_folder root / latents dir / tfds data_dir); unused for
+                     synthetic_shapes
+  image_size         output side for image sources (default 32)
+  num_classes        synthetic_shapes only (default 16; 1..20)
+  num_examples       synthetic_shapes epoch length (default 100_000)
+  synthetic_seed     synthetic_shapes dataset seed (default 0; independent of the shuffle seed)
+  split              tfds split (default "train")
+  tfds_prepare       tfds only: run download_and_prepare from data_dir/downloads/manual (False)
+  random_flip        horizontal flips (default True)
+  shuffle            per-epoch shuffling (default True)
+  num_epochs         None = repeat forever (default), else a finite number of epochs
+  num_workers        grain worker processes (default 0 = load in the main process)
+  num_threads        read threads per process (default 2)
+  prefetch_buffer_size   batches prefetched (default 2)
+  return_index       also return "index" (B,) int64 record keys and "epoch" (default False)
+  global_batch_size  used when the `global_batch_size` argument is None
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nag_jax.data.preprocess import center_crop_arr, flip_decisions, to_float
+
+SYNTHETIC = "synthetic_shapes"
+
+
+def _get(cfg, key, default=None):
+    if cfg is None:
+        return default
+    if hasattr(cfg, "get"):
+        value = cfg.get(key, default)
+    else:
+        value = getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def build_source(data_cfg):
+    """The random-access source named by ``data_cfg.name`` (see the module docstring)."""
+    name = _get(data_cfg, "name", SYNTHETIC)
+    data_dir = _get(data_cfg, "data_dir")
+    if name == SYNTHETIC:
+        from nag_jax.data.synthetic import ShapesDataset
+
+        return ShapesDataset(
+            image_size=int(_get(data_cfg, "image_size", 32)),
+            num_classes=int(_get(data_cfg, "num_classes", 16)),
+            seed=int(_get(data_cfg, "synthetic_seed", 0)),
+            size=int(_get(data_cfg, "num_examples", 100_000)),
+        )
+    if name == "image_folder":
+        from nag_jax.data.sources import ImageFolderSource
+
+        return ImageFolderSource(data_dir)
+    if name == "latents":
+        from nag_jax.data.latents import LatentsSource
+
+        return LatentsSource(data_dir)
+    from nag_jax.data.sources import TfdsSource
+
+    return TfdsSource(
+        name,
+        _get(data_cfg, "split", "train"),
+        data_dir,
+        prepare=bool(_get(data_cfg, "tfds_prepare", False)),
+    )
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+    """global_batch_size // process_count, with a clear error when it does not divide."""
+    global_batch_size, process_count = int(global_batch_size), int(process_count)
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        lo = max(process_count, global_batch_size // process_count * process_count)
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not divisible by process_count="
+            f"{process_count}: each process loads global_batch_size / process_count examples. "
+            f"Use a multiple of {process_count}, e.g. {lo} or {lo + process_count}"
+        )
+    return global_batch_size // process_count
+
+
+class _LoadBatch:
+    """Turns a batch of (epoch, record key) into model-ready arrays (picklable for workers)."""
+
+    def __init__(self, source, *, kind, seed, image_size, random_flip, return_index, scale):
+        self.source, self.kind, self.seed = source, kind, seed
+        self.image_size, self.random_flip = image_size, random_flip
+        self.return_index, self.scale = return_index, scale
+
+    def __call__(self, batch):
+        epochs, keys = batch
+        epochs = np.asarray(epochs, dtype=np.int64)
+        keys = np.asarray(keys, dtype=np.int64)
+        flips = (
+            flip_decisions(self.seed, epochs, keys)
+            if self.random_flip
+            else np.zeros(keys.shape, dtype=bool)
+        )
+        if self.kind == "synthetic":
+            out = self.source.render_batch(keys)
+            images = out["image"]
+            images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+            labels = out["label"]
+        elif self.kind == "latents":
+            exs = [self.source[int(k)] for k in keys]
+            lats = []
+            for ex, flip in zip(exs, flips):
+                z = ex["latents"]  # (V, h, w, c)
+                if flip and z.shape[0] > 1:
+                    lat = z[1]  # stored latent of the flipped image: exact
+                elif flip:
+                    lat = z[0][:, ::-1]  # approximate: flipped latent ~ latent of flipped image
+                else:
+                    lat = z[0]
+                lats.append(lat)
+            images = np.stack(lats).astype(np.float32) * np.float32(self.scale)
+            labels = np.array([ex["label"] for ex in exs], dtype=np.int32)
+        else:
+            imgs, labels = [], []
+            for k, flip in zip(keys, flips):
+                ex = self.source[int(k)]
+                arr = center_crop_arr(ex["image"], self.image_size)
+                imgs.append(arr[:, ::-1] if flip else arr)
+                labels.append(ex["label"])
+            images = to_float(np.stack(imgs))
+            labels = np.asarray(labels, dtype=np.int32)
+        out = {"image": np.ascontiguousarray(images, dtype=np.float32), "label": labels}
+        if self.return_index:
+            out["index"] = keys
+            out["epoch"] = epochs
+        return out
+
+
+def create_dataset(
+    data_cfg,
+    *,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    global_batch_size: int | None = None,
+):
+    """A checkpointable ``grain.DatasetIterator`` of this process's batches.
+
+    Args:
+      data_cfg: the ``config.data`` block (keys in the module docstring).
+      seed: shuffle / flip seed (the run's seed; reduced mod 2**32 for grain).
+      process_index, process_count: this process's shard (default jax.process_index/count()).
+      global_batch_size: examples per step over all processes (default data_cfg's).
+    Returns:
+      iterator yielding {"image": (B_local, H, W, C) float32, "label": (B_local,) int32}
+      (+ "index", "epoch" (B_local,) int64 with return_index); ``get_state()``/``set_state()``.
+    """
+    import grain
+
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    process_index, process_count = int(process_index), int(process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index={process_index} must be in [0, process_count={process_count})"
+        )
+    if global_batch_size is None:
+        global_batch_size = _get(data_cfg, "global_batch_size")
+        if global_batch_size is None:
+            raise ValueError("create_dataset needs global_batch_size (argument or data_cfg)")
+    batch = local_batch_size(global_batch_size, process_count)
+    seed = int(seed) % 2**32
+
+    source = build_source(data_cfg)
+    name = _get(data_cfg, "name", SYNTHETIC)
+    kind = {SYNTHETIC: "synthetic", "latents": "latents"}.get(name, "image")
+    scale = 1.0
+    if kind == "latents" and not source.metadata.get("scaled", True):
+        scale = float(source.metadata.get("scale_factor", 0.18215))
+
+    n = len(source)
+    n_even = n - n % process_count
+    per_process = n_even // process_count
+    num_epochs = _get(data_cfg, "num_epochs")
+    if per_process < batch:
+        raise ValueError(
+            f"dataset {name!r} has {n} examples: {per_process} per process "
+            f"(process_count={process_count}), fewer than the local batch {batch} "
+            f"(global_batch_size={global_batch_size}); use a smaller batch or more data"
+        )
+
+    ds = grain.MapDataset.range(n_even)[process_index::process_count]
+    if bool(_get(data_cfg, "shuffle", True)):
+        ds = ds.shuffle(seed=seed)
+    epoch_len = len(ds)
+    ds = ds.repeat(None if num_epochs is None else int(num_epochs))
+    ds = ds.map_with_index(lambda pos, key: (np.int64(pos // epoch_len), np.int64(key)))
+    ds = ds.batch(batch, drop_remainder=True)
+    ds = ds.map(
+        _LoadBatch(
+            source,
+            kind=kind,
+            seed=seed,
+            image_size=int(_get(data_cfg, "image_size", 32)),
+            random_flip=bool(_get(data_cfg, "random_flip", True)),
+            return_index=bool(_get(data_cfg, "return_index", False)),
+            scale=scale,
+        )
+    )
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(
+            num_threads=int(_get(data_cfg, "num_threads", 2)),
+            prefetch_buffer_size=int(_get(data_cfg, "prefetch_buffer_size", 2)),
+        )
+    )
+    num_workers = int(_get(data_cfg, "num_workers", 0))
+    if num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            # grain's worker processes read absl flags; outside an absl app (notebooks, tests)
+            # nothing parsed them, so take the defaults.
+            flags.FLAGS.mark_as_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(it_ds)
+
+
+def dataset_info(data_cfg) -> dict:
+    """Shape / class facts of the configured dataset without building a pipeline.
+
+    Returns {"num_examples", "num_classes", "class_names", "example_shape"} (None where unknown).
+    """
+    source = build_source(data_cfg)
+    name = _get(data_cfg, "name", SYNTHETIC)
+    size = int(_get(data_cfg, "image_size", 32))
+    if name == "latents":
+        shape = tuple(source.latent_shape)
+        num_classes = source.metadata.get("num_classes")
+        class_names = source.metadata.get("class_names")
+    else:
+        shape = (size, size, 3)
+        num_classes = getattr(source, "num_classes", None)
+        class_names = getattr(source, "class_names", None)
+    return {
+        "num_examples": len(source),
+        "num_classes": num_classes,
+        "class_names": class_names,
+        "example_shape": shape,
+    }

@@ -1,0 +1,158 @@
+"""Random-access data sources (grain ``RandomAccessDataSource``: ``__len__`` + ``__getitem__``).
+
+Every image source returns ``{"image": (H, W, 3) uint8 (any size), "label": int32}``;
+preprocessing (ADM centre crop, flip, [-1, 1]) happens in the pipeline. Sources:
+
+- ``ShapesDataset`` (nag_jax.data.synthetic): built-in, rendered at the target size directly.
+- ``ImageFolderSource(root)``: ``root/<class_name>/**/*.{jpg,jpeg,png,webp}``; labels are the
+  indices of the sorted class-folder names.
+- ``TfdsSource(name, split, data_dir)``: a prepared tensorflow-datasets dataset read with
+  ``tfds.data_source`` (array_record; random access, no TensorFlow graph). ImageNet must be
+  prepared once from the manually downloaded tars (see ``TFDS_MANUAL_HINT``).
+- ``LatentsSource(directory)`` (nag_jax.data.latents): precomputed SD-VAE latents.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+TFDS_MANUAL_HINT = {
+    "imagenet2012": (
+        "place ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in "
+        "{data_dir}/downloads/manual/, then prepare once in array_record format: "
+        "`tfds build imagenet2012 --data_dir={data_dir} --file_format=array_record` "
+        "(or set config.data.tfds_prepare=True to prepare from the pipeline)"
+    ),
+}
+
+
+class ImageFolderSource:
+    """Images in ``root/<class>/...``; class names sorted -> labels 0..K-1.
+
+    ``src[i]`` -> {"image": (H, W, 3) uint8, "label": int32}. Files are listed once, sorted, so
+    the index -> file mapping is the same on every process.
+    """
+
+    def __init__(self, root: str, extensions=IMAGE_EXTENSIONS):
+        if not root or not os.path.isdir(root):
+            raise FileNotFoundError(
+                f"image_folder data_dir {root!r} does not exist: expected a directory with one "
+                "subfolder per class (e.g. data_dir/cat/001.jpg, data_dir/dog/002.png); set "
+                "config.data.data_dir"
+            )
+        exts = tuple(e.lower() for e in extensions)
+        self.root = root
+        self.class_names = sorted(
+            d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+        )
+        if not self.class_names:
+            raise ValueError(
+                f"image_folder data_dir {root!r} has no class subfolders: expected one "
+                "subfolder per class holding the images (e.g. data_dir/cat/001.jpg); files "
+                "directly in data_dir are not used"
+            )
+        files, labels = [], []
+        for label, name in enumerate(self.class_names):
+            for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
+                dirnames.sort()
+                for fn in sorted(filenames):
+                    if fn.lower().endswith(exts):
+                        files.append(os.path.join(dirpath, fn))
+                        labels.append(label)
+        if not files:
+            raise ValueError(
+                f"image_folder data_dir {root!r} has {len(self.class_names)} class folder(s) "
+                f"({', '.join(self.class_names[:5])}{', ...' if len(self.class_names) > 5 else ''}"
+                f") but no images with extensions {exts}"
+            )
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int32)
+        self.num_classes = len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        with Image.open(self.files[index]) as im:
+            image = np.asarray(im.convert("RGB"))
+        return {"image": image, "label": self.labels[index]}
+
+    def __repr__(self) -> str:
+        return f"ImageFolderSource({self.root!r}, {len(self)} images, {self.num_classes} classes)"
+
+
+class TfdsSource:
+    """A prepared tfds dataset split as a random-access source of {"image", "label"}.
+
+    Uses ``tfds.data_source(name, split=split, data_dir=data_dir, download=False)`` which needs
+    the dataset prepared in array_record format. With ``prepare=True`` it first runs
+    ``download_and_prepare`` with ``manual_dir = data_dir/downloads/manual`` and
+    ``file_format="array_record"`` (hours for ImageNet; do it once).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        data_dir: str | None,
+        *,
+        image_key: str = "image",
+        label_key: str = "label",
+        prepare: bool = False,
+    ):
+        if data_dir and not os.path.isdir(data_dir):
+            raise FileNotFoundError(
+                f"tfds data_dir {data_dir!r} for {name!r} does not exist: "
+                + TFDS_MANUAL_HINT.get(
+                    name,
+                    "prepare the dataset there with `tfds build {name} --data_dir={data_dir} "
+                    "--file_format=array_record`",
+                ).format(data_dir=data_dir, name=name)
+            )
+        import tensorflow_datasets as tfds
+
+        self.name, self.split, self.data_dir = name, split, data_dir
+        self.image_key, self.label_key = image_key, label_key
+        try:
+            if prepare:
+                builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+                manual = os.path.join(data_dir or builder.data_dir, "downloads", "manual")
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=manual)
+                )
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except Exception as e:  # tfds raises several types (AssertionError, DatasetNotFound...)
+            hint = TFDS_MANUAL_HINT.get(
+                name,
+                "prepare it with `tfds build {name} --data_dir={data_dir} "
+                "--file_format=array_record`",
+            ).format(data_dir=data_dir, name=name)
+            raise FileNotFoundError(
+                f"could not open tfds dataset {name!r} split {split!r} in data_dir {data_dir!r} "
+                f"as an array_record data source ({type(e).__name__}: {e}). To fix: {hint}"
+            ) from e
+        info = getattr(self._source, "dataset_info", None)
+        try:
+            self.num_classes = info.features[label_key].num_classes
+            self.class_names = list(info.features[label_key].names)
+        except Exception:  # noqa: BLE001 -- optional metadata
+            self.num_classes, self.class_names = None, None
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index):
+        ex = self._source[index]
+        image = np.asarray(ex[self.image_key])
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = np.repeat(image, 3, axis=-1)
+        return {"image": image, "label": np.int32(ex[self.label_key])}
+
+    def __repr__(self) -> str:
+        return f"TfdsSource({self.name!r}, split={self.split!r}, data_dir={self.data_dir!r})"
