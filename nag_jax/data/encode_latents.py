@@ -1,0 +1,286 @@
+"""Encode an image dataset to SD-VAE latent shards (resumable), for the "latents" data source.
+
+    python -m nag_jax.main --config=configs/CONFIG.py --workdir=DIR --config.mode=encode_latents
+
+``run(config, workdir)`` reads ``config.data`` (the image source: image_folder, a tfds name or
+synthetic_shapes; ``image_size`` is the pixel size, e.g. 256) and ``config.encode``:
+
+    vae_path      diffusers / converted Orbax VAE directory (nag_jax.vae.load_vae)
+    out_dir       output directory (default: WORKDIR/latents)
+    batch_size    images per encode call over all local devices (default 64; a multiple of
+                  jax.local_device_count())
+    shard_size    examples per array_record shard (default 10_000)
+    dtype         stored dtype "float16" (default) | "bfloat16" | "float32"
+    store_flips   also store the latent of the horizontally flipped image (default True;
+                  training-time flips are then exact)
+    sample        posterior sample (True, the releases' choice) or posterior mean
+    max_examples  encode only the first N examples (None = all)
+    vae_dtype     VAE compute dtype ("float32" | "bfloat16")
+
+Latents are stored *scaled* (encode(x).sample() * 0.18215, metadata "scaled": true).
+Images: ADM centre crop to image_size, [-1, 1], NHWC; no time convention here.
+
+Resumable: shard k covers examples [k * shard_size, (k + 1) * shard_size) in source order and
+is written atomically (tmp file + rename); a rerun skips shards whose file exists, so an
+interrupted run restarts where it stopped and the result is identical (the VAE noise key of each
+batch is fold_in(fold_in(key(seed), shard), batch)). metadata.json is written last, once every
+shard exists; its presence marks a complete set. With several processes, shard k belongs to
+process k % process_count and process 0 writes the metadata when all shards are present (rerun
+once after the last process finishes if it was not yet written).
+
+The encode function is pluggable: ``encode_dataset(..., encode_fn=f, params=p)`` with
+``f(params, images_nhwc_in_[-1,1], key) -> latents (N, h, w, c)`` (already scaled). The batch is
+split over ``jax.local_devices()`` (jax.jit + NamedSharding over a 1-D 'data' mesh).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import math
+import os
+import time
+
+import numpy as np
+
+from nag_jax.data import latents as latents_lib
+from nag_jax.data.preprocess import center_crop_arr, to_float
+
+
+def _get(cfg, key, default=None):
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+class _ImageLoader:
+    """Loads examples [indices] of a source as ((N, S, S, 3) float32 in [-1, 1], (N,) int32)."""
+
+    def __init__(self, source, image_size: int, num_threads: int = 4):
+        self.source, self.image_size = source, int(image_size)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, num_threads))
+
+    def _one(self, i):
+        ex = self.source[int(i)]
+        return center_crop_arr(ex["image"], self.image_size), ex["label"]
+
+    def __call__(self, indices):
+        if hasattr(self.source, "render_batch"):  # synthetic: rendered at size, vectorised
+            if self.source.image_size != self.image_size:
+                raise ValueError(
+                    f"synthetic source renders {self.source.image_size}px, encode asked "
+                    f"{self.image_size}px"
+                )
+            out = self.source.render_batch(np.asarray(indices))
+            return out["image"], out["label"]
+        results = list(self.pool.map(self._one, indices))
+        images = to_float(np.stack([r[0] for r in results]))
+        labels = np.asarray([r[1] for r in results], dtype=np.int32)
+        return images, labels
+
+
+def _sharded_encode(encode_fn, batch_size: int):
+    """jit of encode_fn with the batch split over the local devices; params replicated."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    devices = jax.local_devices()
+    if batch_size % len(devices):
+        raise ValueError(
+            f"encode batch_size={batch_size} is not divisible by the {len(devices)} local "
+            f"devices; use a multiple of {len(devices)}, e.g. "
+            f"{max(1, batch_size // len(devices)) * len(devices)}"
+        )
+    mesh = Mesh(np.array(devices), ("data",))
+    data = NamedSharding(mesh, P("data"))
+    rep = NamedSharding(mesh, P())
+    fn = jax.jit(encode_fn, in_shardings=(rep, data, rep), out_shardings=data)
+    return fn, data, rep
+
+
+def encode_dataset(
+    source,
+    out_dir: str,
+    *,
+    encode_fn,
+    params,
+    image_size: int,
+    batch_size: int = 64,
+    shard_size: int = 10_000,
+    dtype: str = "float16",
+    store_flips: bool = True,
+    seed: int = 0,
+    max_examples: int | None = None,
+    scaled: bool = True,
+    scale_factor: float = latents_lib.SD_VAE_SCALE,
+    process_index: int = 0,
+    process_count: int = 1,
+    metadata_extra: dict | None = None,
+    on_shard_done=None,
+    num_threads: int = 4,
+    log=print,
+) -> dict | None:
+    """Encodes `source` to latent shards in `out_dir`; returns the metadata (None if incomplete).
+
+    source: random-access {"image": uint8 HWC any size, "label"} (ImageFolderSource, TfdsSource)
+      or a ShapesDataset (rendered at image_size).
+    encode_fn(params, images (B, S, S, 3) in [-1, 1], key) -> latents (B, h, w, c); `scaled` says
+      whether it already multiplied by `scale_factor` (recorded in the metadata).
+    on_shard_done(shard_index): optional hook after each written shard (tests use it to interrupt).
+    """
+    import jax
+
+    n = len(source) if max_examples is None else min(len(source), int(max_examples))
+    if n <= 0:
+        raise ValueError(f"nothing to encode: source has {len(source)} examples")
+    num_shards = math.ceil(n / shard_size)
+    os.makedirs(out_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(out_dir, "*.tmp-*")):  # leftovers of a killed run
+        os.remove(stale)
+    loader = _ImageLoader(source, image_size, num_threads)
+    fn, data_sharding, rep = _sharded_encode(encode_fn, batch_size)
+    params = jax.device_put(params, rep)
+    root = jax.random.key(int(seed))
+    probe = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), np.float32)
+    latent_shape = list(jax.eval_shape(encode_fn, params, probe, root).shape[1:])
+
+    def shard_path(k):
+        return os.path.join(out_dir, latents_lib.shard_filename(k, num_shards))
+
+    def encode(images, key):
+        b = images.shape[0]
+        if b < batch_size:  # pad the last batch: one compiled shape
+            pad = np.zeros((batch_size - b, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, pad])
+        x = jax.device_put(images, data_sharding)
+        return fn(params, x, key), b
+
+    for k in range(num_shards):
+        if k % process_count != process_index or os.path.exists(shard_path(k)):
+            continue
+        t0 = time.time()
+        start, stop = k * shard_size, min(n, (k + 1) * shard_size)
+        shard_key = jax.random.fold_in(root, k)
+        labels, outs, pending = [], [], []
+        for bi, b0 in enumerate(range(start, stop, batch_size)):
+            images, y = loader(np.arange(b0, min(stop, b0 + batch_size)))
+            labels.append(y)
+            key = jax.random.fold_in(shard_key, bi)
+            calls = [encode(images, jax.random.fold_in(key, 0))]
+            if store_flips:
+                calls.append(encode(images[:, :, ::-1], jax.random.fold_in(key, 1)))
+            pending.append(calls)  # async dispatch: load the next batch while this encodes
+            if len(pending) > 1:
+                outs.append(_fetch(pending.pop(0)))
+        outs.extend(_fetch(p) for p in pending)
+        lat = np.concatenate(outs)  # (N, V, h, w, c)
+        latents_lib.write_shard(shard_path(k), np.concatenate(labels), lat, dtype=dtype)
+        log(
+            f"encode_latents: shard {k + 1}/{num_shards} ({stop - start} examples) "
+            f"in {time.time() - t0:.1f}s -> {shard_path(k)}"
+        )
+        if on_shard_done is not None:
+            on_shard_done(k)
+
+    done = all(os.path.exists(shard_path(k)) for k in range(num_shards))
+    if not done or process_index != 0:
+        if not done:
+            log(
+                f"encode_latents: {out_dir} incomplete (other processes' shards missing); "
+                "metadata.json not written yet"
+            )
+        return None
+    counts = [min(n, (k + 1) * shard_size) - k * shard_size for k in range(num_shards)]
+    meta = {
+        "latent_shape": latent_shape,
+        "dtype": dtype,
+        "variants": ["image", "hflip"] if store_flips else ["image"],
+        "scale_factor": float(scale_factor),
+        "scaled": bool(scaled),
+        "count": int(n),
+        "image_size": int(image_size),
+        "num_classes": getattr(source, "num_classes", None),
+        "class_names": getattr(source, "class_names", None),
+        "source": repr(source),
+        "seed": int(seed),
+        "shards": [
+            {"file": latents_lib.shard_filename(k, num_shards), "count": c}
+            for k, c in enumerate(counts)
+        ],
+        **(metadata_extra or {}),
+    }
+    latents_lib.write_metadata(out_dir, meta)
+    log(f"encode_latents: wrote {out_dir}/{latents_lib.METADATA_FILE} ({n} examples)")
+    return latents_lib.read_metadata(out_dir)
+
+
+def _fetch(calls):
+    """[(latents jax.Array (B_pad, h, w, c), b)] per variant -> (b, V, h, w, c) float32."""
+    arrs = [np.asarray(z, dtype=np.float32)[:b] for z, b in calls]
+    return np.stack(arrs, axis=1)
+
+
+def _default_encoder(encode_cfg):
+    """encode_fn and params of the SD-VAE at encode_cfg.vae_path (lazy nag_jax.vae import)."""
+    vae_path = _get(encode_cfg, "vae_path")
+    if not vae_path:
+        raise ValueError(
+            "config.encode.vae_path is not set: expected a diffusers-format SD-VAE folder (e.g. "
+            "a local download of stabilityai/sd-vae-ft-ema) or an Orbax dir converted with "
+            "`python -m nag_jax.convert vae`"
+        )
+    import jax.numpy as jnp
+
+    from nag_jax import vae as vae_lib
+
+    dtype = jnp.bfloat16 if _get(encode_cfg, "vae_dtype", "float32") == "bfloat16" else jnp.float32
+    vae, params = vae_lib.load_vae(vae_path, dtype=dtype)
+    sample = bool(_get(encode_cfg, "sample", True))
+
+    def encode_fn(p, images, key):
+        return vae._encode(p, images, key, sample=sample)
+
+    return encode_fn, params, {"vae": str(vae_path), "scale_factor": vae.scaling_factor}
+
+
+def run(config, workdir: str, *, encode_fn=None, params=None) -> dict | None:
+    """mode="encode_latents": encodes config.data's images to latent shards (see module doc).
+
+    encode_fn/params: override the VAE (tests, custom encoders); default loads
+    config.encode.vae_path with nag_jax.vae.load_vae.
+    """
+    import jax
+
+    from nag_jax.data.pipeline import build_source
+
+    data_cfg = config.data
+    encode_cfg = _get(config, "encode", None)
+    name = _get(data_cfg, "name")
+    if name == "latents":
+        raise ValueError("encode_latents needs an image source in config.data.name, got 'latents'")
+    extra = {}
+    if encode_fn is None:
+        encode_fn, params, extra = _default_encoder(encode_cfg)
+    scale = extra.pop("scale_factor", latents_lib.SD_VAE_SCALE)
+    source = build_source(data_cfg)
+    out_dir = _get(encode_cfg, "out_dir") or os.path.join(workdir, "latents")
+    return encode_dataset(
+        source,
+        out_dir,
+        encode_fn=encode_fn,
+        params=params,
+        image_size=int(_get(data_cfg, "image_size", 256)),
+        batch_size=int(_get(encode_cfg, "batch_size", 64)),
+        shard_size=int(_get(encode_cfg, "shard_size", 10_000)),
+        dtype=_get(encode_cfg, "dtype", "float16"),
+        store_flips=bool(_get(encode_cfg, "store_flips", True)),
+        seed=int(_get(config, "seed", 0)),
+        max_examples=_get(encode_cfg, "max_examples"),
+        scaled=True,
+        scale_factor=scale,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        metadata_extra={**extra, "data_name": name},
+    )
