@@ -1,0 +1,10 @@
+"""Noising processes and training objectives.
+
+- `transport`: SiT interpolants (t = 0 noise, t = 1 data; noise level = 1 - t).
+- `gaussian`: DiT DDPM (integer step, 0 = least noise; noise level = (step + 1) / 1000).
+- `objective`: the NAG training loss (class + noise-condition dropout) for both families.
+"""
+
+from nag_jax.diffusion.transport import Transport, create_transport
+
+__all__ = ["Transport", "create_transport"]
