@@ -119,24 +119,37 @@ class TfdsSource:
 
         self.name, self.split, self.data_dir = name, split, data_dir
         self.image_key, self.label_key = image_key, label_key
+        hint = TFDS_MANUAL_HINT.get(
+            name,
+            "prepare it with `tfds build {name} --data_dir={data_dir} --file_format=array_record`",
+        ).format(data_dir=data_dir, name=name)
         try:
-            if prepare:
-                builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-                manual = os.path.join(data_dir or builder.data_dir, "downloads", "manual")
-                builder.download_and_prepare(
-                    download_config=tfds.download.DownloadConfig(manual_dir=manual)
-                )
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-        except Exception as e:  # tfds raises several types (AssertionError, DatasetNotFound...)
-            hint = TFDS_MANUAL_HINT.get(
-                name,
-                "prepare it with `tfds build {name} --data_dir={data_dir} "
-                "--file_format=array_record`",
-            ).format(data_dir=data_dir, name=name)
+            kwargs = {"file_format": "array_record"} if prepare else {}
+            builder = tfds.builder(name, data_dir=data_dir, **kwargs)
+        except Exception as e:  # DatasetNotFoundError and friends
             raise FileNotFoundError(
-                f"could not open tfds dataset {name!r} split {split!r} in data_dir {data_dir!r} "
-                f"as an array_record data source ({type(e).__name__}: {e}). To fix: {hint}"
+                f"tfds has no dataset {name!r} ({type(e).__name__}: {e}); config.data.name must "
+                "be 'synthetic_shapes', 'image_folder', 'latents' or a tfds dataset name"
             ) from e
+        if not builder.is_prepared():
+            if not prepare:
+                raise FileNotFoundError(
+                    f"tfds dataset {name!r} is not prepared in data_dir {data_dir!r} (looked in "
+                    f"{builder.data_dir}). To fix: {hint}"
+                )
+            manual = os.path.join(data_dir or builder.data_dir, "downloads", "manual")
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual)
+            )
+        file_format = getattr(builder.info, "file_format", None)
+        file_format = str(getattr(file_format, "value", file_format)).lower()
+        if "array_record" not in file_format and "parquet" not in file_format:
+            raise FileNotFoundError(
+                f"tfds dataset {name!r} in {builder.data_dir} is prepared as {file_format or '?'}"
+                ", which has no random access: re-prepare it in array_record format into "
+                f"another data_dir ({hint})"
+            )
+        self._source = builder.as_data_source(split=split)
         info = getattr(self._source, "dataset_info", None)
         try:
             self.num_classes = info.features[label_key].num_classes
