@@ -1,0 +1,281 @@
+"""Device mesh, parameter sharding rules, global batches and multi-host start-up.
+
+One program for one CPU, one GPU, 8 GPUs or a TPU pod:
+
+- ``create_mesh(parallel_cfg)``: a ``jax.make_mesh`` over ``('data', 'fsdp', 'tensor')``.
+  ``parallel_cfg.mesh.{data,fsdp,tensor}`` give the sizes (-1 = fill with the remaining devices);
+  with ``parallel_cfg.fsdp = False`` the fsdp axis has size 1 and params are replicated.
+- Parameter placement is a short list of (regex over the param path -> tactic) rules, big_vision
+  style (``PARAM_RULES``). A tactic is a ``PartitionSpec`` over the *tensor* axis (Megatron style
+  column / row split of the attention and MLP kernels); afterwards FSDP shards the largest
+  remaining dimension divisible by the fsdp size over ``'fsdp'`` (params of fewer than
+  ``fsdp_min_size`` elements stay replicated). The same rules place the optimizer state, whose
+  leaves carry the param path as a suffix (``.../mu/blocks_0/attn/qkv/kernel``).
+- The batch is sharded over ``('data', 'fsdp')`` on its leading dimension. Each process loads
+  only its own slice of the global batch; ``global_batch`` assembles the global ``jax.Array``
+  with ``jax.make_array_from_process_local_data``.
+- ``maybe_initialize_distributed()`` calls ``jax.distributed.initialize`` when the environment
+  describes a multi-process job (explicit ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/
+  ``JAX_PROCESS_ID``, a SLURM job step with several tasks, or a multi-worker Cloud TPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# (regex over the '/'-joined param path, tactic). First match wins. The tactic is a PartitionSpec
+# over the 'tensor' axis (None entries are free for FSDP) or "replicate". Anything unmatched is
+# left to FSDP alone.
+PARAM_RULES: tuple[tuple[str, object], ...] = (
+    (r"null_noise_token$", "replicate"),  # tiny and trained alone in fine-tuning
+    (r"(attn/qkv|mlp/fc1)/kernel$", P(None, "tensor")),  # column parallel: split the outputs
+    (r"(attn/qkv|mlp/fc1)/bias$", P("tensor")),
+    (r"(attn/proj|mlp/fc2)/kernel$", P("tensor", None)),  # row parallel: split the inputs
+    (r".*", P()),
+)
+
+
+def _cfg_get(cfg, key, default=None):
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def mesh_shape(parallel_cfg, num_devices: int) -> tuple[int, int, int]:
+    """Resolves (data, fsdp, tensor) sizes for ``num_devices``; -1 fills, fsdp off -> 1."""
+    mesh_cfg = _cfg_get(parallel_cfg, "mesh", {})
+    fsdp_on = bool(_cfg_get(parallel_cfg, "fsdp", False))
+    sizes = {
+        "data": int(_cfg_get(mesh_cfg, "data", -1)),
+        "fsdp": int(_cfg_get(mesh_cfg, "fsdp", -1)) if fsdp_on else 1,
+        "tensor": int(_cfg_get(mesh_cfg, "tensor", 1)),
+    }
+    if sizes["data"] == -1 and sizes["fsdp"] == -1:
+        sizes["data"] = 1  # FSDP over every device is the usual choice when both fill
+    fill = [k for k, v in sizes.items() if v == -1]
+    if len(fill) > 1:
+        raise ValueError(f"At most one mesh axis may be -1 (fill), got {sizes}.")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    if fill:
+        if num_devices % fixed:
+            raise ValueError(
+                f"Mesh sizes {sizes} do not divide the {num_devices} devices; set "
+                f"config.parallel.mesh sizes whose product divides {num_devices}."
+            )
+        sizes[fill[0]] = num_devices // fixed
+    if math.prod(sizes.values()) != num_devices:
+        raise ValueError(
+            f"Mesh sizes {sizes} (product {math.prod(sizes.values())}) do not match the "
+            f"{num_devices} devices; use -1 for one axis to fill the rest."
+        )
+    return sizes["data"], sizes["fsdp"], sizes["tensor"]
+
+
+def create_mesh(
+    parallel_cfg=None, devices: Sequence[jax.Device] | None = None
+) -> jax.sharding.Mesh:
+    """Builds the ('data', 'fsdp', 'tensor') mesh over ``devices`` (default: all devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(parallel_cfg, len(devices))
+    # Auto axes: XLA propagates shardings from the jit's in/out shardings (make_mesh's default
+    # in recent JAX is Explicit, which asks every op for an out_sharding).
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+
+
+def path_str(path) -> str:
+    """A jax key path -> 'a/b/c' (dict keys, attribute names and sequence indices)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _fsdp_spec(shape, spec: tuple, fsdp_size: int, min_size: int) -> tuple:
+    """Puts 'fsdp' on the largest free dimension divisible by ``fsdp_size``."""
+    if fsdp_size <= 1 or math.prod(shape) < min_size:
+        return spec
+    free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % fsdp_size == 0]
+    if not free:
+        return spec
+    best = max(free, key=lambda i: (shape[i], -i))
+    return spec[:best] + ("fsdp",) + spec[best + 1 :]
+
+
+def partition_spec(
+    path: str,
+    shape: Sequence[int],
+    mesh: jax.sharding.Mesh,
+    *,
+    rules=PARAM_RULES,
+    fsdp_min_size: int = 2**10,
+) -> P:
+    """The PartitionSpec for one array: first matching rule, then FSDP on a free dim."""
+    shape = tuple(shape)
+    tactic = next((t for pattern, t in rules if re.search(pattern, path)), P())
+    if tactic == "replicate" or not shape:
+        return P()
+    spec = tuple(tactic) + (None,) * (len(shape) - len(tuple(tactic)))
+    spec = spec[len(spec) - len(shape) :] if len(spec) > len(shape) else spec
+    tensor = mesh.shape.get("tensor", 1)
+    spec = tuple(
+        None if (a == "tensor" and (tensor == 1 or shape[i] % tensor)) else a
+        for i, a in enumerate(spec)
+    )
+    spec = _fsdp_spec(shape, spec, mesh.shape.get("fsdp", 1), fsdp_min_size)
+    return P(*spec)
+
+
+def tree_shardings(tree, mesh: jax.sharding.Mesh, *, rules=PARAM_RULES, fsdp_min_size=2**10):
+    """NamedShardings for every array leaf of ``tree`` (params, opt state, abstract or real)."""
+
+    def leaf(path, x):
+        return NamedSharding(
+            mesh,
+            partition_spec(
+                path_str(path), np.shape(x), mesh, rules=rules, fsdp_min_size=fsdp_min_size
+            ),
+        )
+
+    return jax.tree_util.tree_map_with_path(leaf, tree)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Leading (batch) dimension over ('data', 'fsdp'); the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def batch_shards(mesh: jax.sharding.Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def check_global_batch(global_batch_size: int, mesh: jax.sharding.Mesh) -> int:
+    """Checks the global batch divides over batch shards and processes; returns the local size."""
+    shards, procs = batch_shards(mesh), jax.process_count()
+    if global_batch_size % shards:
+        lo = global_batch_size // shards * shards
+        raise ValueError(
+            f"Global batch size {global_batch_size} does not divide over the {shards} batch shards "
+            f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} devices). Set "
+            f"config.data.global_batch_size to a multiple of {shards}, e.g. {max(lo, shards)} "
+            f"or {lo + shards}."
+        )
+    if global_batch_size % procs:
+        raise ValueError(
+            f"Global batch size {global_batch_size} does not divide over the {procs} processes; "
+            f"set config.data.global_batch_size to a multiple of {procs}."
+        )
+    return global_batch_size // procs
+
+
+def global_batch(local_batch, mesh: jax.sharding.Mesh):
+    """Process-local numpy arrays (leading dim = local batch) -> global sharded jax.Arrays.
+
+    Every process passes its own slice; the global batch is the concatenation in process order.
+    """
+    sharding = batch_sharding(mesh)
+    procs = jax.process_count()
+
+    def one(x):
+        x = np.asarray(x)
+        if x.ndim == 0:
+            raise ValueError("global_batch expects arrays with a leading batch dimension.")
+        check_global_batch(x.shape[0] * procs, mesh)
+        return jax.make_array_from_process_local_data(
+            sharding, x, (x.shape[0] * procs,) + x.shape[1:]
+        )
+
+    return jax.tree.map(one, local_batch)
+
+
+def per_device_bytes(tree) -> dict[str, int]:
+    """Bytes each device holds for ``tree`` (from the arrays' addressable shards)."""
+    out: dict[str, int] = {}
+    for x in jax.tree.leaves(tree):
+        if not isinstance(x, jax.Array):
+            continue
+        for shard in x.addressable_shards:
+            key = str(shard.device)
+            out[key] = out.get(key, 0) + shard.data.size * shard.data.dtype.itemsize
+    return out
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def multiprocess_env() -> bool:
+    """Whether the environment describes a multi-process JAX job."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and (_env_int("JAX_NUM_PROCESSES") or 1) > 1:
+        return True
+    if (_env_int("SLURM_STEP_NUM_TASKS") or _env_int("SLURM_NTASKS") or 1) > 1 and os.environ.get(
+        "SLURM_JOB_ID"
+    ):
+        return True
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return len([h for h in hosts.split(",") if h]) > 1
+
+
+def maybe_initialize_distributed() -> bool:
+    """Calls ``jax.distributed.initialize`` once when the env says multi-process; True if it did.
+
+    Explicit variables win (``JAX_COORDINATOR_ADDRESS`` host:port, ``JAX_NUM_PROCESSES``,
+    ``JAX_PROCESS_ID``, optional ``JAX_LOCAL_DEVICE_IDS`` comma list); otherwise JAX's cluster
+    auto-detection (SLURM, Cloud TPU, ...) fills them in.
+    """
+    if jax.distributed.is_initialized() or not multiprocess_env():
+        return False
+    kwargs = {}
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs = dict(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=_env_int("JAX_NUM_PROCESSES"),
+            process_id=_env_int("JAX_PROCESS_ID"),
+        )
+        if os.environ.get("JAX_LOCAL_DEVICE_IDS"):
+            kwargs["local_device_ids"] = [
+                int(i) for i in os.environ["JAX_LOCAL_DEVICE_IDS"].split(",")
+            ]
+    jax.distributed.initialize(**kwargs)
+    logging.info(
+        "jax.distributed initialised: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+def any_across_processes(flag: bool) -> bool:
+    """True when ``flag`` is True on any process (a tiny all-reduce; free when single-process)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(jnp.asarray([int(bool(flag))], jnp.int32))
+    return bool(np.asarray(flags).any())

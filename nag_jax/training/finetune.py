@@ -1,0 +1,80 @@
+"""NAG fine-tuning of a release: start from converted params and create the null noise token.
+
+A converted DiT/SiT release (``nag_jax.convert``, params-only Orbax tree with the spec's names)
+has no ``null_noise_token``. It is created here, by default as the mean timestep embedding over
+the training time distribution (the t_embedder MLP applied to many t's and averaged), so the
+noise-unconditional branch starts as "the average noise level" rather than at random:
+
+  SiT (float t in [0, 1], t = 1 is data): t on an even grid over the transport's train interval
+      (midpoints of ``num_times`` equal cells; t ~ U[train_eps, 1 - train_eps] in training).
+  DiT (integer step 0..999, 0 = least noise): every step 0..num_timesteps-1 (uniform in training).
+
+Other choices: "zeros" and "random" (N(0, 0.02), the backbone's init).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from nag_jax.training.checkpoint import check_params_match, load_params
+
+NULL_TOKEN = "null_noise_token"
+
+
+def training_times(config, process=None, num_times: int = 1000) -> np.ndarray:
+    """(num_times,) float32 times spread like the training time distribution of the family."""
+    family = config.model.name.split("-")[0]
+    if family == "DiT":
+        steps = int(config.process.get("num_timesteps", 1000) or 1000)
+        return np.arange(steps, dtype=np.float32)
+    lo, hi = (0.0, 1.0)
+    if process is not None and hasattr(process, "train_interval"):
+        lo, hi = (float(v) for v in process.train_interval())
+    return (lo + (hi - lo) * (np.arange(num_times, dtype=np.float64) + 0.5) / num_times).astype(
+        np.float32
+    )
+
+
+def mean_time_embedding(model, params, times) -> jax.Array:
+    """Mean over ``times`` of the model's timestep embedding (t_embedder output), (D,) float32."""
+    emb = model.apply({"params": params}, jnp.asarray(times), method=type(model).embed_time)
+    return jnp.mean(emb.astype(jnp.float32), axis=0)
+
+
+def null_token_init(kind: str, model, params, key, *, config, process=None) -> jax.Array:
+    """The initial null noise token (D,): "mean_t_embedding" (default), "zeros" or "random"."""
+    d = model.hidden_size
+    if kind in (None, "", "mean_t_embedding", "mean"):
+        return mean_time_embedding(model, params, training_times(config, process))
+    if kind == "zeros":
+        return jnp.zeros((d,), jnp.float32)
+    if kind == "random":
+        return 0.02 * jax.random.normal(key, (d,), jnp.float32)
+    raise ValueError(
+        f"config.train.null_token_init={kind!r}; expected 'mean_t_embedding', 'zeros' or 'random'."
+    )
+
+
+def params_from_checkpoint(path: str, model, template, key, *, config, process=None):
+    """Loads converted params from ``path`` and fits them to the model's param ``template``.
+
+    ``template``: the model's params (real or abstract). Every template param except the null
+    token must be in the checkpoint with the same shape (else ValueError naming them); a missing
+    null token is created with ``config.train.null_token_init``. Returns float32 numpy/jax arrays.
+    """
+    loaded = load_params(path)
+    needs_token = NULL_TOKEN in template and NULL_TOKEN not in loaded
+    expected = {k: v for k, v in template.items() if not (needs_token and k == NULL_TOKEN)}
+    check_params_match(expected, loaded, source=path)
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), loaded)
+    if needs_token:
+        kind = config.train.get("null_token_init", "mean_t_embedding")
+        params = dict(params)
+        params[NULL_TOKEN] = null_token_init(
+            kind, model, params, key, config=config, process=process
+        )
+        logging.info("Created %s (%s) for NAG fine-tuning of %s", NULL_TOKEN, kind, path)
+    return params

@@ -1,0 +1,111 @@
+"""Metric writers (console + TensorBoard) and progress reports (steps/s, examples/s, ETA).
+
+clu's ``metric_writers.create_default_writer`` is used when it imports (it needs TensorFlow and
+the ``tensorboard`` package). Without them the fallback writes to the console (absl logging) and,
+when TensorFlow is importable, TensorBoard event files through ``tf.summary``. TensorFlow is only
+imported here, lazily, so the core package imports without it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import logging
+
+
+class _LoggingWriter:
+    def write_scalars(self, step, scalars):
+        text = ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(scalars.items()))
+        logging.info("[%d] %s", step, text)
+
+    def write_images(self, step, images):
+        logging.info(
+            "[%d] images: %s", step, {k: getattr(v, "shape", None) for k, v in images.items()}
+        )
+
+    def write_hparams(self, hparams):
+        logging.info("hparams: %s", hparams)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _TFSummaryWriter:
+    def __init__(self, logdir):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(logdir)
+
+    def write_scalars(self, step, scalars):
+        with self._writer.as_default():
+            for k, v in scalars.items():
+                self._tf.summary.scalar(k, float(v), step=int(step))
+
+    def write_images(self, step, images):
+        with self._writer.as_default():
+            for k, v in images.items():
+                self._tf.summary.image(k, v, step=int(step), max_outputs=len(v))
+
+    def write_hparams(self, hparams):
+        pass
+
+    def flush(self):
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+
+class _MultiWriter:
+    def __init__(self, writers):
+        self._writers = writers
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            for w in self._writers:
+                getattr(w, name)(*args, **kwargs)
+
+        return call
+
+
+def create_writer(workdir: str, *, just_logging: bool = False, tensorboard: bool = True):
+    """A writer with write_scalars / write_images / flush / close (TensorBoard under workdir)."""
+    if just_logging or not tensorboard:
+        return _LoggingWriter()
+    try:
+        from clu import metric_writers
+
+        return metric_writers.create_default_writer(workdir, just_logging=just_logging)
+    except ImportError as e:  # tensorboard package missing: TF's own summary ops still work
+        logging.info("clu metric writers unavailable (%s); using tf.summary fallback", e)
+    writers = [_LoggingWriter()]
+    try:
+        writers.append(_TFSummaryWriter(os.path.join(workdir, "tensorboard")))
+    except Exception as e:  # noqa: BLE001 - any TF import/setup failure: console only
+        logging.warning("TensorBoard summaries disabled (%s)", e)
+    return _MultiWriter(writers)
+
+
+class Progress:
+    """Steps/s, examples/s and ETA between reports (what clu's ReportProgress logs)."""
+
+    def __init__(self, num_steps: int, global_batch_size: int, start_step: int = 0):
+        self.num_steps = num_steps
+        self.batch = global_batch_size
+        self._t, self._step = time.perf_counter(), start_step
+
+    def __call__(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        dt, ds = max(now - self._t, 1e-9), step - self._step
+        self._t, self._step = now, step
+        sps = ds / dt
+        return {
+            "steps_per_sec": sps,
+            "examples_per_sec": sps * self.batch,
+            "eta_hours": (self.num_steps - step) / max(sps, 1e-9) / 3600.0,
+        }

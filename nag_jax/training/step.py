@@ -1,0 +1,105 @@
+"""The sharded train step: ONE ``jax.jit`` with explicit in/out shardings and a donated state.
+
+Time convention: the step knows nothing of time; the loss (``nag_jax.diffusion.objective.nag_loss``)
+draws t in the family's convention (SiT float t in [0, 1], t = 1 is data; DiT integer step 0..999)
+and the class / noise-condition dropout masks from the step's key ``fold_in(state.rng, step)``.
+
+Batch: ``{"x": (N, H, W, C) float32 (pixels in [-1, 1] or latents), "y": (N,) int32}``, sharded
+over ('data', 'fsdp') on N.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nag_jax import parallel
+from nag_jax.training.state import TrainState, ema_update
+
+# loss_fn(apply_fn, params, x1, y, key) -> (scalar loss, aux dict of scalars)
+LossFn = Callable
+
+
+def make_apply_fn(model):
+    """apply_fn(params, x, t, y, drop_class, drop_noise) -> raw model output (float32)."""
+
+    def apply_fn(params, x, t, y, drop_class=None, drop_noise=None):
+        return model.apply(
+            {"params": params}, x, t, y, drop_class=drop_class, drop_noise=drop_noise
+        )
+
+    return apply_fn
+
+
+def make_nag_loss(config, process) -> LossFn:
+    """The project's NAG objective bound to the config's dropout probabilities."""
+    from nag_jax.diffusion.objective import nag_loss
+
+    return functools.partial(
+        nag_loss,
+        process=process,
+        p_class_drop=float(config.objective.p_class_drop),
+        p_noise_drop=float(config.objective.p_noise_drop),
+    )
+
+
+def train_step(
+    state: TrainState,
+    batch,
+    *,
+    apply_fn,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    ema_decay: float,
+):
+    """One optimizer update + EMA. Pure; returns (new state, metrics of float32 scalars)."""
+    key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_of(params):
+        return loss_fn(apply_fn, params, batch["x"], batch["y"], key)
+
+    (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    metrics = {
+        "loss": loss.astype(jnp.float32),
+        "grad_norm": grad_norm.astype(jnp.float32),
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+    }
+    for k, v in (aux or {}).items():
+        if jnp.ndim(v) == 0:
+            metrics[k] = jnp.asarray(v, jnp.float32)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        ema_params=ema_update(state.ema_params, params, ema_decay),
+        opt_state=opt_state,
+    )
+    return new_state, metrics
+
+
+def jit_train_step(
+    state_shardings,
+    mesh: jax.sharding.Mesh,
+    *,
+    apply_fn,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    ema_decay: float,
+    donate: bool = True,
+):
+    """``train_step`` as one jit: state in/out with ``state_shardings``, batch over data x fsdp."""
+    step = functools.partial(
+        train_step, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, ema_decay=float(ema_decay)
+    )
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(state_shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )

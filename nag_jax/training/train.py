@@ -1,0 +1,306 @@
+"""Training / NAG fine-tuning loop: mesh -> state -> data -> loop -> checkpoints.
+
+    python -m nag_jax.main --config=configs/sit_xl.py --workdir=DIR      (config.mode = "train")
+
+Time convention: set by the process (SiT float t in [0, 1], 1 = data; DiT step 0..999, 0 = least
+noise); this module never touches t itself.
+
+Story of ``run(config, workdir)``:
+1. ``jax.distributed`` when multi-process; the ('data', 'fsdp', 'tensor') mesh.
+2. The workdir's config.json is written or checked (another model -> clear error).
+3. Abstract state (``jax.eval_shape``) -> shardings from the rules in ``nag_jax.parallel``.
+4. Latest checkpoint restored (state + data position), else params from ``train.init_from``
+   (a converted release: null token created) or a fresh init, placed by one jit.
+5. Loop: one jitted, donated step per batch; NaN/Inf stops with the step number (the last good
+   checkpoint stays); metrics + steps/s, examples/s, ETA every ``log_every``; sample grids every
+   ``sample_every``; async checkpoints every ``checkpoint_every`` and at the end.
+6. SIGTERM (preemption): a flag; at the next step boundary (all processes agree via a tiny
+   all-reduce) a checkpoint is written and ``run`` returns normally (main exits 0).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from nag_jax import parallel
+from nag_jax.training import checkpoint as ckpt
+from nag_jax.training.state import TrainState, create_optimizer, init_state
+from nag_jax.training.step import jit_train_step, make_apply_fn, make_nag_loss
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss or the gradient norm becomes NaN/Inf."""
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT-free preemption notices; read at step boundaries."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._old = None
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        logging.warning("Signal %d received: checkpointing at the next step boundary.", signum)
+        self.event.set()
+
+    def uninstall(self):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+            self._old = None
+
+
+def model_batch(batch) -> dict:
+    """Data-pipeline batch -> {"x": (N, H, W, C) float32, "y": (N,) int32} (process-local numpy)."""
+    x = next((batch[k] for k in ("image", "latents", "latent", "x") if k in batch), None)
+    y = next((batch[k] for k in ("label", "y") if k in batch), None)
+    if x is None or y is None:
+        raise KeyError(
+            f"Batch keys {sorted(batch)}: expected an image ('image'/'latents'/'x') and a label "
+            "('label'/'y')."
+        )
+    return {"x": np.asarray(x, np.float32), "y": np.asarray(y, np.int32)}
+
+
+def _with_shardings(abstract, shardings):
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def init_params_fn(config, model):
+    """key -> freshly initialised params of ``model`` (float32), for jit / eval_shape."""
+    s = int(config.model.input_size)
+    x = jnp.zeros((1, s, s, int(config.model.in_channels)), jnp.float32)
+    t, y = jnp.zeros((1,), jnp.float32), jnp.zeros((1,), jnp.int32)
+    return lambda key: model.init(key, x, t, y)["params"]
+
+
+def setup_state(
+    config,
+    model,
+    mesh,
+    *,
+    params=None,
+    fsdp_min_size: int | None = None,
+):
+    """Optimizer, sharded initial state and its shardings.
+
+    Args:
+      params: optional initial params (e.g. from ``init_from``); None = ``model.init``.
+    Returns: (state, state_shardings, tx).
+    """
+    rng = jax.random.PRNGKey(int(config.seed))
+    init_key, state_key = jax.random.split(rng)
+    init_params = init_params_fn(config, model)
+    abstract_params = jax.eval_shape(init_params, init_key)
+    tx = create_optimizer(config.optim, abstract_params)
+    abstract_state = jax.eval_shape(lambda p: init_state(p, tx, state_key), abstract_params)
+    if fsdp_min_size is None:
+        fsdp_min_size = int(config.parallel.get("fsdp_min_size", 2**10) or 2**10)
+    shardings = parallel.tree_shardings(abstract_state, mesh, fsdp_min_size=fsdp_min_size)
+    if params is None:
+        params = jax.jit(init_params, out_shardings=shardings.params)(init_key)
+    else:
+        params = jax.device_put(params, shardings.params)
+    state = jax.jit(lambda p: init_state(p, tx, state_key), out_shardings=shardings)(params)
+    return state, shardings, tx
+
+
+def _build(config):
+    from nag_jax import builders
+
+    model = builders.build_model(config.model)
+    process = builders.build_process(config)
+    return model, process
+
+
+def _dataset_iterator(config, global_batch_size):
+    from nag_jax.data import create_dataset
+
+    ds = create_dataset(
+        config.data,
+        seed=int(config.seed),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        global_batch_size=global_batch_size,
+    )
+    return iter(ds)
+
+
+def _sample_grid(config, model, mesh, workdir, writer, step, params, key):
+    """Samples ``config.sample.num_images`` with the EMA params; writes a PNG (RGB data)."""
+    from nag_jax import builders
+    from nag_jax.utils import make_grid, save_png, to_uint8
+
+    n = int(config.sample.get("num_images", 16) or 16)
+    labels = config.sample.get("labels")
+    ncls = int(config.model.num_classes)
+    y = jnp.asarray(labels if labels else np.arange(n) % ncls, jnp.int32)[:n]
+    sampler = jax.jit(
+        builders.build_sampler(config, model), out_shardings=parallel.replicated(mesh)
+    )
+    images = np.asarray(sampler(params, key, y).addressable_data(0))
+    if jax.process_index() != 0:
+        return
+    if images.shape[-1] == 3:
+        grid = make_grid(to_uint8(images), ncols=int(np.ceil(np.sqrt(len(images)))))
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        save_png(os.path.join(workdir, "samples", f"step_{step:08d}.png"), grid)
+        writer.write_images(step, {"samples": grid[None]})
+    else:  # latents: decoding needs the VAE (see the sample mode); keep the raw arrays
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        np.save(os.path.join(workdir, "samples", f"step_{step:08d}_latents.npy"), images)
+
+
+def run(config, workdir: str, *, model=None, process=None, loss_fn=None, data_iter=None):
+    """Trains (or fine-tunes) per ``config``; returns the final TrainState.
+
+    Keyword overrides (tests, custom objectives): ``model``/``process`` instead of the builders,
+    ``loss_fn(apply_fn, params, x1, y, key) -> (loss, aux)`` instead of NAG's objective, and
+    ``data_iter`` (yields dicts with image/label) instead of ``nag_jax.data.create_dataset``.
+    """
+    parallel.maybe_initialize_distributed()
+    mesh = parallel.create_mesh(config.get("parallel"))
+    gbs = int(config.data.global_batch_size)
+    parallel.check_global_batch(gbs, mesh)
+    workdir = os.path.abspath(workdir)
+    ckpt.check_or_write_config(config, workdir)
+    if model is None:
+        model, built_process = _build(config)
+        process = built_process if process is None else process
+    if loss_fn is None:
+        loss_fn = make_nag_loss(config, process)
+    if data_iter is None:
+        data_iter = _dataset_iterator(config, gbs)
+    tcfg = config.train
+    mngr = ckpt.create_manager(
+        os.path.join(workdir, "checkpoints"),
+        keep=int(tcfg.get("keep", 3) or 3),
+        keep_every=tcfg.get("keep_every"),
+        async_save=bool(tcfg.get("async_checkpoint", True)),
+    )
+
+    params = None
+    resuming = mngr.latest_step() is not None
+    if not resuming and tcfg.get("init_from"):
+        from nag_jax.training.finetune import params_from_checkpoint
+
+        abstract = jax.eval_shape(init_params_fn(config, model), jax.random.PRNGKey(0))
+        params = params_from_checkpoint(
+            tcfg.init_from,
+            model,
+            abstract,
+            jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 7),
+            config=config,
+            process=process,
+        )
+    state, shardings, tx = setup_state(config, model, mesh, params=params)
+    if resuming:
+        abstract = _with_shardings(jax.eval_shape(lambda s: s, state), shardings)
+        del state
+        state = ckpt.restore(mngr, abstract, data_iter)
+
+    train_step = jit_train_step(
+        shardings,
+        mesh,
+        apply_fn=make_apply_fn(model),
+        loss_fn=loss_fn,
+        tx=tx,
+        ema_decay=float(config.optim.get("ema_decay", 0.9999)),
+    )
+    state = _loop(config, workdir, model, mesh, mngr, state, train_step, data_iter)
+    return state
+
+
+def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, data_iter):
+    from nag_jax.training.metrics import Progress, create_writer
+
+    tcfg = config.train
+    num_steps = int(tcfg.num_steps)
+    log_every = int(tcfg.get("log_every", 100) or 100)
+    ckpt_every = int(tcfg.get("checkpoint_every", 1000) or 0)
+    sample_every = int(tcfg.get("sample_every", 0) or 0)
+    sync_every = int(tcfg.get("preemption_sync_every", 1) or 1)
+    gbs = int(config.data.global_batch_size)
+    step = int(jax.device_get(state.step))
+    writer = create_writer(
+        workdir,
+        just_logging=jax.process_index() > 0,
+        tensorboard=bool(tcfg.get("tensorboard", True)),
+    )
+    progress = Progress(num_steps, gbs, start_step=step)
+    stop = _StopFlag().install()
+    sample_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1234)
+
+    def check_finite(s, metrics):
+        if not bool(jax.device_get(metrics["finite"])):
+            mngr.wait_until_finished()
+            raise NonFiniteLossError(
+                f"Loss or gradient norm is NaN/Inf at step {s} (loss="
+                f"{float(jax.device_get(metrics['loss']))}). Stopped without saving; the last "
+                f"good checkpoint is step {mngr.latest_step()} in {mngr.directory}. Lower "
+                "config.optim.lr, set config.optim.grad_clip, or check the data."
+            )
+
+    logging.info("Training from step %d to %d (global batch %d).", step, num_steps, gbs)
+    pending = None
+    try:
+        while step < num_steps:
+            try:
+                batch = next(data_iter)
+            except StopIteration:
+                logging.warning("Data iterator exhausted at step %d.", step)
+                break
+            batch = parallel.global_batch(model_batch(batch), mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            if pending is not None:  # check the previous step while this one runs
+                check_finite(*pending)
+            pending = (step, metrics)
+            if step % log_every == 0 or step == num_steps:
+                check_finite(step, metrics)
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                scalars.pop("finite", None)
+                scalars.update(progress(step))
+                writer.write_scalars(step, scalars)
+            if sample_every and step % sample_every == 0:
+                try:
+                    _sample_grid(
+                        config,
+                        model,
+                        mesh,
+                        workdir,
+                        writer,
+                        step,
+                        state.ema_params,
+                        jax.random.fold_in(sample_key, step),
+                    )
+                except Exception as e:  # noqa: BLE001 - a broken sampler must not stop training
+                    logging.exception("Sampling at step %d failed: %s", step, e)
+            preempt = False
+            if step % sync_every == 0 or jax.process_count() == 1:
+                preempt = parallel.any_across_processes(stop.event.is_set())
+            if (ckpt_every and step % ckpt_every == 0) or step == num_steps or preempt:
+                check_finite(step, metrics)
+                ckpt.save(mngr, state, data_iter, force=True)
+            if preempt:
+                logging.warning("Preempted: checkpoint at step %d written; exiting.", step)
+                break
+    finally:
+        mngr.wait_until_finished()  # pending async saves complete even when raising
+        stop.uninstall()
+        writer.flush()
+    return state
