@@ -1,0 +1,373 @@
+"""The FID Inception-v3 (pytorch-fid's `FIDInceptionV3`) in Flax, NHWC.
+
+Architecture: torchvision's Inception3 with the pytorch-fid patches that reproduce the TensorFlow
+2015-12-05 graph used by every FID implementation (TTUR, ADM's evaluator, pytorch-fid):
+  * Mixed_5b/5c/5d (A), 6b-6e (C) and 7b (E_1): the 3x3 average pool in the pool branch does NOT
+    count padded zeros (TF semantics, `count_include_pad=False`);
+  * Mixed_7c (E_2): the pool branch uses a 3x3 MAX pool (stride 1, pad 1) instead of an average;
+  * 1008 output classes (the TF graph's), no auxiliary classifier.
+Every conv is BasicConv2d = conv (no bias) -> BatchNorm (eps 1e-3, inference statistics) -> ReLU.
+
+Outputs (`InceptionV3.__call__`, input (N, 299, 299, 3) float32 in [-1, 1]):
+  pool    (N, 2048)  final average pool ("pool_3:0" in the TF graph) -> FID, precision/recall.
+  spatial (N, 2023)  sFID features: ADM's evaluator takes "mixed_6/conv:0" and keeps channels
+          [:7] flattened in NHWC order. In the TF graph "mixed" is the first 35x35 block, so
+          "mixed_6" is the 7th Inception block = torchvision's **Mixed_6d**, and "mixed_6/conv" is
+          its first conv = `Mixed_6d.branch1x1` (conv + BN + ReLU output, 17x17x192); 17*17*7 = 2023.
+          (The same correspondence is used by TF->PyTorch ports of this graph.)
+  logits  (N, 1008)  pool @ fc.weight.T. By default WITHOUT the fc bias: ADM (and the original
+          improved-GAN Inception Score) take the softmax of `softmax/logits/MatMul`, i.e. without
+          the bias; `logits_bias=True` adds it (then it equals torchvision's fc output).
+
+Preprocessing (`preprocess`, matches pytorch-fid for uint8 input): x = uint8 / 255 (float32),
+bilinear resize to 299x299 with PyTorch's `F.interpolate(mode="bilinear", align_corners=False)`
+semantics (half-pixel centres, edge clamp, NO antialiasing -- note `jax.image.resize` would
+antialias when downsampling, so it is not used), then x = 2x - 1. Numbers therefore match
+pytorch-fid with the same weights; they differ slightly from ADM's TensorFlow evaluator (whose
+graph resizes with TF1 `resize_bilinear` and normalises (x - 128) / 128), as pytorch-fid's do.
+
+Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a port of the TF graph), converted
+with `python -m nag_jax.convert inception --src pt_inception-2015-12-05-6726825d.pth
+--dst inception_fid.npz`. Loaded from a local path only; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+    "pt_inception-2015-12-05-6726825d.pth"
+)
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INPUT_SIZE = 299
+NUM_CLASSES = 1008
+SPATIAL_CHANNELS = 7
+
+_MISSING_WEIGHTS_HELP = (
+    "The FID Inception weights are not downloaded automatically. Get "
+    f"{INCEPTION_WEIGHTS_FILE} from the pytorch-fid GitHub release ({INCEPTION_WEIGHTS_URL}), "
+    f"then convert it: python -m nag_jax.convert inception --src {INCEPTION_WEIGHTS_FILE} "
+    "--dst inception_fid.npz, and point config.eval.inception_path at the .npz (a .pth is also "
+    "accepted directly when torch is installed)."
+)
+
+
+class BatchNormInference(nn.Module):
+    """BatchNorm with frozen statistics; params: scale, bias, mean, var (all in 'params')."""
+
+    eps: float = 1e-3
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        mean = self.param("mean", nn.initializers.zeros, (c,))
+        var = self.param("var", nn.initializers.ones, (c,))
+        return (x - mean) * (scale * jax.lax.rsqrt(var + self.eps)) + bias
+
+
+class Linear(nn.Module):
+    """Dense layer whose bias is always a parameter but only added when `add_bias`."""
+
+    features: int
+    add_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        y = jnp.dot(x, kernel, precision=jax.lax.Precision.HIGHEST)
+        return y + bias if self.add_bias else y
+
+
+class BasicConv2d(nn.Module):
+    """conv (no bias) -> BN(eps 1e-3) -> ReLU. padding: ((top, bottom), (left, right))."""
+
+    features: int
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)  # symmetric (pad_h, pad_w), as torch
+
+    @nn.compact
+    def __call__(self, x):
+        ph, pw = self.padding
+        x = nn.Conv(
+            self.features,
+            self.kernel,
+            self.strides,
+            padding=((ph, ph), (pw, pw)),
+            use_bias=False,
+            name="conv",
+        )(x)
+        x = BatchNormInference(name="bn")(x)
+        return nn.relu(x)
+
+
+def _avg_pool_3x3(x):
+    # TF semantics: padded zeros are not counted in the average.
+    return nn.avg_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
+
+
+def _max_pool_3x3_s2(x):
+    return nn.max_pool(x, (3, 3), (2, 2), padding="VALID")
+
+
+class InceptionA(nn.Module):
+    pool_features: int
+
+    @nn.compact
+    def __call__(self, x):
+        b1 = BasicConv2d(64, name="branch1x1")(x)
+        b5 = BasicConv2d(48, name="branch5x5_1")(x)
+        b5 = BasicConv2d(64, (5, 5), padding=(2, 2), name="branch5x5_2")(b5)
+        b3 = BasicConv2d(64, name="branch3x3dbl_1")(x)
+        b3 = BasicConv2d(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(b3)
+        b3 = BasicConv2d(96, (3, 3), padding=(1, 1), name="branch3x3dbl_3")(b3)
+        bp = BasicConv2d(self.pool_features, name="branch_pool")(_avg_pool_3x3(x))
+        return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        b3 = BasicConv2d(384, (3, 3), (2, 2), name="branch3x3")(x)
+        bd = BasicConv2d(64, name="branch3x3dbl_1")(x)
+        bd = BasicConv2d(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bd = BasicConv2d(96, (3, 3), (2, 2), name="branch3x3dbl_3")(bd)
+        return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x)], axis=-1)
+
+
+class InceptionC(nn.Module):
+    channels_7x7: int
+
+    @nn.compact
+    def __call__(self, x, return_branch1x1: bool = False):
+        c7 = self.channels_7x7
+        b1 = BasicConv2d(192, name="branch1x1")(x)
+        b7 = BasicConv2d(c7, name="branch7x7_1")(x)
+        b7 = BasicConv2d(c7, (1, 7), padding=(0, 3), name="branch7x7_2")(b7)
+        b7 = BasicConv2d(192, (7, 1), padding=(3, 0), name="branch7x7_3")(b7)
+        bd = BasicConv2d(c7, name="branch7x7dbl_1")(x)
+        bd = BasicConv2d(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_2")(bd)
+        bd = BasicConv2d(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd)
+        bd = BasicConv2d(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
+        bd = BasicConv2d(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
+        bp = BasicConv2d(192, name="branch_pool")(_avg_pool_3x3(x))
+        out = jnp.concatenate([b1, b7, bd, bp], axis=-1)
+        return (out, b1) if return_branch1x1 else out
+
+
+class InceptionD(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        b3 = BasicConv2d(192, name="branch3x3_1")(x)
+        b3 = BasicConv2d(320, (3, 3), (2, 2), name="branch3x3_2")(b3)
+        b7 = BasicConv2d(192, name="branch7x7x3_1")(x)
+        b7 = BasicConv2d(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
+        b7 = BasicConv2d(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
+        b7 = BasicConv2d(192, (3, 3), (2, 2), name="branch7x7x3_4")(b7)
+        return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
+
+
+class InceptionE(nn.Module):
+    pool: str  # "avg" (FIDInceptionE_1, count_include_pad=False) or "max" (FIDInceptionE_2)
+
+    @nn.compact
+    def __call__(self, x):
+        b1 = BasicConv2d(320, name="branch1x1")(x)
+        b3 = BasicConv2d(384, name="branch3x3_1")(x)
+        b3 = jnp.concatenate(
+            [
+                BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
+                BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3),
+            ],
+            axis=-1,
+        )
+        bd = BasicConv2d(448, name="branch3x3dbl_1")(x)
+        bd = BasicConv2d(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bd = jnp.concatenate(
+            [
+                BasicConv2d(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
+                BasicConv2d(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd),
+            ],
+            axis=-1,
+        )
+        if self.pool == "avg":
+            pooled = _avg_pool_3x3(x)
+        else:  # padded with -inf, as torch's max_pool2d
+            pooled = nn.max_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)))
+        bp = BasicConv2d(192, name="branch_pool")(pooled)
+        return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+class InceptionV3(nn.Module):
+    """FID Inception-v3. Input (N, H, W, 3) float32 in [-1, 1] (normally H = W = 299; any size
+    >= 75 runs). Returns dict(pool (N, 2048), spatial (N, h*w*7) from Mixed_6d.branch1x1,
+    logits (N, 1008)). Param names mirror the PyTorch state-dict keys (see nag_jax.convert.inception).
+    """
+
+    logits_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        x = BasicConv2d(32, (3, 3), (2, 2), name="Conv2d_1a_3x3")(x)
+        x = BasicConv2d(32, (3, 3), name="Conv2d_2a_3x3")(x)
+        x = BasicConv2d(64, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
+        x = _max_pool_3x3_s2(x)
+        x = BasicConv2d(80, name="Conv2d_3b_1x1")(x)
+        x = BasicConv2d(192, (3, 3), name="Conv2d_4a_3x3")(x)
+        x = _max_pool_3x3_s2(x)
+        x = InceptionA(32, name="Mixed_5b")(x)
+        x = InceptionA(64, name="Mixed_5c")(x)
+        x = InceptionA(64, name="Mixed_5d")(x)
+        x = InceptionB(name="Mixed_6a")(x)
+        x = InceptionC(128, name="Mixed_6b")(x)
+        x = InceptionC(160, name="Mixed_6c")(x)
+        x, mixed_6_conv = InceptionC(160, name="Mixed_6d")(x, return_branch1x1=True)
+        x = InceptionC(192, name="Mixed_6e")(x)
+        x = InceptionD(name="Mixed_7a")(x)
+        x = InceptionE("avg", name="Mixed_7b")(x)
+        x = InceptionE("max", name="Mixed_7c")(x)
+        pool = jnp.mean(x, axis=(1, 2))
+        logits = Linear(NUM_CLASSES, self.logits_bias, name="fc")(pool)
+        spatial = mixed_6_conv[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
+        return {"pool": pool, "spatial": spatial, "logits": logits}
+
+
+def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) matrix of PyTorch's bilinear, align_corners=False, no antialias:
+    src = (dst + 0.5) * in / out - 0.5, clamped below at 0; neighbours floor(src), min(+1, in - 1).
+    Positions and weights are computed in float32 exactly as PyTorch's CPU kernel does, so the
+    resize matches pytorch-fid to float32 rounding of the sums (not just of the positions).
+    """
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)
+    m = np.zeros((out_size, in_size), np.float32)
+    for d in range(out_size):
+        src = max(scale * (f32(d) + f32(0.5)) - f32(0.5), f32(0.0))
+        i0 = min(int(src), in_size - 1)
+        i1 = min(i0 + 1, in_size - 1)
+        w1 = f32(src - f32(i0))
+        m[d, i0] += f32(1.0) - w1
+        m[d, i1] += w1
+    return m
+
+
+def preprocess(images_uint8, size: int = INPUT_SIZE) -> jax.Array:
+    """uint8 (N, H, W, 3) -> float32 (N, size, size, 3) in [-1, 1], as pytorch-fid (see module doc).
+
+    Grayscale (C = 1) is repeated to 3 channels. Floats are rejected: convert with
+    nag_jax.utils.to_uint8 first so every path scores the same uint8 images.
+    """
+    x = jnp.asarray(images_uint8)
+    if x.dtype != jnp.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"Inception preprocessing expects uint8 images (N, H, W, 3), got {x.dtype} {x.shape}; "
+            "convert [-1, 1] floats with nag_jax.utils.to_uint8 first."
+        )
+    if x.shape[-1] == 1:
+        x = jnp.repeat(x, 3, axis=-1)
+    x = x.astype(jnp.float32) / 255.0
+    _, h, w, _ = x.shape
+    if (h, w) != (size, size):
+        rh = jnp.asarray(bilinear_resize_matrix(h, size), jnp.float32)
+        rw = jnp.asarray(bilinear_resize_matrix(w, size), jnp.float32)
+        hi = jax.lax.Precision.HIGHEST
+        x = jnp.einsum("oh,nhwc->nowc", rh, x, precision=hi)
+        x = jnp.einsum("pw,nowc->nopc", rw, x, precision=hi)
+    return 2.0 * x - 1.0
+
+
+def init_random_params(key, input_size: int = 75) -> dict:
+    """Random-weight params with the real tree structure (tests / smoke runs ONLY: numbers from a
+    random Inception are not a quality measure). BN statistics are randomised too."""
+    model = InceptionV3()
+    k_init, k_bn = jax.random.split(key)
+    params = model.init(k_init, jnp.zeros((1, input_size, input_size, 3)))["params"]
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    leaves = []
+    for i, (path, leaf) in enumerate(flat):
+        name = path[-1].key
+        k = jax.random.fold_in(k_bn, i)
+        if name == "mean":
+            leaf = 0.1 * jax.random.normal(k, leaf.shape)
+        elif name == "var":
+            leaf = jax.random.uniform(k, leaf.shape, minval=0.5, maxval=1.5)
+        elif name in ("scale",):
+            leaf = jax.random.uniform(k, leaf.shape, minval=0.8, maxval=1.2)
+        elif name == "bias":
+            leaf = 0.1 * jax.random.normal(k, leaf.shape)
+        leaves.append(leaf)
+    treedef = jax.tree_util.tree_structure(params)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def load_params(path: str) -> dict:
+    """Loads converted FID Inception params from a local .npz (flat '/'-joined keys), an Orbax
+    directory, or the original pytorch-fid .pth (converted in memory; needs torch)."""
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(f"Inception weights not found at {path!r}. {_MISSING_WEIGHTS_HELP}")
+    from nag_jax.convert import inception as convert_inception
+
+    if os.path.isdir(path):
+        import orbax.checkpoint as ocp
+
+        tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
+        tree = tree.get("params", tree)
+        flat = convert_inception.flatten(tree)
+    elif path.endswith(".npz"):
+        with np.load(path) as data:
+            flat = {k: np.asarray(data[k]) for k in data.files}
+    else:
+        flat = convert_inception.convert_state_dict(convert_inception.load_torch_state_dict(path))
+    convert_inception.check_flat_params(flat, source=path)
+    return convert_inception.unflatten(flat)
+
+
+def inception_apply_fn(params, *, logits_bias: bool = False):
+    """Returns fn(uint8 (N, H, W, 3)) -> dict(pool, spatial, logits), jit-able (params closed over
+    as constants of the caller's jit; pass them via a partial if you need donation)."""
+    model = InceptionV3(logits_bias=logits_bias)
+
+    def fn(images_uint8):
+        return model.apply({"params": params}, preprocess(images_uint8))
+
+    return fn
+
+
+def param_shapes(input_size: int = INPUT_SIZE) -> dict:
+    """The expected param tree as ShapeDtypeStructs (no compute)."""
+    model = InceptionV3()
+    x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+
+
+def feature_dims(input_size: int = INPUT_SIZE) -> dict[str, int]:
+    shapes = jax.eval_shape(
+        lambda p, x: InceptionV3().apply({"params": p}, x),
+        param_shapes(input_size),
+        jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32),
+    )
+    return {k: int(v.shape[-1]) for k, v in shapes.items()}
+
+
+__all__: Sequence[str] = (
+    "InceptionV3",
+    "preprocess",
+    "bilinear_resize_matrix",
+    "load_params",
+    "init_random_params",
+    "inception_apply_fn",
+    "param_shapes",
+    "feature_dims",
+    "INCEPTION_WEIGHTS_URL",
+    "INCEPTION_WEIGHTS_FILE",
+)
