@@ -70,7 +70,7 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def convert_state_dict(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Torch state dict -> flat Flax params (no checks beyond the mapping; see check_flat_params)."""
+    """Torch state dict -> flat Flax params (mapping only; check_flat_params checks)."""
     flat = {}
     for key, value in sd.items():
         parts = key.split(".")

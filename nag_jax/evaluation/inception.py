@@ -12,8 +12,9 @@ Outputs (`InceptionV3.__call__`, input (N, 299, 299, 3) float32 in [-1, 1]):
   pool    (N, 2048)  final average pool ("pool_3:0" in the TF graph) -> FID, precision/recall.
   spatial (N, 2023)  sFID features: ADM's evaluator takes "mixed_6/conv:0" and keeps channels
           [:7] flattened in NHWC order. In the TF graph "mixed" is the first 35x35 block, so
-          "mixed_6" is the 7th Inception block = torchvision's **Mixed_6d**, and "mixed_6/conv" is
-          its first conv = `Mixed_6d.branch1x1` (conv + BN + ReLU output, 17x17x192); 17*17*7 = 2023.
+          "mixed_6" is the 7th Inception block = torchvision's **Mixed_6d**, and "mixed_6/conv"
+          is its first conv = `Mixed_6d.branch1x1` (conv + BN + ReLU output, 17x17x192);
+          17 * 17 * 7 = 2023 numbers.
           (The same correspondence is used by TF->PyTorch ports of this graph.)
   logits  (N, 1008)  pool @ fc.weight.T. By default WITHOUT the fc bias: ADM (and the original
           improved-GAN Inception Score) take the softmax of `softmax/logits/MatMul`, i.e. without
@@ -211,7 +212,7 @@ class InceptionE(nn.Module):
 class InceptionV3(nn.Module):
     """FID Inception-v3. Input (N, H, W, 3) float32 in [-1, 1] (normally H = W = 299; any size
     >= 75 runs). Returns dict(pool (N, 2048), spatial (N, h*w*7) from Mixed_6d.branch1x1,
-    logits (N, 1008)). Param names mirror the PyTorch state-dict keys (see nag_jax.convert.inception).
+    logits (N, 1008)). Param names mirror the PyTorch state-dict keys (nag_jax.convert.inception).
     """
 
     logits_bias: bool = False
