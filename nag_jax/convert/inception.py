@@ -1,7 +1,6 @@
 """pytorch-fid Inception weights (.pth) -> Flax params (.npz or Orbax directory).
 
-    python -m nag_jax.convert inception --src pt_inception-2015-12-05-6726825d.pth \
-        --dst inception_fid.npz
+    python -m nag_jax.convert inception --src pt_inception-2015-12-05-6726825d.pth --dst fid.npz
 
 Source file: `pt_inception-2015-12-05-6726825d.pth` from the pytorch-fid GitHub release
 (https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/...), a raw state dict of
@@ -152,20 +151,28 @@ def convert(src: str, dst: str) -> dict[str, np.ndarray]:
     return flat
 
 
-def _cli(args: argparse.Namespace) -> None:
+COMMAND = "inception"
+HELP = "pytorch-fid FID Inception .pth -> Flax params (.npz or Orbax dir)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--src", required=True, help="pt_inception-2015-12-05-6726825d.pth")
+    parser.add_argument("--dst", required=True, help="output .npz file or Orbax directory")
+
+
+def run(args: argparse.Namespace) -> int:
     flat = convert(args.src, args.dst)
     n = sum(int(v.size) for v in flat.values())
     print(f"wrote {len(flat)} arrays ({n:,} numbers) to {args.dst}")
+    return 0
 
 
 def register(subparsers) -> None:
-    """Adds `inception --src X.pth --dst Y(.npz|orbax dir)` to `python -m nag_jax.convert`."""
-    p = subparsers.add_parser(
-        "inception", help="pytorch-fid FID Inception .pth -> Flax params (.npz or Orbax dir)"
-    )
-    p.add_argument("--src", required=True, help="pt_inception-2015-12-05-6726825d.pth")
-    p.add_argument("--dst", required=True, help="output .npz file or Orbax directory")
-    p.set_defaults(func=_cli)
+    """Adds the subcommand to an argparse subparsers object (nag_jax.convert.__main__ discovers
+    COMMAND / HELP / add_arguments / run instead; this is for other CLIs)."""
+    p = subparsers.add_parser(COMMAND, help=HELP)
+    add_arguments(p)
+    p.set_defaults(func=run)
 
 
 if __name__ == "__main__":
