@@ -5,6 +5,13 @@
 - `objective`: the NAG training loss (class + noise-condition dropout) for both families.
 """
 
+from nag_jax.diffusion.gaussian import GaussianDiffusion, create_diffusion, space_timesteps
 from nag_jax.diffusion.transport import Transport, create_transport
 
-__all__ = ["Transport", "create_transport"]
+__all__ = [
+    "GaussianDiffusion",
+    "Transport",
+    "create_diffusion",
+    "create_transport",
+    "space_timesteps",
+]
