@@ -1,0 +1,51 @@
+"""Small shared helpers: image conversion and grids.
+
+Images are NHWC with pixel values in [-1, 1]. The uint8 conversion used everywhere in the project
+(PNG grids, ADM-format .npz samples, evaluation) is
+
+    to_uint8(x) = clip(round(127.5 * x + 127.5), 0, 255)
+
+which maps -1 -> 0, 1 -> 255 and 0 -> 128 (round half to even at 127.5 -> 128).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_uint8(images) -> np.ndarray:
+    """Converts images in [-1, 1] (any float array, NHWC) to uint8 with the project's rule."""
+    x = np.asarray(images, dtype=np.float32)
+    return np.clip(np.round(127.5 * x + 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, ncols: int, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Tiles uint8 images (N, H, W, C) into one (rows*(H+pad)+pad, cols*(W+pad)+pad, C) image."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"make_grid expects (N, H, W, C) images, got shape {images.shape}")
+    n, h, w, c = images.shape
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    grid = np.full(
+        (nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), pad_value, dtype=images.dtype
+    )
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        y0, x0 = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y0 : y0 + h, x0 : x0 + w] = images[i]
+    return grid
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    """Writes a uint8 (H, W, C) image with C in {1, 3} as PNG, atomically (write + rename)."""
+    import os
+
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    tmp = f"{path}.tmp-{os.getpid()}"
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)

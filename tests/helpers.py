@@ -1,0 +1,63 @@
+"""Test utilities shared across test files: tiny models, re-randomised params, jaxpr inspection."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nag_jax.models import create_model
+
+TINY = dict(input_size=8, in_channels=3, num_classes=5, hidden_size=32, depth=2, num_heads=4)
+
+
+def tiny_model(name: str = "SiT-S/2", **overrides):
+    """A 2-block, 32-wide backbone on 8x8x3 inputs with 5 classes (compiles in about a second)."""
+    return create_model(name, **{**TINY, **overrides})
+
+
+def init_params(model, seed: int = 0):
+    n = 2
+    x = jnp.zeros((n, model.input_size, model.input_size, model.in_channels))
+    return model.init(jax.random.key(seed), x, jnp.zeros((n,)), jnp.zeros((n,), jnp.int32))[
+        "params"
+    ]
+
+
+def rerandomize(params, seed: int = 1, scale: float = 0.2):
+    """Replaces every parameter with N(0, scale^2) draws so that outputs are nonzero."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    new = [scale * jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
+    return jax.tree.unflatten(treedef, new)
+
+
+def iter_eqns(jaxpr):
+    """Yields every equation of a (closed) jaxpr, recursing into scan/cond/pjit sub-jaxprs."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            subs = param if isinstance(param, (tuple, list)) else (param,)
+            for sub in subs:
+                if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+                    yield from iter_eqns(sub)
+
+
+def conv_batch_sizes(fn, *args) -> list[int]:
+    """Batch sizes of every convolution in the traced computation of fn(*args).
+
+    The backbone has exactly one convolution (the patch embedding), so this lists the network
+    calls and the batch each one runs on.
+    """
+    closed = jax.make_jaxpr(fn)(*args)
+    return [
+        int(eqn.invars[0].aval.shape[0])
+        for eqn in iter_eqns(closed)
+        if eqn.primitive.name == "conv_general_dilated"
+    ]
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
