@@ -1,4 +1,4 @@
-"""Mesh, sharding rules, FSDP equivalence and memory, global batch checks (8 virtual CPU devices)."""
+"""Mesh, sharding rules, FSDP equivalence and memory, global batch checks (8 CPU devices)."""
 
 import jax
 import numpy as np
