@@ -1,0 +1,225 @@
+"""Reference statistics for FID / sFID / precision-recall, cached on disk.
+
+Sources:
+  * an ADM-format reference batch .npz (e.g. ADM's VIRTUAL_imagenet256_labeled.npz): `arr_0` uint8
+    (N, H, W, 3) images. Statistics are computed from the images WITH OUR EXTRACTOR (the
+    precomputed mu/sigma/mu_s/sigma_s stored next to arr_0 come from ADM's TensorFlow graph and
+    would not be consistent with our features). A .npz holding only mu/sigma (+ mu_s/sigma_s) is
+    used as is (`precomputed=True` in the result; no precision/recall without features) -- only
+    meaningful if it was produced by the same extractor.
+  * any dataset nag_jax.data can read (`config.data`, e.g. synthetic_shapes, image_folder, tfds
+    imagenet2012): the first `num_images` images of a seeded shuffle, no flips, via to_uint8.
+
+Cache: `<cache_dir>/ref-<extractor>-<hash>.npz`, the hash over the source identity (absolute path,
+size and mtime of a file; the data config for a dataset), the number of images and the extractor
+name. Stored: mu, sigma, mu_s, sigma_s, pool_features (for precision/recall), meta (JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+
+from nag_jax.evaluation.metrics import FeatureExtractor, extract_features, mean_cov
+
+
+@dataclasses.dataclass
+class ReferenceStats:
+    """mu/sigma of "pool" features; mu_s/sigma_s of "spatial" (None without spatial features);
+    pool_features (N, D) float32 for precision/recall (None for precomputed-only statistics)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    mu_s: np.ndarray | None = None
+    sigma_s: np.ndarray | None = None
+    pool_features: np.ndarray | None = None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_features(cls, feats: dict, meta: dict | None = None) -> ReferenceStats:
+        mu, sigma = mean_cov(feats["pool"])
+        mu_s = sigma_s = None
+        if "spatial" in feats:
+            mu_s, sigma_s = mean_cov(feats["spatial"])
+        return cls(mu, sigma, mu_s, sigma_s, np.asarray(feats["pool"], np.float32), meta or {})
+
+    def save(self, path: str) -> None:
+        arrays = {"mu": self.mu, "sigma": self.sigma, "meta": np.asarray(json.dumps(self.meta))}
+        for name in ("mu_s", "sigma_s", "pool_features"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path[:-4]}.tmp-{os.getpid()}.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> ReferenceStats:
+        with np.load(path) as z:
+            get = lambda k: np.asarray(z[k]) if k in z.files else None
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+            return cls(
+                get("mu"), get("sigma"), get("mu_s"), get("sigma_s"), get("pool_features"), meta
+            )
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40]
+
+
+def cache_path(cache_dir: str, extractor: FeatureExtractor, identity: dict) -> str:
+    key = json.dumps({"extractor": extractor.name, **identity}, sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"ref-{_safe(extractor.name)}-{digest}.npz")
+
+
+def _cached(cache_dir, extractor, identity, compute) -> ReferenceStats:
+    import jax
+
+    path = cache_path(cache_dir, extractor, identity) if cache_dir else None
+    if path and os.path.exists(path):
+        stats = ReferenceStats.load(path)
+        stats.meta["cache_path"] = path
+        return stats
+    stats = compute()
+    stats.meta.update({"extractor": extractor.name, **identity})
+    if path and jax.process_index() == 0:
+        stats.save(path)
+        stats.meta["cache_path"] = path
+    return stats
+
+
+def from_npz(
+    path: str,
+    extractor: FeatureExtractor,
+    *,
+    cache_dir: str | None = None,
+    num_images: int | None = None,
+    batch_size: int = 200,
+) -> ReferenceStats:
+    """Reference statistics from an ADM-format .npz (see module doc)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"reference batch {path!r} not found; use an ADM reference batch (.npz with arr_0 "
+            "uint8 images, e.g. VIRTUAL_imagenet256_labeled.npz from openai/guided-diffusion's "
+            "evaluations README) or config.eval.reference = 'dataset'."
+        )
+    with np.load(path, mmap_mode="r") as z:
+        files = set(z.files)
+    if "arr_0" not in files and "pool_features" in files:
+        return ReferenceStats.load(path)  # a ReferenceStats file (e.g. a cache entry)
+    if "arr_0" not in files:
+        if not {"mu", "sigma"} <= files:
+            raise ValueError(
+                f"{path!r} has neither arr_0 (images) nor mu/sigma (statistics): keys {files}"
+            )
+        with np.load(path) as z:
+            stats = ReferenceStats(
+                z["mu"],
+                z["sigma"],
+                z["mu_s"] if "mu_s" in files else None,
+                z["sigma_s"] if "sigma_s" in files else None,
+                None,
+                {"source": os.path.abspath(path), "precomputed": True},
+            )
+        return stats
+    st = os.stat(path)
+    identity = {
+        "source": os.path.abspath(path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "num_images": num_images,
+    }
+
+    def compute():
+        with np.load(path) as z:
+            images = z["arr_0"]
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"{path!r}: arr_0 must be uint8 (N, H, W, C), got {images.dtype} {images.shape}"
+            )
+        if num_images is not None:
+            images = images[:num_images]
+        feats = extract_features(extractor, images, batch_size=batch_size)
+        return ReferenceStats.from_features(feats, {"num_images": len(images)})
+
+    return _cached(cache_dir, extractor, identity, compute)
+
+
+def dataset_images(data_cfg, num_images: int, *, seed: int = 0, batch_size: int = 256):
+    """Yields uint8 NHWC batches: the first `num_images` of a seeded shuffle of config.data
+    (no flips, one pass), the same on every process."""
+    from nag_jax.data import create_dataset
+    from nag_jax.utils import to_uint8
+
+    cfg = dict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg))
+    if cfg.get("name") == "latents":
+        raise ValueError(
+            "reference statistics need pixel images; config.data.name='latents' holds VAE "
+            "latents. Point config.eval.reference at an ADM .npz or at the image dataset."
+        )
+    cfg.update(random_flip=False, shuffle=True, num_epochs=None, num_workers=0)
+    it = create_dataset(
+        cfg, seed=seed, process_index=0, process_count=1, global_batch_size=batch_size
+    )
+    done = 0
+    while done < num_images:
+        batch = next(it)
+        images = to_uint8(batch["image"][: num_images - done])
+        done += len(images)
+        yield images
+
+
+def from_dataset(
+    data_cfg,
+    extractor: FeatureExtractor,
+    num_images: int,
+    *,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    batch_size: int = 200,
+) -> ReferenceStats:
+    """Reference statistics of `num_images` images of a nag_jax.data dataset (see module doc)."""
+    cfg = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
+    ignore = {"global_batch_size", "num_workers", "num_threads", "prefetch_buffer_size"}
+    identity = {
+        "source": "dataset",
+        "data": {k: v for k, v in sorted(cfg.items()) if k not in ignore},
+        "num_images": int(num_images),
+        "seed": int(seed),
+    }
+
+    def compute():
+        batches = dataset_images(data_cfg, num_images, seed=seed)
+        feats = extract_features(extractor, batches, batch_size=batch_size)
+        return ReferenceStats.from_features(feats, {"num_images": int(num_images)})
+
+    return _cached(cache_dir, extractor, identity, compute)
+
+
+def load_reference(
+    reference: str,
+    extractor: FeatureExtractor,
+    *,
+    data_cfg=None,
+    num_images: int | None = None,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    batch_size: int = 200,
+) -> ReferenceStats:
+    """`reference`: a path to an .npz (ADM reference batch or precomputed stats), a cached
+    ReferenceStats file, or "dataset" (statistics of `num_images` images of `data_cfg`)."""
+    if reference == "dataset":
+        if data_cfg is None or not num_images:
+            raise ValueError("reference='dataset' needs data_cfg and num_images (> 0)")
+        return from_dataset(
+            data_cfg, extractor, num_images, seed=seed, cache_dir=cache_dir, batch_size=batch_size
+        )
+    return from_npz(
+        reference, extractor, cache_dir=cache_dir, num_images=num_images, batch_size=batch_size
+    )
