@@ -156,10 +156,20 @@ def test_iterator_checkpoints_with_orbax(tmp_path):
 @pytest.mark.slow  # ~10 s: starts worker processes
 def test_worker_processes_give_the_same_stream():
     kw = dict(seed=0, process_index=0, process_count=1, global_batch_size=4)
-    ref = _take(create_dataset(_cfg(), **kw), 4)
-    got = _take(create_dataset(_cfg(num_workers=2), **kw), 4)
+    ref = _take(create_dataset(_cfg(), **kw), 6)
+    it = create_dataset(_cfg(num_workers=2), **kw)
+    got = _take(it, 2)
+    state = it.get_state()  # the multi-worker state restores too
+    got += _take(it, 4)
+    it2 = create_dataset(_cfg(num_workers=2), **kw)
+    it2.set_state(state)
+    restored = _take(it2, 4)
+    it.close()
+    it2.close()
     for a, b in zip(ref, got):
         np.testing.assert_array_equal(a["image"], b["image"])
+    for a, b in zip(ref[2:], restored):
+        np.testing.assert_array_equal(a["index"], b["index"])
 
 
 # ----------------------------------------------------------------------------- sources

@@ -10,18 +10,20 @@ image sources and latents (B, h, w, 4) for the "latents" source (already multipl
 Batches are numpy arrays; the trainer assembles the global jax.Array
 (nag_jax.parallel.global_batch / jax.make_array_from_process_local_data).
 
-How it is built (grain.MapDataset; every step is a pure function of the index):
+How it is built: ``grain.MapDataset.range(num_batches).map(batch b -> arrays)``; batch b is a
+pure function of b (random access, so grain's iterator state is just the next batch index):
   1. record keys 0..N'-1 with N' = N - N % process_count (the few trailing records are dropped so
-     every process gets the same number), strided slice ``[process_index::process_count]``:
+     every process gets the same number), strided: process i owns keys i, i + P, i + 2P, ...;
      processes read disjoint shards whose union is the whole (trimmed) dataset;
-  2. ``shuffle(seed)`` then ``repeat(num_epochs)``: grain re-seeds the shuffle each epoch
-     (seed + epoch), so each epoch is a fresh permutation of the process's shard;
-  3. the position in the repeated stream gives the epoch; horizontal flips are drawn from a hash of
-     (seed, epoch, record key) (nag_jax.data.preprocess.flip_decisions), so they do not depend on
-     batch size, workers or process layout;
-  4. ``batch(B_local, drop_remainder=True)`` over keys, then one vectorised load per batch
-     (synthetic shapes render a whole batch at once; image sources decode + ADM centre crop each
-     example; latents parse records).
+  2. the process's stream of positions p = 0, 1, 2, ... is epoch p // (N' / P); each epoch visits
+     its records in a fresh permutation seeded by (seed, epoch, process_index) (``EpochKeys``,
+     vectorised numpy: per-record Python overhead is avoided so data never limits a small demo);
+     batch b holds positions [b * B_local, (b + 1) * B_local) (a batch may straddle two epochs);
+     with num_epochs set, the stream ends after floor(num_epochs * N' / P / B_local) batches;
+  3. horizontal flips are drawn from a hash of (seed, epoch, record key)
+     (nag_jax.data.preprocess.flip_decisions), independent of batch size, workers and layout;
+  4. one vectorised load per batch (synthetic shapes render a whole batch at once; image sources
+     decode + ADM centre crop each example; latents parse records);
   5. ``to_iter_dataset(ReadOptions(num_threads, prefetch_buffer_size))`` and, with
      ``num_workers > 0``, ``mp_prefetch`` (worker processes; output does not depend on the count).
 
@@ -57,13 +59,15 @@ data_cfg keys (ml_collections.ConfigDict or any object with .get; missing keys -
   shuffle            per-epoch shuffling (default True)
   num_epochs         None = repeat forever (default), else a finite number of epochs
   num_workers        grain worker processes (default 0 = load in the main process)
-  num_threads        read threads per process (default 2)
+  num_threads        read threads per process (default 1: prefetches while the step runs)
   prefetch_buffer_size   batches prefetched (default 2)
   return_index       also return "index" (B,) int64 record keys and "epoch" (default False)
   global_batch_size  used when the `global_batch_size` argument is None
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
@@ -126,6 +130,55 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
+class EpochKeys:
+    """Record keys of this process's stream: position p -> (epoch, record key), vectorised.
+
+    The first N' = N - N % process_count records are split strided (process i owns keys
+    i, i + P, i + 2P, ...); epoch e visits the process's records in the order of
+    ``np.random.default_rng([seed, e, process_index]).permutation(N' / P)`` (identity without
+    shuffle). Position p is in epoch p // (N' / P).
+    """
+
+    def __init__(self, n, process_index, process_count, seed, *, shuffle=True):
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.per_process = (int(n) - int(n) % self.process_count) // self.process_count
+        self.seed, self.shuffle = int(seed), bool(shuffle)
+        self._cache = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        perm = self._cache.get(epoch)
+        if perm is None:
+            rng = np.random.default_rng([self.seed, epoch, self.process_index])
+            perm = rng.permutation(self.per_process)
+            if len(self._cache) >= 3:  # batches straddle at most two epochs; threads overlap
+                self._cache.pop(min(self._cache))
+            self._cache[epoch] = perm
+        return perm
+
+    def __call__(self, positions):
+        positions = np.asarray(positions, dtype=np.int64)
+        epochs, local = np.divmod(positions, self.per_process)
+        if self.shuffle:
+            for e in np.unique(epochs):
+                sel = epochs == e
+                local[sel] = self._perm(int(e))[local[sel]]
+        return epochs, local * self.process_count + self.process_index
+
+    def __getstate__(self):  # do not ship cached permutations to worker processes
+        return {**self.__dict__, "_cache": {}}
+
+
+class _BatchOf:
+    """Batch index b -> loaded batch of positions [b * B, (b + 1) * B)."""
+
+    def __init__(self, keys: EpochKeys, batch: int, load):
+        self.keys, self.batch, self.load = keys, int(batch), load
+
+    def __call__(self, b):
+        positions = np.arange(int(b) * self.batch, (int(b) + 1) * self.batch, dtype=np.int64)
+        return self.load(self.keys(positions))
+
+
 class _LoadBatch:
     """Turns a batch of (epoch, record key) into model-ready arrays (picklable for workers)."""
 
@@ -146,7 +199,8 @@ class _LoadBatch:
         if self.kind == "synthetic":
             out = self.source.render_batch(keys)
             images = out["image"]
-            images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+            if flips.any():
+                images[flips] = images[flips][:, :, ::-1]
             labels = out["label"]
         elif self.kind == "latents":
             exs = [self.source[int(k)] for k in keys]
@@ -234,27 +288,23 @@ def create_dataset(
             f"(global_batch_size={global_batch_size}); use a smaller batch or more data"
         )
 
-    ds = grain.MapDataset.range(n_even)[process_index::process_count]
-    if bool(_get(data_cfg, "shuffle", True)):
-        ds = ds.shuffle(seed=seed)
-    epoch_len = len(ds)
-    ds = ds.repeat(None if num_epochs is None else int(num_epochs))
-    ds = ds.map_with_index(lambda pos, key: (np.int64(pos // epoch_len), np.int64(key)))
-    ds = ds.batch(batch, drop_remainder=True)
-    ds = ds.map(
-        _LoadBatch(
-            source,
-            kind=kind,
-            seed=seed,
-            image_size=int(_get(data_cfg, "image_size", 32)),
-            random_flip=bool(_get(data_cfg, "random_flip", True)),
-            return_index=bool(_get(data_cfg, "return_index", False)),
-            scale=scale,
-        )
+    keys = EpochKeys(
+        n, process_index, process_count, seed, shuffle=bool(_get(data_cfg, "shuffle", True))
     )
+    num_batches = sys.maxsize if num_epochs is None else per_process * int(num_epochs) // batch
+    load = _LoadBatch(
+        source,
+        kind=kind,
+        seed=seed,
+        image_size=int(_get(data_cfg, "image_size", 32)),
+        random_flip=bool(_get(data_cfg, "random_flip", True)),
+        return_index=bool(_get(data_cfg, "return_index", False)),
+        scale=scale,
+    )
+    ds = grain.MapDataset.range(num_batches).map(_BatchOf(keys, batch, load))
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(
-            num_threads=int(_get(data_cfg, "num_threads", 2)),
+            num_threads=int(_get(data_cfg, "num_threads", 1)),
             prefetch_buffer_size=int(_get(data_cfg, "prefetch_buffer_size", 2)),
         )
     )

@@ -173,22 +173,33 @@ def render_shapes(
 
     coords = np.arange(size, dtype=f32) + f32(0.5)  # pixel centres
     ramp = coords / size - f32(0.5)  # [-0.5, 0.5]
-    background = (
-        bg_base[:, None, None, :]
-        + (gx[:, None, None] * ramp[None, None, :])[..., None]
-        + (gy[:, None, None] * ramp[None, :, None])[..., None]
-    )  # (N, S, S, 3)
-
-    coverage = np.empty((n, size, size), dtype=f32)
-    for s in np.unique(shape_idx):
-        sel = np.nonzero(shape_idx == s)[0]
-        u = coords[None, None, :] - cx[sel, None, None]
-        v = coords[None, :, None] - cy[sel, None, None]
-        d = _sdf(int(s), u, v, radius[sel, None, None], angle[sel, None, None])
-        coverage[sel] = np.clip(f32(0.5) - d, 0.0, 1.0)
-    cov = coverage[..., None]
-    images = background * (1.0 - cov) + colour[:, None, None, :] * cov
-    return np.clip(images, -1.0, 1.0).astype(dtype, copy=False)
+    images = np.empty((n, size, size, 3), dtype=f32)
+    # Chunks of ~64k pixels keep the temporaries in cache (several times faster than whole-batch).
+    chunk = max(1, 65536 // (size * size))
+    for c0 in range(0, n, chunk):
+        sl = slice(c0, min(n, c0 + chunk))
+        gradient = (
+            gx[sl, None, None] * ramp[None, None, :] + gy[sl, None, None] * ramp[None, :, None]
+        )
+        coverage = np.empty(gradient.shape, dtype=f32)
+        shapes = shape_idx[sl]
+        for s in np.unique(shapes):
+            sel = np.nonzero(shapes == s)[0] + c0
+            u = coords[None, None, :] - cx[sel, None, None]
+            v = coords[None, :, None] - cy[sel, None, None]
+            d = _sdf(int(s), u, v, radius[sel, None, None], angle[sel, None, None])
+            np.subtract(f32(0.5), d, out=d)
+            coverage[sel - c0] = np.minimum(np.maximum(d, f32(0.0), out=d), f32(1.0), out=d)
+        # Planar per channel (inner loops over pixels, not over 3 channels -- much faster):
+        # out = background * (1 - coverage) + colour * coverage, clipped to [-1, 1].
+        for ch in range(3):
+            bg = gradient + bg_base[sl, ch, None, None]
+            val = colour[sl, ch, None, None] - bg
+            val *= coverage
+            val += bg
+            np.maximum(val, f32(-1.0), out=val)
+            images[sl, :, :, ch] = np.minimum(val, f32(1.0), out=val)
+    return images.astype(dtype, copy=False)
 
 
 class ShapesDataset:
