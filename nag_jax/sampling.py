@@ -37,11 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nag_jax.diffusion.gaussian import GaussianDiffusion
 from nag_jax.diffusion.transport import Transport
 
 __all__ = [
     "sample_ode",
     "sample_sde",
+    "sample_ddpm",
+    "sample_ddim",
     "ode_grid",
     "sde_grid",
 ]
@@ -51,6 +54,29 @@ PredFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 ODE_METHODS = ("euler", "heun")
 SDE_METHODS = ("euler", "heun")
 LAST_STEPS = (None, "Mean", "Tweedie", "Euler")
+
+
+def _is_key_batch(key) -> bool:
+    """True for a batch of per-image keys: typed (N,) or raw uint32 (N, 2)."""
+    key = jnp.asarray(key) if not hasattr(key, "dtype") else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    return key.ndim == 2
+
+
+def _split_steps(key, n: int):
+    """Step keys: (n,) from one key, or (n, N) from N per-image keys (image i's noise at every
+    step then depends on its own key alone, whatever the batch or device layout)."""
+    if _is_key_batch(key):
+        return jax.vmap(lambda k: jax.random.split(k, n), out_axes=1)(key)
+    return jax.random.split(key, n)
+
+
+def _normal(key, shape, dtype):
+    """Standard normals of ``shape`` (N, ...) from one key or from N per-image keys."""
+    if _is_key_batch(key):
+        return jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(key)
+    return jax.random.normal(key, shape, dtype)
 
 
 def _linspace32(t0: float, t1: float, n: int) -> np.ndarray:
@@ -192,7 +218,7 @@ def sample_sde(
       v(x, t1)``; "Tweedie": ``(x + sigma^2 s(x, t1)) / alpha``; None: ``x`` unchanged.
 
     Args:
-      key: PRNG key for the step noise (ignored when ``noise`` is given).
+      key: PRNG key for the step noise, or (N,) per-image keys (ignored when ``noise`` is given).
       x_init: (N, H, W, C) noise at t0.
       noise: optional (num_steps - 1, N, H, W, C) standard normals used instead of ``key``.
     Returns: x (N, H, W, C) or ``(x, traj)`` with ``num_steps + 1`` trajectory entries (times:
@@ -216,7 +242,7 @@ def sample_sde(
     def step(x, inp):
         t, z_or_key = inp
         if noise is None:
-            z = jax.random.normal(z_or_key, x.shape, dtype)
+            z = _normal(z_or_key, x.shape, dtype)
         else:
             z = z_or_key.astype(dtype)
         if method == "euler":
@@ -243,7 +269,7 @@ def sample_sde(
     else:
         if key is None:
             raise ValueError("sample_sde needs a PRNG key (or an explicit `noise` array).")
-        zs = jax.random.split(key, n_stoch)
+        zs = _split_steps(key, n_stoch)
     x, xs = jax.lax.scan(step, x_init, (jnp.asarray(ts[:-1]), zs))
 
     t1 = jnp.float32(ts[-1])
@@ -267,3 +293,128 @@ def sample_sde(
         xs_all = jnp.concatenate([xs, x_last[None]], axis=0)
         return x_last, _trajectory(x_init, xs_all, np.append(ts, np.float32(t_end)))
     return x_last
+
+
+# --------------------------------------------------------------------------------------- DiT
+def _ddpm_loop_inputs(diffusion: GaussianDiffusion, key, noise, x_init):
+    """Respaced indices T'-1..0, original steps as float32 and the per-step noise or keys."""
+    n = diffusion.num_timesteps
+    idx = np.arange(n - 1, -1, -1, dtype=np.int32)
+    t_orig = diffusion.timestep_map[idx].astype(np.float32)
+    if noise is not None:
+        noise = jnp.asarray(noise)
+        expected = (n,) + tuple(x_init.shape)
+        if tuple(noise.shape) != expected:
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)}; expected {expected} = "
+                "(diffusion.num_timesteps, *x_init.shape): one draw per step, in loop order "
+                "(noise[0] is used at respaced index T'-1; the last one is drawn but unused, "
+                "as in the release)."
+            )
+        zs = noise
+    elif key is None:
+        zs = None
+    else:
+        zs = _split_steps(key, n)
+    ts_traj = np.append(t_orig, np.float32(-1.0))
+    return jnp.asarray(idx), jnp.asarray(t_orig), zs, ts_traj
+
+
+def sample_ddpm(
+    pred_fn: PredFn,
+    key: jax.Array | None,
+    x_init: jax.Array,
+    y,
+    *,
+    diffusion: GaussianDiffusion,
+    clip_denoised: bool = False,
+    noise: jax.Array | None = None,
+    return_trajectory: bool = False,
+):
+    """DiT's ancestral sampler (``p_sample_loop``) over the respaced process.
+
+    For ``i = T'-1, ..., 0``: ``out = pred_fn(x, timestep_map[i], y)`` (ORIGINAL step as a float
+    scalar), ``p = diffusion.p_mean_variance(out, x, i)`` and
+    ``x = p.mean + [i != 0] exp(0.5 p.log_variance) z``; no clipping by default (DiT samples
+    latents), no noise at the last step.
+
+    Args:
+      key: PRNG key for the step noise, or (N,) per-image keys (ignored when ``noise`` is given).
+      x_init: (N, H, W, C) standard normal start.
+      noise: optional (T', N, H, W, C) draws; ``noise[k]`` is used at the k-th step of the loop.
+    Returns: x (N, H, W, C) or ``(x, traj)`` with ``T' + 1`` entries (traj t: original steps,
+      then -1).
+    """
+    idx, t_orig, zs, ts_traj = _ddpm_loop_inputs(diffusion, key, noise, x_init)
+    if zs is None:
+        raise ValueError("sample_ddpm needs a PRNG key (or an explicit `noise` array).")
+    dtype = x_init.dtype
+
+    def step(x, inp):
+        i, t, z_or_key = inp
+        z = z_or_key.astype(dtype) if noise is not None else _normal(z_or_key, x.shape, dtype)
+        p = diffusion.p_mean_variance(pred_fn(x, t, y), x, i, clip_denoised=clip_denoised)
+        nonzero = (i != 0).astype(p["mean"].dtype)
+        x_new = (p["mean"] + nonzero * jnp.exp(0.5 * p["log_variance"]) * z).astype(dtype)
+        return x_new, (x_new if return_trajectory else None)
+
+    x, xs = jax.lax.scan(step, x_init, (idx, t_orig, zs))
+    if return_trajectory:
+        return x, _trajectory(x_init, xs, ts_traj)
+    return x
+
+
+def sample_ddim(
+    pred_fn: PredFn,
+    x_init: jax.Array,
+    y,
+    *,
+    diffusion: GaussianDiffusion,
+    eta: float = 0.0,
+    key: jax.Array | None = None,
+    clip_denoised: bool = False,
+    noise: jax.Array | None = None,
+    return_trajectory: bool = False,
+):
+    """DDIM (``ddim_sample_loop``) over the respaced process (e.g. ``create_diffusion("ddim50")``).
+
+    For ``i = T'-1, ..., 0`` with ``a = abar_i``, ``a' = abar_{i-1}`` (respaced):
+    ``x0 = p_mean_variance(...).pred_xstart``, ``eps = (x / sqrt(a) - x0) / sqrt(1/a - 1)``
+    (re-derived as the release does), ``s = eta sqrt((1 - a')/(1 - a)) sqrt(1 - a/a')``,
+    ``x = sqrt(a') x0 + sqrt(1 - a' - s^2) eps + [i != 0] s z``. ``eta = 0`` is deterministic
+    (no key needed); ``eta > 0`` needs ``key`` or ``noise`` (T', N, H, W, C).
+    """
+    eta = float(eta)
+    idx, t_orig, zs, ts_traj = _ddpm_loop_inputs(diffusion, key, noise, x_init)
+    stochastic = eta != 0.0
+    if stochastic and zs is None:
+        raise ValueError(f"sample_ddim with eta={eta} needs a PRNG key or a `noise` array.")
+    if zs is None:
+        zs = jnp.zeros((diffusion.num_timesteps,), jnp.float32)  # placeholder, unused
+    dtype = x_init.dtype
+
+    def step(x, inp):
+        i, t, z_or_key = inp
+        p = diffusion.p_mean_variance(pred_fn(x, t, y), x, i, clip_denoised=clip_denoised)
+        x0 = p["pred_xstart"]
+        eps = diffusion.predict_eps_from_xstart(x, i, x0)
+        a = diffusion.coef("alphas_cumprod", i, x)
+        a_prev = diffusion.coef("alphas_cumprod_prev", i, x)
+        x_new = x0 * jnp.sqrt(a_prev)
+        if stochastic:
+            sigma = eta * jnp.sqrt((1.0 - a_prev) / (1.0 - a)) * jnp.sqrt(1.0 - a / a_prev)
+            if noise is not None:
+                z = z_or_key.astype(dtype)
+            else:
+                z = _normal(z_or_key, x.shape, dtype)
+            nonzero = (i != 0).astype(x0.dtype)
+            x_new = x_new + jnp.sqrt(1.0 - a_prev - sigma**2) * eps + nonzero * sigma * z
+        else:
+            x_new = x_new + jnp.sqrt(1.0 - a_prev) * eps
+        x_new = x_new.astype(dtype)
+        return x_new, (x_new if return_trajectory else None)
+
+    x, xs = jax.lax.scan(step, x_init, (idx, t_orig, zs))
+    if return_trajectory:
+        return x, _trajectory(x_init, xs, ts_traj)
+    return x

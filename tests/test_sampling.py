@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nag_jax.diffusion.gaussian import create_diffusion, space_timesteps
 from nag_jax.diffusion.transport import Transport
-from nag_jax.sampling import sample_ode, sample_sde, sde_grid
+from nag_jax.sampling import sample_ddim, sample_ddpm, sample_ode, sample_sde, sde_grid
 
 MU, S = 0.5, 0.6
 
@@ -207,3 +208,159 @@ def test_same_key_same_samples(kind):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     c = fn(jax.random.key(8))
     assert not np.allclose(np.asarray(a), np.asarray(c))
+
+
+# --------------------------------------------------------------------------------------- DiT
+def _ref_respaced(respacing):
+    """Independent numpy float64: base alphabar, kept steps, respaced arrays (definitions)."""
+    base_ac = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+    keep = np.array(space_timesteps(1000, respacing))
+    ac = base_ac[keep]
+    ac_prev = np.concatenate([[1.0], ac[:-1]])
+    betas = 1.0 - ac / ac_prev
+    post_var = betas * (1 - ac_prev) / (1 - ac)
+    return {
+        "base_ac": base_ac,
+        "keep": keep,
+        "ac": ac,
+        "ac_prev": ac_prev,
+        "betas": betas,
+        "post_var": post_var,
+        "min_log": np.log(np.concatenate([[post_var[1]], post_var[1:]])),
+        "max_log": np.log(betas),
+        "coef1": betas * np.sqrt(ac_prev) / (1 - ac),
+        "coef2": (1 - ac_prev) * np.sqrt(1 - betas) / (1 - ac),
+    }
+
+
+def ddpm_exact_pred_fn(respacing, mu=MU, s=S):
+    """Exact eps for N(mu, s^2) data at the ORIGINAL step t, and the variance value v that
+    makes the learned-range kernel the exact reverse kernel of the respaced chain."""
+    r = {k: jnp.asarray(v) for k, v in _ref_respaced(respacing).items()}
+
+    def pred_fn(x, t, y):
+        del y
+        ti = t.astype(jnp.int32)
+        ab = r["base_ac"][ti].astype(jnp.float32)
+        j = jnp.searchsorted(r["keep"], ti)
+        denom = ab * s**2 + 1 - ab
+        eps = jnp.sqrt(1 - ab) * (x - jnp.sqrt(ab) * mu) / denom
+        var_x0 = s**2 * (1 - ab) / denom
+        opt = r["post_var"][j] + r["coef1"][j] ** 2 * var_x0
+        f = (jnp.log(opt) - r["min_log"][j]) / (r["max_log"][j] - r["min_log"][j])
+        v = jnp.where(j == 0, 0.0, 2 * f - 1).astype(jnp.float32)
+        return jnp.concatenate([eps, jnp.broadcast_to(v, x.shape)], -1)
+
+    return pred_fn
+
+
+def test_ddpm_exact_eps_reproduces_data_distribution():
+    d = create_diffusion("50")
+    x_init = jax.random.normal(jax.random.key(0), (4000, 2, 2, 1))
+    fn = jax.jit(lambda k, x: sample_ddpm(ddpm_exact_pred_fn("50"), k, x, None, diffusion=d))
+    out = np.asarray(fn(jax.random.key(1), x_init), np.float64)
+    n = out.size
+    se_mean, se_var = S / np.sqrt(n), S**2 * np.sqrt(2.0 / n)
+    assert abs(out.mean() - MU) < 5 * se_mean + 2e-3, out.mean()
+    assert abs(out.var() - S**2) < 5 * se_var + 2e-3, out.var()
+
+
+def test_ddim_deterministic_converges_to_exact_flow_first_order():
+    """eta = 0 DDIM is Euler on the probability-flow ODE in (x / sqrt(abar), sqrt(1/abar - 1)):
+    for Gaussian data its endpoint tends to the exact flow map mu + s z at order 1."""
+    x_init = jax.random.normal(jax.random.key(0), (256, 2, 2, 1))
+    errs = []
+    for r in ["ddim25", "ddim50", "ddim100"]:
+        d = create_diffusion(r)
+        out = jax.jit(lambda x, d=d, r=r: sample_ddim(ddpm_exact_pred_fn(r), x, None, diffusion=d))(
+            x_init
+        )
+        ab_T = _ref_respaced(r)["ac"][-1]
+        z = (np.asarray(x_init, np.float64) - np.sqrt(ab_T) * MU) / np.sqrt(ab_T * S**2 + 1 - ab_T)
+        errs.append(np.abs(np.asarray(out, np.float64) - (MU + S * z)).max())
+    ratios = np.array(errs[:-1]) / np.array(errs[1:])
+    assert np.all((ratios > 1.7) & (ratios < 2.3)), (errs, ratios)
+    assert errs[-1] < 0.07
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim_eta"])
+def test_ddpm_ddim_hand_rolled_reference_with_injected_noise(sampler):
+    """One step of the release's loop in float64 numpy, with the same injected noise; the
+    pred_fn depends on t, so a wrong (respaced instead of original) step is caught."""
+    respacing, eta = "10", 0.7
+    d = create_diffusion(respacing)
+    r = _ref_respaced(respacing)
+    shape = (2, 3, 3, 2)
+    x_init = jax.random.normal(jax.random.key(0), shape)
+    noise = jax.random.normal(jax.random.key(1), (10,) + shape)
+    seen = []
+
+    def pf(x, t, y):
+        seen.append(t.shape)
+        eps = 0.2 * x + 1e-3 * t
+        v = jnp.tanh(0.5 * x - 2e-3 * t)
+        return jnp.concatenate([eps, v], -1)
+
+    if sampler == "ddpm":
+        fn = lambda x, z: sample_ddpm(
+            pf, None, x, None, diffusion=d, noise=z, return_trajectory=True
+        )
+    else:
+        fn = lambda x, z: sample_ddim(
+            pf, x, None, diffusion=d, eta=eta, noise=z, return_trajectory=True
+        )
+    out, traj = jax.jit(fn)(x_init, noise)
+    assert seen == [()]  # scalar t, traced once in the scan body
+    x = np.asarray(x_init, np.float64)
+    for k, i in enumerate(range(9, -1, -1)):
+        t = float(r["keep"][i])
+        eps = 0.2 * x + 1e-3 * t
+        v = np.tanh(0.5 * x - 2e-3 * t)
+        x0 = np.sqrt(1 / r["ac"][i]) * x - np.sqrt(1 / r["ac"][i] - 1) * eps
+        z = np.asarray(noise[k], np.float64)
+        if sampler == "ddpm":
+            mean = r["coef1"][i] * x0 + r["coef2"][i] * x
+            f = (v + 1) / 2
+            logvar = f * r["max_log"][i] + (1 - f) * r["min_log"][i]
+            x = mean + (i != 0) * np.exp(0.5 * logvar) * z
+        else:
+            a, ap = r["ac"][i], r["ac_prev"][i]
+            sig = eta * np.sqrt((1 - ap) / (1 - a)) * np.sqrt(1 - a / ap)
+            x = x0 * np.sqrt(ap) + np.sqrt(1 - ap - sig**2) * eps + (i != 0) * sig * z
+    np.testing.assert_allclose(np.asarray(out), x, rtol=1e-4, atol=1e-4)
+    assert traj["x"].shape == (11,) + shape
+    np.testing.assert_array_equal(traj["t"], np.append(r["keep"][::-1], -1.0).astype(np.float32))
+
+
+def test_ddpm_same_key_same_samples():
+    d = create_diffusion("10")
+    pf = ddpm_exact_pred_fn("10")
+    fn = jax.jit(
+        lambda k: sample_ddpm(pf, k, jax.random.normal(k, (2, 4, 4, 1)), None, diffusion=d)
+    )
+    a, b, c = fn(jax.random.key(3)), fn(jax.random.key(3)), fn(jax.random.key(4))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(a), np.asarray(c))
+    with pytest.raises(ValueError, match="noise has shape"):
+        sample_ddpm(
+            pf, None, jnp.zeros((2, 4, 4, 1)), None, diffusion=d, noise=jnp.zeros((9, 2, 4, 4, 1))
+        )
+
+
+@pytest.mark.parametrize("kind", ["sde", "ddpm"])
+def test_per_image_keys_make_noise_independent_of_batch_layout(kind):
+    """With (N,) per-image keys, image i's sample depends on its own key only."""
+    keys = jax.random.split(jax.random.key(5), 4)
+    x_init = jax.random.normal(jax.random.key(6), (4, 2, 2, 1))
+    if kind == "sde":
+        tr = Transport("linear", "velocity")
+        fn = lambda k, x: sample_sde(exact_pred_fn(tr), k, x, None, transport=tr, num_steps=8)
+    else:
+        d = create_diffusion("10")
+        fn = lambda k, x: sample_ddpm(ddpm_exact_pred_fn("10"), k, x, None, diffusion=d)
+    full = np.asarray(jax.jit(fn)(keys, x_init))
+    head = np.asarray(jax.jit(fn)(keys[:2], x_init[:2]))
+    tail = np.asarray(jax.jit(fn)(keys[2:][::-1], x_init[2:][::-1]))
+    np.testing.assert_allclose(full[:2], head, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(full[2:][::-1], tail, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(full[0], full[1])
