@@ -22,6 +22,9 @@ pure function of b (random access, so grain's iterator state is just the next ba
      with num_epochs set, the stream ends after floor(num_epochs * N' / P / B_local) batches;
   3. horizontal flips are drawn from a hash of (seed, epoch, record key)
      (nag_jax.data.preprocess.flip_decisions), independent of batch size, workers and layout;
+     latents: a stored "hflip" variant (encode_latents store_flips=True) makes the flip exact;
+     with a single variant the latent array is mirrored along W, which only approximates the
+     latent of the mirrored image (the VAE is not exactly flip-equivariant);
   4. one vectorised load per batch (synthetic shapes render a whole batch at once; image sources
      decode + ADM centre crop each example; latents parse records);
   5. ``to_iter_dataset(ReadOptions(num_threads, prefetch_buffer_size))`` and, with
