@@ -325,3 +325,133 @@ def test_discretized_nll_matches_normal_cdf_bins():
     sd = np.exp(np.asarray(log_scale))
     mass = phi((np.asarray(x - mean) + 1 / 255) / sd) - phi((np.asarray(x - mean) - 1 / 255) / sd)
     np.testing.assert_allclose(np.exp(np.asarray(lp)), mass, rtol=2e-3)
+
+
+# ------------------------------------------------------------------------------- objective
+def _recording_apply(record, out_channels_factor=1, junk=0.0):
+    """Tiny linear 'model' out = w * x (+ junk channels), recording what it is called with."""
+
+    def apply_fn(params, x, t, y, drop_class, drop_noise):
+        record.append({"t": t, "y": y, "drop_class": drop_class, "drop_noise": drop_noise})
+        out = params["w"] * x + params["b"]
+        if out_channels_factor == 2:
+            out = jnp.concatenate([out, jnp.full_like(out, junk)], -1)
+        return out
+
+    return apply_fn
+
+
+def test_nag_loss_dropout_rates_independent_and_deterministic():
+    from nag_jax.diffusion.objective import nag_loss
+
+    n, p_c, p_n = 40000, 0.1, 0.2
+    x1 = jnp.full((n, 1, 1, 1), 0.5)
+    y = jnp.arange(n, dtype=jnp.int32) % 10
+    params = {"w": jnp.float32(0.3), "b": jnp.float32(0.0)}
+    rec = []
+    tr = Transport("linear", "velocity")
+    loss, aux = nag_loss(
+        _recording_apply(rec),
+        params,
+        x1,
+        y,
+        jax.random.key(0),
+        process=tr,
+        p_class_drop=p_c,
+        p_noise_drop=p_n,
+    )
+    dc = np.asarray(rec[0]["drop_class"])
+    dn = np.asarray(rec[0]["drop_noise"])
+    assert dc.shape == dn.shape == (n,) and dc.dtype == bool
+    se = lambda p: np.sqrt(p * (1 - p) / n)
+    assert abs(dc.mean() - p_c) < 4 * se(p_c)
+    assert abs(dn.mean() - p_n) < 4 * se(p_n)
+    assert abs((dc & dn).mean() - p_c * p_n) < 4 * se(p_c * p_n)  # independent
+    assert abs(np.corrcoef(dc, dn)[0, 1]) < 4 / np.sqrt(n)
+    np.testing.assert_allclose(aux["frac_drop_class"], dc.mean(), rtol=1e-6)
+    np.testing.assert_allclose(aux["frac_drop_noise"], dn.mean(), rtol=1e-6)
+    t = np.asarray(rec[0]["t"])
+    assert t.shape == (n,) and t.min() >= 0 and t.max() <= 1 and abs(t.mean() - 0.5) < 0.01
+    np.testing.assert_array_equal(rec[0]["y"], y)  # labels untouched; dropout via the mask
+    # v-target for Linear: x1 - x0; with out = 0.3 x_t the expected loss is analytic:
+    # E[(0.3 (t c + (1-t) z) - (c - z))^2], c = 0.5, z ~ N(0,1), t ~ U[0,1]
+    tt = np.linspace(0, 1, 20001)
+    expected = np.trapezoid((0.3 * tt * 0.5 - 0.5) ** 2 + (0.3 * (1 - tt) + 1) ** 2, tt)
+    assert abs(float(loss) - expected) < 0.03 * expected
+    # same key -> same loss; another key -> another loss
+    again, _ = nag_loss(
+        _recording_apply([]),
+        params,
+        x1,
+        y,
+        jax.random.key(0),
+        process=tr,
+        p_class_drop=p_c,
+        p_noise_drop=p_n,
+    )
+    other, _ = nag_loss(
+        _recording_apply([]),
+        params,
+        x1,
+        y,
+        jax.random.key(1),
+        process=tr,
+        p_class_drop=p_c,
+        p_noise_drop=p_n,
+    )
+    assert float(again) == float(loss) and float(other) != float(loss)
+    # edge probabilities and bad input
+    rec2 = []
+    nag_loss(
+        _recording_apply(rec2),
+        params,
+        x1[:8],
+        y[:8],
+        jax.random.key(2),
+        process=tr,
+        p_class_drop=0.0,
+        p_noise_drop=1.0,
+    )
+    assert not np.asarray(rec2[0]["drop_class"]).any() and np.asarray(rec2[0]["drop_noise"]).all()
+    with pytest.raises(ValueError, match="p_noise_drop"):
+        nag_loss(
+            _recording_apply([]),
+            params,
+            x1[:8],
+            y[:8],
+            jax.random.key(2),
+            process=tr,
+            p_noise_drop=1.5,
+        )
+
+
+def test_nag_loss_sit_uses_first_c_channels_and_dit_full_output():
+    from nag_jax.diffusion.objective import nag_loss
+
+    x1 = jax.random.normal(jax.random.key(0), (16, 4, 4, 2)) * 0.5
+    y = jnp.zeros((16,), jnp.int32)
+    params = {"w": jnp.float32(0.1), "b": jnp.float32(0.2)}
+    tr = Transport("linear", "velocity")
+    key = jax.random.key(3)
+    l1, _ = nag_loss(_recording_apply([]), params, x1, y, key, process=tr)
+    l2, _ = nag_loss(_recording_apply([], 2, junk=1e6), params, x1, y, key, process=tr)
+    assert float(l1) == float(l2)  # SiT ignores the learned-sigma half
+
+    d = create_diffusion("")
+    rec = []
+    loss, aux = nag_loss(_recording_apply(rec, 2, junk=0.0), params, x1, y, key, process=d)
+    t = np.asarray(rec[0]["t"])
+    assert t.dtype == np.float32 and np.all(t == np.round(t)) and t.min() >= 0 and t.max() <= 999
+    assert set(aux) >= {"mse", "vb", "frac_drop_class", "frac_drop_noise", "loss_noise_dropped"}
+    np.testing.assert_allclose(float(loss), float(aux["mse"] + aux["vb"]), rtol=1e-5)
+    with pytest.raises(ValueError, match="channels"):
+        nag_loss(_recording_apply([]), params, x1, y, key, process=d)
+    # differentiable in params; vb does not push the eps half (w, b only enter eps here)
+    g = jax.grad(lambda p: nag_loss(_recording_apply([], 2), p, x1, y, key, process=d)[0])(params)
+    g_mse = jax.grad(
+        lambda p: nag_loss(_recording_apply([], 2), p, x1, y, key, process=d)[1]["mse"]
+    )(params)
+    np.testing.assert_allclose(g["w"], g_mse["w"], rtol=1e-5)
+    assert float(jnp.abs(g["w"])) > 0
+    with pytest.raises(TypeError, match="Transport"):
+        nag_loss(_recording_apply([]), params, x1, y, key, process="linear")

@@ -6,6 +6,7 @@
 """
 
 from nag_jax.diffusion.gaussian import GaussianDiffusion, create_diffusion, space_timesteps
+from nag_jax.diffusion.objective import nag_loss
 from nag_jax.diffusion.transport import Transport, create_transport
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "Transport",
     "create_diffusion",
     "create_transport",
+    "nag_loss",
     "space_timesteps",
 ]
