@@ -123,3 +123,25 @@ def test_run_uses_config(tmp_path):
     config.encode.vae_path = None
     with pytest.raises(ValueError, match="vae_path is not set"):
         encode_latents.run(config, str(tmp_path / "x"))
+
+
+def test_encode_with_a_tiny_flax_vae(tmp_path):
+    """The real nag_jax.vae encoder runs under the device-sharded jit (tiny random config)."""
+    from nag_jax import vae as vae_lib
+
+    vae = vae_lib.AutoencoderKL(
+        vae_lib.VAEConfig(block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4),
+        chunk_size=0,
+    )
+    params = vae.init(jax.random.key(0), image_size=16)
+
+    def encode_fn(p, images, key):
+        return vae._encode(p, images, key, sample=False)  # posterior mean: comparable
+
+    meta, src = _encode(tmp_path, encode_fn=encode_fn, params=params, store_flips=False)
+    assert meta["latent_shape"] == [8, 8, 4]  # 2 levels -> downsample factor 2
+    ref = src.render_batch(np.arange(20))
+    mean, _ = vae.moments(params, jnp.asarray(ref["image"]))
+    got = np.stack([LatentsSource(str(tmp_path))[i]["latents"][0] for i in range(20)])
+    # Every example, in order, equals the unsharded encoding (float32 storage).
+    np.testing.assert_allclose(got, np.asarray(mean) * 0.18215, rtol=1e-4, atol=1e-5)
