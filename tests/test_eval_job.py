@@ -51,9 +51,8 @@ def model_and_params():
     # adaLN-Zero makes a fresh model output exactly 0: perturb so images depend on the network
     leaves, tree = jax.tree.flatten(params["params"])
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = jax.jit(
-        lambda ls: [p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(ls, keys)]
-    )(leaves)
+    perturb = lambda ls, ks: [p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(ls, ks)]
+    leaves = jax.jit(perturb)(leaves, list(keys))
     return model, jax.tree.unflatten(tree, leaves)
 
 
@@ -109,7 +108,7 @@ def test_killed_sampling_resumes_without_duplicates_or_gaps(tmp_path, model_and_
     # a write interrupted mid-way leaves only a tmp file, which is ignored
     with open(os.path.join(run_dir, "chunks", "00000008.tmp-999.npz"), "wb") as f:
         f.write(b"partial")
-    path, run_dir2 = eval_job.sample_images(c, str(tmp_path / "a"), model=model, params=params)
+    path, run_dir2, _ = eval_job.sample_images(c, str(tmp_path / "a"), model=model, params=params)
     assert run_dir2 == run_dir
     chunks = [
         np.load(p)["indices"]
@@ -120,7 +119,7 @@ def test_killed_sampling_resumes_without_duplicates_or_gaps(tmp_path, model_and_
     assert len(all_idx) == 20 and sorted(all_idx) == list(range(20))  # no duplicates, no gaps
     # identical to an uninterrupted run with another batch size
     c16 = _config(num_images=20, batch_size=16)
-    path_b, _ = eval_job.sample_images(c16, str(tmp_path / "b"), model=model, params=params)
+    path_b, _, _ = eval_job.sample_images(c16, str(tmp_path / "b"), model=model, params=params)
     a, b = np.load(path), np.load(path_b)
     assert a["arr_0"].dtype == np.uint8 and a["arr_0"].shape == (20, 8, 8, 3)
     np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
@@ -153,6 +152,11 @@ def test_run_writes_adm_npz_metrics_and_results_rows(tmp_path, model_and_params)
     c.sample.nag_scale = 1.0
     row3 = eval_job.run(c, work, model=model, params=params, extractor=ex)
     assert row3["key"] != row["key"] and row3["samples"] != row["samples"]
+    # other weights under the same config (e.g. a later checkpoint) never reuse samples
+    c.sample.nag_scale = 0.0
+    params2 = jax.tree.map(lambda p: p * 1.01, params)
+    row4 = eval_job.run(c, work, model=model, params=params2, extractor=ex)
+    assert row4["samples"] != row["samples"] and row4["key"] != row["key"]
 
 
 def test_fid_evaluator_for_training_is_deterministic(tmp_path, model_and_params):

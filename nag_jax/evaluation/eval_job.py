@@ -156,7 +156,7 @@ def make_batch_sampler(
     mesh,
     *,
     sample_fn: Callable | None = None,
-    decode: Callable | None = None,
+    decode: tuple[Callable, object] | None = None,
 ):
     """Returns run_batch(params, indices (B,) int) -> (uint8 images (B, H, W, 3), labels (B,)),
     numpy, compiled once (params may change between calls: EMA during training).
@@ -164,8 +164,9 @@ def make_batch_sampler(
     B must be a multiple of the mesh's batch shards and of the process count
     (``padded_batch_size``). `params_like`: the params tree or its shapes (for the shardings;
     config.parallel's FSDP rules apply). `sample_fn(params, keys, y)` defaults to
-    nag_jax.builders.build_sampler(config, model); `decode(latents) -> images in [-1, 1]`
-    (jit-able, e.g. the VAE) runs inside the same jit. Multi-process: every process passes the
+    nag_jax.builders.build_sampler(config, model); `decode = (fn, decode_params)` with
+    fn(decode_params, latents) -> images in [-1, 1] (the VAE; `build_decoder`) runs inside the
+    same jit, its params a replicated jit argument. Multi-process: every process passes the
     same indices; the images are gathered on every process.
     """
     from nag_jax import parallel
@@ -177,16 +178,22 @@ def make_batch_sampler(
     batch_sharding = parallel.batch_sharding(mesh)
     param_shardings = parallel.tree_shardings(params_like, mesh)
 
-    def _fn(p, idx):
+    decode_fn, decode_params = decode if decode is not None else (None, None)
+    if decode_params is not None:
+        decode_params = jax.device_put(decode_params, parallel.replicated(mesh))
+
+    def _fn(p, dp, idx):
         keys = image_keys(config, idx)
         y = image_labels(config, idx)
         x = sample_fn(p, keys, y)
-        if decode is not None:
-            x = decode(x)
+        if decode_fn is not None:
+            x = decode_fn(dp, x)
         return x, y
 
     jitted = jax.jit(
-        _fn, in_shardings=(param_shardings, batch_sharding), out_shardings=batch_sharding
+        _fn,
+        in_shardings=(param_shardings, parallel.replicated(mesh), batch_sharding),
+        out_shardings=batch_sharding,
     )
     procs, pi = jax.process_count(), jax.process_index()
 
@@ -194,7 +201,7 @@ def make_batch_sampler(
         idx = np.asarray(indices, np.uint32)
         local = idx.reshape(procs, -1)[pi]
         g_idx = parallel.global_batch(local, mesh)
-        x, y = jitted(jax.device_put(params, param_shardings), g_idx)
+        x, y = jitted(jax.device_put(params, param_shardings), decode_params, g_idx)
         if procs > 1:
             from jax.experimental import multihost_utils
 
@@ -344,12 +351,7 @@ def build_extractor(config) -> metrics_lib.FeatureExtractor:
             np.asarray(params["Conv2d_1a_3x3"]["conv"]["kernel"]).tobytes()
             + np.asarray(params["fc"]["bias"]).tobytes()
         ).hexdigest()[:8]
-        return metrics_lib.FeatureExtractor(
-            f"fid_inception_pt2015-{fp}",
-            inception.inception_apply_fn(params),
-            is_fid_inception=True,
-            description="pytorch-fid FID Inception (TF 2015-12-05 weights), pytorch-fid preproc.",
-        )
+        return inception.extractor(params, f"fid_inception_pt2015-{fp}")
     if kind == "random_inception":
         from nag_jax.evaluation import inception
 
@@ -359,11 +361,7 @@ def build_extractor(config) -> metrics_lib.FeatureExtractor:
             "must not be reported as sample quality."
         )
         params = inception.init_random_params(jax.random.key(seed))
-        return metrics_lib.FeatureExtractor(
-            f"random_inception_seed{seed}",
-            inception.inception_apply_fn(params),
-            description="random-weight Inception (plumbing only, not a quality metric)",
-        )
+        return inception.extractor(params, f"random_inception_seed{seed}", is_fid_inception=False)
     if kind == "proxy":
         try:
             from nag_jax.evaluation import proxy
@@ -414,8 +412,9 @@ def load_sampling_params(config):
     return load_params(path)
 
 
-def build_decoder(config) -> Callable | None:
-    """VAE decode for latent models (config.eval.vae: diffusers folder or converted Orbax dir)."""
+def build_decoder(config) -> tuple[Callable, object] | None:
+    """(fn(vae_params, latents) -> images in [-1, 1], vae_params) for latent models
+    (config.eval.vae: a diffusers folder or a converted Orbax dir); None for pixel models."""
     if not is_latent(config):
         return None
     ec = config.get("eval") or {}
@@ -429,7 +428,7 @@ def build_decoder(config) -> Callable | None:
     from nag_jax import vae as vae_lib
 
     vae, vae_params = vae_lib.load_vae(path, chunk_size=int(_get(ec, "vae_chunk_size", 8)))
-    return lambda z: vae.decode(vae_params, z)
+    return vae.decode, vae_params
 
 
 # ------------------------------------------------------------------------- results table
@@ -476,27 +475,32 @@ def sample_images(
     params=None,
     mesh=None,
     sample_fn: Callable | None = None,
-    decode: Callable | None = None,
+    decode: tuple[Callable, object] | None = None,
     on_chunk: Callable[[int], None] | None = None,
-) -> tuple[str, str]:
-    """Samples config.eval.num_images images (resumable) -> (ADM .npz path, run_dir)."""
+) -> tuple[str, str, dict]:
+    """Samples config.eval.num_images images (resumable) -> (ADM .npz path, run_dir, identity).
+
+    `identity` (written to run_dir/sampling.json) is `sampling_identity(config)` plus a
+    fingerprint of the params, so a checkpoint directory whose latest step changed never reuses
+    stale samples.
+    """
     from nag_jax import builders, parallel
 
     ec = config.get("eval") or {}
     num_images = int(_get(ec, "num_images", 50_000))
-    identity = sampling_identity(config)
+    if params is None:
+        params = load_sampling_params(config)
+    identity = {**sampling_identity(config), "params": params_fingerprint(params)}
     run_dir = os.path.join(os.path.abspath(workdir), "eval", _digest(identity))
     out_path = os.path.join(run_dir, f"samples_{num_images}.npz")
     if os.path.exists(out_path):
-        return out_path, run_dir
+        return out_path, run_dir, identity
     mesh = mesh if mesh is not None else parallel.create_mesh(config.get("parallel"))
     if jax.process_index() == 0:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "sampling.json"), "w") as f:
             json.dump(identity, f, indent=2, sort_keys=True, default=str)
     model = model if model is not None else builders.build_model(config.model)
-    if params is None:
-        params = load_sampling_params(config)
     if decode is None:
         decode = build_decoder(config)
     bs = _get(ec, "batch_size") or _get(config.get("sample"), "batch_size", 64)
@@ -511,7 +515,20 @@ def sample_images(
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("nag_jax.eval_job.samples_written")
-    return out_path, run_dir
+    return out_path, run_dir, identity
+
+
+def params_fingerprint(params) -> str:
+    """sha256 over every leaf's path and shape and the bytes of the leaves up to 1M numbers
+    (biases, embeddings' small parts, final layer...: any training step changes them)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str(tuple(np.shape(leaf))).encode())
+        fully = getattr(leaf, "is_fully_addressable", True)
+        if np.size(leaf) <= 1 << 20 and fully:
+            h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    return h.hexdigest()[:16]
 
 
 def evaluate_npz(config, workdir: str, samples_path: str, *, extractor=None) -> dict:
@@ -533,10 +550,13 @@ def evaluate_npz(config, workdir: str, samples_path: str, *, extractor=None) -> 
     )
 
 
-def result_row(config, num_images: int, extractor, values: dict, samples_path: str) -> dict:
+def result_row(
+    config, num_images: int, extractor, values: dict, samples_path: str, identity: dict
+) -> dict:
+    """One results row; `key` hashes the sampling identity (incl. params fingerprint), N, the
+    extractor and the reference."""
     ec = config.get("eval") or {}
     sc = config.get("sample") or {}
-    identity = sampling_identity(config)
     row_identity = {
         **identity,
         "num_images": num_images,
@@ -577,10 +597,10 @@ def run(config, workdir: str, **overrides) -> dict:
     parallel.maybe_initialize_distributed()
     ec = config.get("eval") or {}
     extractor = overrides.pop("extractor", None) or build_extractor(config)
-    samples_path, _ = sample_images(config, workdir, **overrides)
+    samples_path, _, identity = sample_images(config, workdir, **overrides)
     values = evaluate_npz(config, workdir, samples_path, extractor=extractor)
     num_images = int(_get(ec, "num_images", 50_000))
-    row = result_row(config, num_images, extractor, values, samples_path)
+    row = result_row(config, num_images, extractor, values, samples_path, identity)
     results = _get(ec, "results_file") or os.path.join(workdir, "eval_results.jsonl")
     append_result(results, row)
     tag = "" if extractor.is_fid_inception else " [NOT FID-Inception: relative numbers only]"
@@ -600,7 +620,7 @@ def make_fid_evaluator(
     batch_size: int | None = None,
     mesh=None,
     extractor=None,
-    decode: Callable | None = None,
+    decode: tuple[Callable, object] | None = None,
 ) -> Callable[[object], dict[str, float]]:
     """For the training loop: returns evaluate(params) -> {"eval/fid": ..., ...} (floats).
 

@@ -333,15 +333,31 @@ def load_params(path: str) -> dict:
     return convert_inception.unflatten(flat)
 
 
-def inception_apply_fn(params, *, logits_bias: bool = False):
-    """Returns fn(uint8 (N, H, W, 3)) -> dict(pool, spatial, logits), jit-able (params closed over
-    as constants of the caller's jit; pass them via a partial if you need donation)."""
+def features(params, images_uint8, *, logits_bias: bool = False) -> dict:
+    """Pure fn(params, uint8 (N, H, W, 3)) -> dict(pool, spatial, logits): preprocess + network."""
     model = InceptionV3(logits_bias=logits_bias)
+    return model.apply({"params": params}, preprocess(images_uint8))
 
-    def fn(images_uint8):
-        return model.apply({"params": params}, preprocess(images_uint8))
 
-    return fn
+def inception_apply_fn(params, *, logits_bias: bool = False):
+    """fn(uint8 images) -> features with `params` closed over (small tests / notebooks; prefer
+    FeatureExtractor(fn=features, params=params) so the weights are not compiled in)."""
+    return lambda images_uint8: features(params, images_uint8, logits_bias=logits_bias)
+
+
+def extractor(params, name: str = "fid_inception", *, is_fid_inception: bool = True):
+    """A metrics.FeatureExtractor over `features` with the weights as a jit argument."""
+    from nag_jax.evaluation.metrics import FeatureExtractor
+
+    return FeatureExtractor(
+        name,
+        features,
+        is_fid_inception=is_fid_inception,
+        description="pytorch-fid FID Inception (TF 2015-12-05 weights), pytorch-fid preprocessing"
+        if is_fid_inception
+        else "random-weight Inception (plumbing only, not a quality metric)",
+        params=params,
+    )
 
 
 def param_shapes(input_size: int = INPUT_SIZE) -> dict:
@@ -367,6 +383,8 @@ __all__: Sequence[str] = (
     "load_params",
     "init_random_params",
     "inception_apply_fn",
+    "features",
+    "extractor",
     "param_shapes",
     "feature_dims",
     "INCEPTION_WEIGHTS_URL",

@@ -31,6 +31,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,15 +47,18 @@ class FeatureExtractor:
 
     name: identifies weights + preprocessing; part of every cache key and results row.
     fn: jit-able fn(images uint8 (B, H, W, C)) -> {"pool": (B, D), ["spatial": (B, S)],
-        ["logits": (B, K)]}, float32.
+        ["logits": (B, K)]}, float32; or fn(params, images) when `params` is given (large
+        weights are then jit ARGUMENTS, not constants baked into the compiled program).
+    params: optional pytree passed to fn (replicated on the devices).
     is_fid_inception: True only for the real pytorch-fid Inception weights; everything else
         (proxy classifier, random weights) is a relative measure and is labelled so in results.
     """
 
     name: str
-    fn: Callable[[jax.Array], Mapping[str, jax.Array]]
+    fn: Callable
     is_fid_inception: bool = False
     description: str = ""
+    params: Any = None
 
 
 class RunningStats:
@@ -249,26 +253,27 @@ def extract_features(
 ) -> dict[str, np.ndarray]:
     """Runs the extractor over uint8 NHWC images (an array or an iterable of batches).
 
-    Batches are padded to a fixed size (one compilation) that divides over the local devices and
-    sharded over them. Multi-process: call on every process with the SAME images; each process
-    computes a disjoint share of the batches and the results are all-gathered.
-    Returns {key: (N, D) float32 numpy}.
+    Batches are padded to a fixed size (one compilation) that divides over this process's
+    devices and sharded over them. Multi-process: every process computes the features of all the
+    images it is given on its own devices (no cross-host traffic; feature extraction is cheap
+    next to sampling). Returns {key: (N, D) float32 numpy}.
     """
     devices = jax.local_devices()
     nd = len(devices)
     batch_size = max(nd, -(-batch_size // nd) * nd)
     mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    fn = jax.jit(extractor.fn)
+    jitted = jax.jit(extractor.fn)
+    if extractor.params is not None:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        params = jax.device_put(extractor.params, replicated)
+        call = lambda b: jitted(params, b)
+    else:
+        call = jitted
     if isinstance(images, np.ndarray):
         images = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    pi, pc = jax.process_index(), jax.process_count()
     out: dict[str, list] = {}
-    sizes = []
-    for bi, batch in enumerate(_rebatch(images, batch_size)):
-        sizes.append(len(batch))
-        if bi % pc != pi:
-            continue
+    for batch in _rebatch(images, batch_size):
         n = len(batch)
         if batch.dtype != np.uint8:
             raise ValueError(
@@ -277,13 +282,11 @@ def extract_features(
             )
         if n < batch_size:
             batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, 0)], 0)
-        feats = fn(jax.device_put(batch, sharding))
+        feats = call(jax.device_put(batch, sharding))
         for key, v in feats.items():
             if keys is None or key in keys:
-                out.setdefault(key, []).append((bi, np.asarray(v[:n], np.float32)))
-    if pc > 1:
-        return _gather_across_processes(out, sizes)
-    return {k: np.concatenate([v for _, v in vs], 0) for k, vs in out.items()}
+                out.setdefault(key, []).append(np.asarray(v[:n], np.float32))
+    return {k: np.concatenate(vs, 0) for k, vs in out.items()}
 
 
 def _rebatch(batches: Iterable[np.ndarray], batch_size: int):
@@ -300,25 +303,6 @@ def _rebatch(batches: Iterable[np.ndarray], batch_size: int):
                 buf, n = [], 0
     if n:
         yield np.concatenate(buf, 0)
-
-
-def _gather_across_processes(out, sizes):
-    from jax.experimental import multihost_utils
-
-    pi, pc = jax.process_index(), jax.process_count()
-    result = {}
-    for key in sorted(out) if out else []:
-        dim = out[key][0][1].shape[1]
-        full = np.zeros((sum(sizes), dim), np.float32)
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        for bi, v in out[key]:
-            full[offsets[bi] : offsets[bi] + len(v)] = v
-        mine = np.zeros(len(sizes), bool)
-        mine[pi::pc] = True
-        # every process contributes the rows of its batches; others are zero -> sum = gather
-        full = np.asarray(multihost_utils.process_allgather(full)).reshape(pc, *full.shape)
-        result[key] = full.sum(axis=0)
-    return result
 
 
 def compute_metrics(
