@@ -38,6 +38,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from collections.abc import Callable
 
 import jax
@@ -249,29 +250,64 @@ def write_chunk(run_dir: str, indices, images, labels) -> str:
     return path
 
 
-def read_chunks(run_dir: str, num_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """Assembles images [0, num_images) from the chunk files (each index exactly once)."""
-    images = labels = None
-    seen = np.zeros(num_images, bool)
-    for path in sorted(glob.glob(os.path.join(chunk_dir(run_dir), "*.npz"))):
-        if ".tmp" in os.path.basename(path):
-            continue
+def _chunk_files(run_dir: str) -> list[str]:
+    return sorted(
+        p
+        for p in glob.glob(os.path.join(chunk_dir(run_dir), "*.npz"))
+        if ".tmp" not in os.path.basename(p)
+    )
+
+
+def chunks_to_adm_npz(run_dir: str, num_images: int, out_path: str, block: int = 1024) -> None:
+    """Writes images [0, num_images) from the chunk files as an ADM .npz (arr_0 uint8 NHWC,
+    arr_1 labels), streaming: arr_0 is written block by block into the zip member, so the
+    50k x 256px set (9.8 GB) is never held in memory. Each index is taken exactly once; a gap
+    raises. Written to a tmp file and renamed (atomic)."""
+    files = _chunk_files(run_dir)
+    owner = np.full(num_images, -1, np.int64)
+    row = np.zeros(num_images, np.int64)
+    for fi, path in enumerate(files):
         with np.load(path) as z:
-            idx, im, lb = np.asarray(z["indices"]), z["images"], z["labels"]
-        keep = (idx < num_images) & ~seen[np.minimum(idx, num_images - 1)]
-        if images is None:
-            images = np.zeros((num_images, *im.shape[1:]), np.uint8)
-            labels = np.zeros((num_images,), np.int64)
-        images[idx[keep]] = im[keep]
-        labels[idx[keep]] = lb[keep]
-        seen[idx[keep]] = True
-    if images is None or not seen.all():
-        missing = np.flatnonzero(~seen)
+            idx = np.asarray(z["indices"], np.int64)
+        keep = (idx < num_images) & (owner[np.minimum(idx, num_images - 1)] < 0)
+        owner[idx[keep]] = fi
+        row[idx[keep]] = np.flatnonzero(keep)
+    missing = np.flatnonzero(owner < 0)
+    if len(missing):
         raise RuntimeError(
             f"{run_dir}: {len(missing)} of {num_images} images missing (first {missing[:5]}); "
             "run the sampling again to complete the set."
         )
-    return images, labels
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def load(fi):
+        if fi not in cache:
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            with np.load(files[fi]) as z:
+                cache[fi] = (np.asarray(z["images"]), np.asarray(z["labels"]))
+        return cache[fi]
+
+    shape = (num_images, *load(int(owner[0]))[0].shape[1:])
+    labels = np.zeros(num_images, np.int64)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = f"{out_path[:-4]}.tmp-{os.getpid()}.npz"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_2_0(f, header)
+            for b0 in range(0, num_images, block):
+                ids = np.arange(b0, min(b0 + block, num_images))
+                out = np.empty((len(ids), *shape[1:]), np.uint8)
+                for fi in np.unique(owner[ids]):
+                    sel = owner[ids] == fi
+                    images, lab = load(int(fi))
+                    out[sel] = images[row[ids[sel]]]
+                    labels[ids[sel]] = lab[row[ids[sel]]]
+                f.write(out.tobytes())
+        with zf.open("arr_1.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, labels)
+    os.replace(tmp, out_path)
 
 
 def _missing_indices(run_dir: str, num_images: int) -> np.ndarray:
@@ -509,8 +545,7 @@ def sample_images(
     params = run_batch.place(params)
     sample_to_chunks(lambda idx: run_batch(params, idx), run_dir, num_images, bs, on_chunk=on_chunk)
     if jax.process_index() == 0:
-        images, labels = read_chunks(run_dir, num_images)
-        write_adm_npz(out_path, images, labels)
+        chunks_to_adm_npz(run_dir, num_images, out_path)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -535,10 +570,9 @@ def evaluate_npz(config, workdir: str, samples_path: str, *, extractor=None) -> 
     """Metrics of an ADM-format sample .npz against config.eval.reference."""
     ec = config.get("eval") or {}
     extractor = extractor or build_extractor(config)
-    with np.load(samples_path) as z:
-        images = z["arr_0"]
+    fbs = int(_get(ec, "feature_batch_size", 200))
     feats = metrics_lib.extract_features(
-        extractor, images, batch_size=int(_get(ec, "feature_batch_size", 200))
+        extractor, reference_stats.iter_npz_batches(samples_path, fbs), batch_size=fbs
     )
     ref = load_reference(config, extractor, workdir)
     return metrics_lib.compute_metrics(
@@ -567,7 +601,7 @@ def result_row(
         "key": _digest(row_identity),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": config.model.name,
-        "checkpoint": identity["checkpoint"],
+        "checkpoint": identity.get("checkpoint", checkpoint_path(config)),
         "sampler": _get(sc, "sampler"),
         "num_steps": _get(sc, "num_steps"),
         "method": _get(sc, "method"),
@@ -590,6 +624,9 @@ def result_row(
 def run(config, workdir: str, **overrides) -> dict:
     """mode "eval": sample (resumable) -> ADM .npz -> metrics -> one results row (returned).
 
+    With config.eval.samples set to an existing ADM .npz, sampling is skipped and that file is
+    scored (the row's key then hashes the file's path, size and mtime).
+
     `overrides` (tests / notebooks): model, params, mesh, sample_fn, decode, on_chunk, extractor.
     """
     from nag_jax import parallel
@@ -597,9 +634,17 @@ def run(config, workdir: str, **overrides) -> dict:
     parallel.maybe_initialize_distributed()
     ec = config.get("eval") or {}
     extractor = overrides.pop("extractor", None) or build_extractor(config)
-    samples_path, _, identity = sample_images(config, workdir, **overrides)
+    given = _get(ec, "samples")
+    if given:  # score an existing ADM-format .npz (e.g. from the PyTorch releases' sample_ddp)
+        if not os.path.exists(given):
+            raise FileNotFoundError(f"config.eval.samples={given!r} does not exist")
+        st = os.stat(given)
+        samples_path = os.path.abspath(given)
+        identity = {"samples_file": samples_path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    else:
+        samples_path, _, identity = sample_images(config, workdir, **overrides)
     values = evaluate_npz(config, workdir, samples_path, extractor=extractor)
-    num_images = int(_get(ec, "num_images", 50_000))
+    num_images = int(reference_stats.npz_array_shape(samples_path)[0][0])
     row = result_row(config, num_images, extractor, values, samples_path, identity)
     results = _get(ec, "results_file") or os.path.join(workdir, "eval_results.jsonl")
     append_result(results, row)

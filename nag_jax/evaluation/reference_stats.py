@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
+import zipfile
 
 import numpy as np
 
@@ -66,6 +68,48 @@ class ReferenceStats:
             return cls(
                 get("mu"), get("sigma"), get("mu_s"), get("sigma_s"), get("pool_features"), meta
             )
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def npz_array_shape(path: str, key: str = "arr_0") -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of one member of an .npz, read from its header only."""
+    with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+        shape, _, dtype = _npy_header(f)
+    return tuple(shape), dtype
+
+
+def iter_npz_batches(path: str, batch_size: int, key: str = "arr_0", limit: int | None = None):
+    """Streams an .npz member in batches along axis 0 without loading the whole array
+    (50k 256px images are 9.8 GB). Falls back to np.load for Fortran-order / object arrays."""
+    with zipfile.ZipFile(path) as zf:
+        if f"{key}.npy" not in zf.namelist():
+            raise ValueError(f"{path!r} has no {key!r} (members: {zf.namelist()})")
+        with zf.open(f"{key}.npy") as f:
+            shape, fortran, dtype = _npy_header(f)
+            n = shape[0] if limit is None else min(shape[0], int(limit))
+            if fortran or dtype.hasobject:
+                arr = np.load(path)[key][:n]
+                for i in range(0, n, batch_size):
+                    yield arr[i : i + batch_size]
+                return
+            row = math.prod(shape[1:]) * dtype.itemsize
+            for i in range(0, n, batch_size):
+                rows = min(batch_size, n - i)
+                buf = bytearray()
+                while len(buf) < rows * row:
+                    chunk = f.read(rows * row - len(buf))
+                    if not chunk:
+                        raise ValueError(f"{path!r}: {key} ends early (truncated file?)")
+                    buf += chunk
+                yield np.frombuffer(bytes(buf), dtype).reshape(rows, *shape[1:])
 
 
 def _safe(name: str) -> str:
@@ -137,16 +181,16 @@ def from_npz(
     }
 
     def compute():
-        with np.load(path) as z:
-            images = z["arr_0"]
-        if images.dtype != np.uint8 or images.ndim != 4:
+        shape, dtype = npz_array_shape(path)
+        if dtype != np.uint8 or len(shape) != 4:
             raise ValueError(
-                f"{path!r}: arr_0 must be uint8 (N, H, W, C), got {images.dtype} {images.shape}"
+                f"{path!r}: arr_0 must be uint8 (N, H, W, C) images, got {dtype} {shape}"
             )
-        if num_images is not None:
-            images = images[:num_images]
-        feats = extract_features(extractor, images, batch_size=batch_size)
-        return ReferenceStats.from_features(feats, {"num_images": len(images)})
+        n = shape[0] if num_images is None else min(shape[0], int(num_images))
+        feats = extract_features(
+            extractor, iter_npz_batches(path, batch_size, limit=n), batch_size=batch_size
+        )
+        return ReferenceStats.from_features(feats, {"num_images": n})
 
     return _cached(cache_dir, extractor, identity, compute)
 
