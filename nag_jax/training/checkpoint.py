@@ -101,16 +101,17 @@ def param_mismatch(expected, found) -> list[str]:
     return out
 
 
-def check_params_match(expected, found, *, source: str) -> None:
+def check_params_match(
+    expected, found, *, source: str, hint: str = "Use the config that wrote it, or a new workdir."
+) -> None:
     """Raises ValueError naming mismatched params when ``found`` does not fit ``expected``."""
     diffs = param_mismatch(expected, found)
     if diffs:
-        shown = "\n  ".join(diffs[:12]) + (
-            f"\n  ... {len(diffs) - 12} more" if len(diffs) > 12 else ""
-        )
+        shown = "\n  ".join(diffs[:30])
+        more = f"\n  ... {len(diffs) - 30} more" if len(diffs) > 30 else ""
         raise ValueError(
             f"The checkpoint at {source} was written for a different model ({len(diffs)} "
-            f"mismatched params):\n  {shown}\nUse the config that wrote it, or a new workdir."
+            f"mismatched params):\n  {shown}{more}\n{hint}"
         )
 
 

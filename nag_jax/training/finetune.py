@@ -40,7 +40,12 @@ def training_times(config, process=None, num_times: int = 1000) -> np.ndarray:
 
 def mean_time_embedding(model, params, times) -> jax.Array:
     """Mean over ``times`` of the model's timestep embedding (t_embedder output), (D,) float32."""
-    emb = model.apply({"params": params}, jnp.asarray(times), method=type(model).embed_time)
+    from nag_jax.models.dit import TimestepEmbedder
+
+    # The backbone's own t_embedder module on its params (DiT.embed_time is not a compact
+    # method, so it cannot be called through model.apply(method=...)).
+    embedder = TimestepEmbedder(model.hidden_size, jnp.float32)
+    emb = embedder.apply({"params": params["t_embedder"]}, jnp.asarray(times, jnp.float32))
     return jnp.mean(emb.astype(jnp.float32), axis=0)
 
 
@@ -68,7 +73,13 @@ def params_from_checkpoint(path: str, model, template, key, *, config, process=N
     loaded = load_params(path)
     needs_token = NULL_TOKEN in template and NULL_TOKEN not in loaded
     expected = {k: v for k, v in template.items() if not (needs_token and k == NULL_TOKEN)}
-    check_params_match(expected, loaded, source=path)
+    check_params_match(
+        expected,
+        loaded,
+        source=path,
+        hint="Set config.model (name, input_size, in_channels, num_classes, learn_sigma) to the "
+        "converted model's architecture, or point config.train.init_from at the right checkpoint.",
+    )
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), loaded)
     if needs_token:
         kind = config.train.get("null_token_init", "mean_t_embedding")

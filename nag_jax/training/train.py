@@ -119,12 +119,10 @@ def setup_state(
     return state, shardings, tx
 
 
-def _build(config):
+def _builders():
     from nag_jax import builders
 
-    model = builders.build_model(config.model)
-    process = builders.build_process(config)
-    return model, process
+    return builders
 
 
 def _dataset_iterator(config, global_batch_size):
@@ -140,29 +138,42 @@ def _dataset_iterator(config, global_batch_size):
     return iter(ds)
 
 
-def _sample_grid(config, model, mesh, workdir, writer, step, params, key):
-    """Samples ``config.sample.num_images`` with the EMA params; writes a PNG (RGB data)."""
+def make_grid_sampler(config, model, mesh):
+    """jit-compiled ``fn(params, key) -> (N, H, W, C) numpy`` for the periodic sample grids.
+
+    N = ``config.sample.num_images`` (labels ``config.sample.labels`` or 0, 1, 2, ...), guided as
+    ``config.sample`` says; output replicated so every process can read it.
+    """
     from nag_jax import builders
-    from nag_jax.utils import make_grid, save_png, to_uint8
 
     n = int(config.sample.get("num_images", 16) or 16)
     labels = config.sample.get("labels")
-    ncls = int(config.model.num_classes)
-    y = jnp.asarray(labels if labels else np.arange(n) % ncls, jnp.int32)[:n]
-    sampler = jax.jit(
+    y = jnp.asarray(labels if labels else np.arange(n) % int(config.model.num_classes), jnp.int32)
+    sample_fn = jax.jit(
         builders.build_sampler(config, model), out_shardings=parallel.replicated(mesh)
     )
-    images = np.asarray(sampler(params, key, y).addressable_data(0))
-    if jax.process_index() != 0:
-        return
-    if images.shape[-1] == 3:
-        grid = make_grid(to_uint8(images), ncols=int(np.ceil(np.sqrt(len(images)))))
-        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        save_png(os.path.join(workdir, "samples", f"step_{step:08d}.png"), grid)
-        writer.write_images(step, {"samples": grid[None]})
-    else:  # latents: decoding needs the VAE (see the sample mode); keep the raw arrays
-        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        np.save(os.path.join(workdir, "samples", f"step_{step:08d}_latents.npy"), images)
+
+    def fn(params, key):
+        keys = builders.per_image_keys(key, np.arange(len(y)))  # image i depends on keys[i] only
+        return np.asarray(sample_fn(params, keys, y).addressable_data(0))
+
+    return fn
+
+
+def write_grid(workdir, writer, step, images) -> str:
+    """Saves samples: an RGB PNG grid (and TensorBoard image), or raw latents as .npy."""
+    from nag_jax.utils import make_grid, save_png, to_uint8
+
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    if images.shape[-1] != 3:  # latents: decoding needs the VAE (the sample mode does it)
+        path = os.path.join(workdir, "samples", f"step_{step:08d}_latents.npy")
+        np.save(path, images)
+        return path
+    grid = make_grid(to_uint8(images), ncols=int(np.ceil(np.sqrt(len(images)))))
+    path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
+    save_png(path, grid)
+    writer.write_images(step, {"samples": grid[None]})
+    return path
 
 
 def run(config, workdir: str, *, model=None, process=None, loss_fn=None, data_iter=None):
@@ -176,16 +187,17 @@ def run(config, workdir: str, *, model=None, process=None, loss_fn=None, data_it
     mesh = parallel.create_mesh(config.get("parallel"))
     gbs = int(config.data.global_batch_size)
     parallel.check_global_batch(gbs, mesh)
-    workdir = os.path.abspath(workdir)
-    ckpt.check_or_write_config(config, workdir)
+    tcfg = config.train
     if model is None:
-        model, built_process = _build(config)
-        process = built_process if process is None else process
+        model = _builders().build_model(config.model)
+    if process is None and (loss_fn is None or tcfg.get("init_from")):
+        process = _builders().build_process(config)
     if loss_fn is None:
         loss_fn = make_nag_loss(config, process)
     if data_iter is None:
         data_iter = _dataset_iterator(config, gbs)
-    tcfg = config.train
+    workdir = os.path.abspath(workdir)
+    ckpt.check_or_write_config(config, workdir)
     mngr = ckpt.create_manager(
         os.path.join(workdir, "checkpoints"),
         keep=int(tcfg.get("keep", 3) or 3),
@@ -256,7 +268,7 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
             )
 
     logging.info("Training from step %d to %d (global batch %d).", step, num_steps, gbs)
-    pending = None
+    pending, grid_sampler = None, None
     try:
         while step < num_steps:
             try:
@@ -278,16 +290,10 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
                 writer.write_scalars(step, scalars)
             if sample_every and step % sample_every == 0:
                 try:
-                    _sample_grid(
-                        config,
-                        model,
-                        mesh,
-                        workdir,
-                        writer,
-                        step,
-                        state.ema_params,
-                        jax.random.fold_in(sample_key, step),
-                    )
+                    grid_sampler = grid_sampler or make_grid_sampler(config, model, mesh)
+                    images = grid_sampler(state.ema_params, jax.random.fold_in(sample_key, step))
+                    if jax.process_index() == 0:
+                        write_grid(workdir, writer, step, images)
                 except Exception as e:  # noqa: BLE001 - a broken sampler must not stop training
                     logging.exception("Sampling at step %d failed: %s", step, e)
             preempt = False

@@ -1,0 +1,213 @@
+"""Train state, optimizer selection, EMA, NaN stop, clear errors, NAG fine-tuning from a release.
+
+Tiny SiT (hidden 32, depth 1, 8x8x3) with a stand-in flow-matching loss
+(nag_jax.training.testing), so these tests pin the training machinery, not the objective.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from nag_jax import parallel
+from nag_jax.training import checkpoint as ckpt
+from nag_jax.training import step as step_lib
+from nag_jax.training.finetune import mean_time_embedding, training_times
+from nag_jax.training.state import create_optimizer, learning_rate_schedule, trainable_labels
+from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
+from nag_jax.training.train import NonFiniteLossError, run, setup_state
+
+
+def _one_device_setup(cfg, loss_fn=standin_loss):
+    mesh = parallel.create_mesh(cfg.parallel, jax.devices()[:1])
+    model = tiny_model(cfg)
+    # adaLN-Zero init gives zero output (and zero conditioning grads): re-randomise.
+    abstract = setup_state(cfg, model, mesh)[0].params
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), len(jax.tree.leaves(abstract))))
+    params = jax.tree.map(lambda a: 0.1 * jax.random.normal(next(keys), a.shape), abstract)
+    state, shardings, tx = setup_state(cfg, model, mesh, params=params)
+    fn = step_lib.jit_train_step(
+        shardings,
+        mesh,
+        apply_fn=step_lib.make_apply_fn(model),
+        loss_fn=loss_fn,
+        tx=tx,
+        ema_decay=float(cfg.optim.ema_decay),
+        donate=False,
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "x": rng.uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32),
+        "y": rng.integers(0, 4, 8).astype(np.int32),
+    }
+    return model, state, fn, parallel.global_batch(batch, mesh)
+
+
+def test_step_updates_ema_and_trains_only_the_null_token():
+    cfg = tiny_config()
+    cfg.optim.ema_decay = 0.75
+    cfg.optim.trainable = "null_token"
+    # every example drops its noise condition, so the null token surely gets a gradient
+    _, s0, fn, batch = _one_device_setup(cfg, functools.partial(standin_loss, p_noise_drop=1.0))
+    s1, metrics = fn(s0, batch)
+    assert int(s1.step) == 1 and bool(metrics["finite"])
+    p0, p1 = jax.device_get(s0.params), jax.device_get(s1.params)
+    for path, a in jax.tree_util.tree_leaves_with_path(p0):
+        b = p1
+        for k in path:
+            b = b[k.key]
+        if parallel.path_str(path) == "null_noise_token":
+            assert not np.array_equal(a, b)  # trained (AdamW step of size ~lr)
+            np.testing.assert_allclose(np.abs(a - b), cfg.optim.lr, rtol=1e-2)
+        else:
+            np.testing.assert_array_equal(a, b)  # frozen
+    ema = jax.device_get(s1.ema_params)
+    np.testing.assert_allclose(  # ema = d * p0 + (1 - d) * p1, ema started at p0
+        ema["null_noise_token"],
+        0.75 * p0["null_noise_token"] + 0.25 * p1["null_noise_token"],
+        rtol=1e-6,
+    )
+    # Only the trainable leaf carries Adam moments.
+    moments = [x for x in jax.tree.leaves(s1.opt_state) if getattr(x, "ndim", 0) > 0]
+    assert [x.shape for x in moments] == [(32,), (32,)]
+
+
+def test_trainable_regex_and_schedule():
+    params = {"t_embedder": {"mlp_0": {"kernel": 0}}, "blocks_0": {"x": 0}, "null_noise_token": 0}
+    labels = trainable_labels(params, "t_embedder|null")
+    assert labels == {
+        "t_embedder": {"mlp_0": {"kernel": "train"}},
+        "blocks_0": {"x": "freeze"},
+        "null_noise_token": "train",
+    }
+    with pytest.raises(ValueError, match="selects no parameter"):
+        trainable_labels(params, "nothing_matches")
+    cfg = tiny_config()
+    cfg.optim.warmup_steps = 10
+    sched = learning_rate_schedule(cfg.optim)
+    assert [float(sched(i)) for i in (0, 5, 10, 50)] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
+    tx = create_optimizer(cfg.optim, {"w": jnp.zeros(3)})
+    assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_grad_clip_bounds_the_update():
+    # b1 = b2 = 0, eps = 1, lr = 1: AdamW's update is -g / (|g| + 1) elementwise (hand calc).
+    params = {"w": jnp.zeros(4)}
+    grads = {"w": jnp.array([3.0, 4.0, 0.0, 0.0])}
+    cfg = tiny_config()
+    cfg.optim.update(b1=0.0, b2=0.0, eps=1.0, lr=1.0)
+    for clip, g in ((None, np.array([3.0, 4.0, 0, 0])), (1e-3, np.array([0.6e-3, 0.8e-3, 0, 0]))):
+        cfg.optim.grad_clip = clip
+        tx = create_optimizer(cfg.optim, params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        np.testing.assert_allclose(updates["w"], -g / (np.abs(g) + 1), rtol=1e-5)
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(num_steps=5, checkpoint_every=1, log_every=100)
+    cfg.optim.lr = 1e30  # the first update makes params ~1e30 -> the second loss overflows
+    with pytest.raises(
+        NonFiniteLossError, match=r"(?s)NaN/Inf at step 2.*last good checkpoint is step 1"
+    ):
+        run(cfg, str(tmp_path), model=tiny_model(cfg), loss_fn=standin_loss)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+
+
+def test_workdir_with_another_runs_config_is_refused(tmp_path):
+    cfg = tiny_config()
+    ckpt.check_or_write_config(cfg, str(tmp_path))
+    ckpt.check_or_write_config(cfg, str(tmp_path))  # same run: fine
+    other = tiny_config()
+    other.model.depth = 2
+    msg = r"(?s)holds another run.*model.depth: workdir 1 vs config 2"
+    with pytest.raises(ValueError, match=msg):
+        ckpt.check_or_write_config(other, str(tmp_path))
+    with pytest.raises(ValueError, match="holds another run"):
+        run(other, str(tmp_path), model=tiny_model(other), loss_fn=standin_loss)
+
+
+def test_checkpoint_from_another_model_names_mismatched_params(tmp_path):
+    cfg = tiny_config()
+    mesh = parallel.create_mesh(cfg.parallel, jax.devices()[:1])
+    state, _, _ = setup_state(cfg, tiny_model(cfg), mesh)
+    mngr = ckpt.create_manager(str(tmp_path), async_save=False)
+    ckpt.save(mngr, state)
+    big = tiny_config()
+    big.model.hidden_size = 64
+    abstract = jax.eval_shape(lambda: setup_state(big, tiny_model(big), mesh)[0])
+    with pytest.raises(
+        ValueError,
+        match=r"blocks_0/attn/qkv/kernel: checkpoint \(32, 96\) vs model \(64, 192\)",
+    ):
+        ckpt.restore(mngr, abstract)
+
+
+def test_clear_errors_for_bad_batch_model_name_and_data_dir(tmp_path):
+    cfg = tiny_config()
+    cfg.data.global_batch_size = 12
+    with pytest.raises(ValueError, match=r"12 does not divide over the 8 batch shards"):
+        run(cfg, str(tmp_path / "a"), loss_fn=standin_loss)
+    cfg = tiny_config()
+    cfg.model.name = "SiT-Q/2"
+    with pytest.raises(ValueError, match="SiT-Q/2"):
+        run(cfg, str(tmp_path / "b"), loss_fn=standin_loss)
+    assert not os.path.exists(tmp_path / "b" / "config.json")  # nothing written for a bad config
+    cfg = tiny_config()
+    cfg.data.update(name="image_folder", data_dir=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        run(cfg, str(tmp_path / "c"), model=tiny_model(cfg), loss_fn=standin_loss)
+
+
+def _hand_t_embedding(params, t):
+    """The release's timestep embedding MLP in numpy (cos first, 256 freqs, SiLU)."""
+    half = 128
+    freqs = np.exp(-np.log(10000.0) * np.arange(half) / half)
+    args = np.asarray(t, np.float64)[:, None] * freqs[None]
+    emb = np.concatenate([np.cos(args), np.sin(args)], axis=-1)
+    m0, m2 = params["t_embedder"]["mlp_0"], params["t_embedder"]["mlp_2"]
+    h = emb @ np.asarray(m0["kernel"], np.float64) + np.asarray(m0["bias"], np.float64)
+    h = h / (1 + np.exp(-h))
+    return h @ np.asarray(m2["kernel"], np.float64) + np.asarray(m2["bias"], np.float64)
+
+
+def test_finetune_from_converted_release_creates_mean_t_embedding_token(tmp_path):
+    cfg = tiny_config(num_steps=2, checkpoint_every=0, log_every=1)
+    cfg.optim.trainable = "null_token"
+    model = tiny_model(cfg)
+    x, t, y = jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
+    release = model.init(jax.random.PRNGKey(42), x, t, y)["params"]
+    release = jax.tree.map(np.array, dict(release))  # writable copies
+    release.pop("null_noise_token")  # the releases have no null token
+    release["t_embedder"]["mlp_0"]["bias"] += 0.5  # make the embedding non-trivial
+    writer = ocp.StandardCheckpointer()
+    writer.save(str(tmp_path / "release"), release)  # what nag_jax.convert writes: params only
+    writer.wait_until_finished()
+
+    times = training_times(cfg)
+    assert times.shape == (1000,) and times.min() > 0 and times.max() < 1
+    expected = _hand_t_embedding(release, times).mean(axis=0)
+    got = mean_time_embedding(model, release, times)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+    cfg.train.init_from = str(tmp_path / "release")
+    state = run(cfg, str(tmp_path / "wd"), model=model, loss_fn=standin_loss)
+    final = jax.device_get(state.params)
+    assert int(state.step) == 2
+    for path, a in jax.tree_util.tree_leaves_with_path(release):
+        b = final
+        for k in path:
+            b = b[k.key]
+        np.testing.assert_array_equal(a, b)  # the release's weights stay frozen
+    token = final["null_noise_token"]
+    assert np.abs(token - expected).max() < 3 * cfg.optim.lr  # started at the mean embedding
+
+    cfg2 = tiny_config()
+    cfg2.model.hidden_size = 64
+    cfg2.train.init_from = str(tmp_path / "release")
+    with pytest.raises(ValueError, match=r"(?s)different model.*t_embedder/mlp_2/kernel"):
+        run(cfg2, str(tmp_path / "wd2"), model=tiny_model(cfg2), loss_fn=standin_loss)
