@@ -15,12 +15,15 @@ Guidance (CFG / NAG) lives inside ``pred_fn`` (see `nag_jax.guidance.guided_pred
 samplers know nothing about models.
 
 Every sampler is pure, jit-able (close over / mark static the non-array arguments) and
-deterministic for a given PRNG key. For parity tests the per-step Gaussian noise can be injected
-with ``noise`` (shape ``(S, N, H, W, C)``, S = number of stochastic steps, documented per sampler)
-instead of being drawn from ``key``. Network calls per sample: ODE Euler ``num_steps``, ODE Heun
-``2 num_steps``; SDE Euler ``num_steps`` (ONE call per step: drift and score come from the same
-prediction; the release calls the network twice), SDE Heun ``2 (num_steps - 1) + 1``; DDPM/DDIM
-``T'`` (respaced count).
+deterministic for a given PRNG key. ``key`` is one key, or (N,) per-image keys (typed, or raw
+uint32 (N, 2)): image i's step noise then depends on ``keys[i]`` alone, whatever the batch or
+device layout (step k of image i uses ``split(keys[i], S)[k]``). For parity tests the per-step
+Gaussian noise can be injected with ``noise`` (shape ``(S, N, H, W, C)``, S = number of
+stochastic steps, documented per sampler) instead of being drawn from ``key``.
+
+Network calls per sample: ODE Euler ``num_steps``, ODE Heun ``2 num_steps``; SDE Euler
+``num_steps`` (ONE call per step: drift and score come from the same prediction; the release
+calls the network twice), SDE Heun ``2 (num_steps - 1) + 1``; DDPM/DDIM ``T'`` (respaced count).
 
 With ``return_trajectory=True`` a sampler returns ``(x, traj)`` where ``traj = dict(x=(S+1, N, H,
 W, C), t=(S+1,))`` holds the initial state and the state after every step (``traj["x"][-1] ==
