@@ -101,6 +101,8 @@ def get_config():
             batch_size=200,
             extractor="proxy",  # "random_inception" only to test plumbing (not a quality metric)
             inception_path=None,
+            inception_preprocess="pytorch_fid",
+            reference_stats="images",
             reference="dataset",
             reference_num_images=5000,
             reference_seed=0,
@@ -109,6 +111,7 @@ def get_config():
             pr_k=3,
             pr_block_size=10000,
             is_splits=10,
+            samples=None,  # an existing ADM .npz to score instead of sampling
             results_file=None,
             train_num_images=500,
         )

@@ -106,6 +106,10 @@ def get_config():
             batch_size=256,  # global; padded to a multiple of the devices
             extractor="inception",
             inception_path=None,
+            # ADM protocol: TF-graph preprocessing + the reference batch's stored full-train-set
+            # mu/sigma for FID/sFID; precision/recall from its 10k arr_0 images.
+            inception_preprocess="adm_tf",  # or "pytorch_fid"
+            reference_stats="precomputed",  # or "images" (all statistics from arr_0)
             reference=None,  # ADM reference batch .npz or "dataset"
             reference_num_images=None,
             reference_seed=0,
@@ -114,6 +118,7 @@ def get_config():
             pr_k=3,
             pr_block_size=10000,
             is_splits=10,
+            samples=None,  # an existing ADM .npz to score instead of sampling
             results_file=None,  # default <workdir>/eval_results.jsonl (+ .csv)
             train_num_images=1000,  # make_fid_evaluator during training
         )

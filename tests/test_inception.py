@@ -69,6 +69,40 @@ def test_preprocess_matches_pytorch_fid_resize(size):
     np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), atol=1e-5)
 
 
+def _tf1_resize_reference(img, out):
+    """Independent TF1 resize_bilinear(align_corners=False) on float (H, W, C): per-pixel loops
+    of the legacy kernel (src = dst * in / out; no half-pixel centres; edge clamp)."""
+    h, w, _ = img.shape
+    sy, sx = np.float32(h / out), np.float32(w / out)
+    res = np.zeros((out, out, img.shape[2]), np.float64)
+    for oy in range(out):
+        y = np.float32(oy) * sy
+        y0 = int(np.floor(y))
+        y1, dy = min(y0 + 1, h - 1), float(y - y0)
+        for ox in range(out):
+            x = np.float32(ox) * sx
+            x0 = int(np.floor(x))
+            x1, dx = min(x0 + 1, w - 1), float(x - x0)
+            top = img[y0, x0] + (img[y0, x1] - img[y0, x0]) * dx
+            bot = img[y1, x0] + (img[y1, x1] - img[y1, x0]) * dx
+            res[oy, ox] = top + (bot - top) * dy
+    return res
+
+
+@pytest.mark.parametrize("size", [13, 400])
+def test_adm_tf_preprocess_matches_tf1_resize_and_scaling(size):
+    """ "adm_tf": TF1 legacy bilinear on 0..255 floats, then (x - 128) / 128 (ADM's graph)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, size=(1, size, size, 3), dtype=np.uint8)
+    ours = np.asarray(inception.preprocess(img, mode="adm_tf"))[0]
+    ref = (_tf1_resize_reference(img[0].astype(np.float64), 299) - 128.0) / 128.0
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
+    # differs from the pytorch-fid preprocessing by more than rounding
+    assert np.max(np.abs(ours - np.asarray(inception.preprocess(img))[0])) > 0.05
+    with pytest.raises(ValueError, match="mode"):
+        inception.preprocess(img, mode="tf2")
+
+
 def test_preprocess_identity_at_299_and_rejects_floats():
     img = np.arange(299 * 299 * 3, dtype=np.int64).reshape(1, 299, 299, 3) % 256
     out = inception.preprocess(img.astype(np.uint8))

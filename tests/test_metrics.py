@@ -178,3 +178,28 @@ def test_reference_from_adm_npz_is_cached_and_metrics_of_same_set(tmp_path):
     stats = reference_stats.load_reference(str(pre), ex)
     assert stats.meta["precomputed"] and stats.pool_features is None
     assert "precision" not in metrics.compute_metrics(feats, stats, num_splits=4)
+
+
+def test_adm_protocol_uses_stored_statistics_for_fid_and_images_for_pr(tmp_path):
+    """reference_stats='precomputed': FID/sFID against the file's mu/sigma (ADM computed them on
+    the full train set), precision/recall against features of its arr_0 images."""
+    rng = np.random.default_rng(7)
+    imgs = rng.integers(0, 256, size=(32, 8, 8, 3), dtype=np.uint8)
+    ex = _toy_extractor()
+    feats = metrics.extract_features(ex, imgs)
+    d, ds = feats["pool"].shape[1], feats["spatial"].shape[1]
+    mu, sigma = np.full(d, 0.25), 0.5 * np.eye(d)
+    path = tmp_path / "adm_ref.npz"
+    np.savez(path, arr_0=imgs, mu=mu, sigma=sigma, mu_s=np.zeros(ds), sigma_s=np.eye(ds))
+    ref = reference_stats.load_reference(str(path), ex, precomputed=True)
+    np.testing.assert_array_equal(ref.mu, mu)
+    np.testing.assert_array_equal(ref.sigma_s, np.eye(ds))
+    np.testing.assert_allclose(ref.pool_features, feats["pool"])
+    m = metrics.compute_metrics(feats, ref, num_splits=4)
+    assert m["fid"] == pytest.approx(
+        metrics.frechet_distance(*metrics.mean_cov(feats["pool"]), mu, sigma)
+    )
+    assert m["precision"] == 1.0 and m["recall"] == 1.0
+    np.savez(tmp_path / "no_stats.npz", arr_0=imgs)
+    with pytest.raises(ValueError, match="reference_stats='images'"):
+        reference_stats.load_reference(str(tmp_path / "no_stats.npz"), ex, precomputed=True)

@@ -374,7 +374,8 @@ def write_adm_npz(path: str, images: np.ndarray, labels: np.ndarray | None = Non
 
 
 def build_extractor(config) -> metrics_lib.FeatureExtractor:
-    """config.eval.extractor: "inception" (pytorch-fid weights at config.eval.inception_path),
+    """config.eval.extractor: "inception" (pytorch-fid weights at config.eval.inception_path,
+    preprocessing config.eval.inception_preprocess: "pytorch_fid" or "adm_tf"),
     "proxy" (nag_jax.evaluation.proxy.build_extractor(config), e.g. the demo's classifier) or
     "random_inception" (random weights: plumbing tests only, never a quality number)."""
     ec = config.get("eval") or {}
@@ -387,7 +388,8 @@ def build_extractor(config) -> metrics_lib.FeatureExtractor:
             np.asarray(params["Conv2d_1a_3x3"]["conv"]["kernel"]).tobytes()
             + np.asarray(params["fc"]["bias"]).tobytes()
         ).hexdigest()[:8]
-        return inception.extractor(params, f"fid_inception_pt2015-{fp}")
+        mode = _get(ec, "inception_preprocess", "pytorch_fid")
+        return inception.extractor(params, f"fid_inception_pt2015-{fp}", preprocess_mode=mode)
     if kind == "random_inception":
         from nag_jax.evaluation import inception
 
@@ -424,6 +426,7 @@ def load_reference(config, extractor, workdir: str) -> reference_stats.Reference
     return reference_stats.load_reference(
         ref,
         extractor,
+        precomputed=_get(ec, "reference_stats", "images") == "precomputed",
         data_cfg=config.get("data"),
         num_images=_get(ec, "reference_num_images"),
         seed=int(_get(ec, "reference_seed", 0)),

@@ -20,12 +20,17 @@ Outputs (`InceptionV3.__call__`, input (N, 299, 299, 3) float32 in [-1, 1]):
           improved-GAN Inception Score) take the softmax of `softmax/logits/MatMul`, i.e. without
           the bias; `logits_bias=True` adds it (then it equals torchvision's fc output).
 
-Preprocessing (`preprocess`, matches pytorch-fid for uint8 input): x = uint8 / 255 (float32),
-bilinear resize to 299x299 with PyTorch's `F.interpolate(mode="bilinear", align_corners=False)`
-semantics (half-pixel centres, edge clamp, NO antialiasing -- note `jax.image.resize` would
-antialias when downsampling, so it is not used), then x = 2x - 1. Numbers therefore match
-pytorch-fid with the same weights; they differ slightly from ADM's TensorFlow evaluator (whose
-graph resizes with TF1 `resize_bilinear` and normalises (x - 128) / 128), as pytorch-fid's do.
+Preprocessing (`preprocess`, uint8 input), two modes:
+  "pytorch_fid" (default): x = uint8 / 255 (float32), bilinear resize to 299x299 with PyTorch's
+      `F.interpolate(mode="bilinear", align_corners=False)` semantics (half-pixel centres, edge
+      clamp, NO antialiasing -- `jax.image.resize` would antialias when downsampling, so it is
+      not used), then x = 2x - 1. Matches pytorch-fid with the same weights.
+  "adm_tf": what the TensorFlow graph inside ADM's evaluator does to its float 0..255 input:
+      TF1 `ResizeBilinear` (align_corners=False, NO half-pixel centres: src = dst * in / out),
+      then (x - 128) / 128. With the same (ported) weights this reproduces ADM's features up to
+      conv numerics, so ADM's precomputed reference statistics (mu/sigma of the full ImageNet
+      train set, stored in its reference batches) can be used: the configs for the published
+      DiT/SiT protocol use this mode. (Same recipe as torch-fidelity's TF-exact extractor.)
 
 Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a port of the TF graph), converted
 with `python -m nag_jax.convert inception --src pt_inception-2015-12-05-6726825d.pth
@@ -262,12 +267,33 @@ def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     return m
 
 
-def preprocess(images_uint8, size: int = INPUT_SIZE) -> jax.Array:
-    """uint8 (N, H, W, 3) -> float32 (N, size, size, 3) in [-1, 1], as pytorch-fid (see module doc).
+def tf1_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) matrix of TF1 `resize_bilinear(align_corners=False)` (legacy, no
+    half-pixel centres): src = dst * in / out (float32); neighbours floor(src), min(+1, in - 1)."""
+    f32 = np.float32
+    scale = f32(in_size / out_size)
+    m = np.zeros((out_size, in_size), np.float32)
+    for d in range(out_size):
+        src = f32(d) * scale
+        i0 = min(int(src), in_size - 1)
+        i1 = min(i0 + 1, in_size - 1)
+        w1 = f32(src - f32(i0))
+        m[d, i0] += f32(1.0) - w1
+        m[d, i1] += w1
+    return m
+
+
+PREPROCESS_MODES = ("pytorch_fid", "adm_tf")
+
+
+def preprocess(images_uint8, size: int = INPUT_SIZE, mode: str = "pytorch_fid") -> jax.Array:
+    """uint8 (N, H, W, 3) -> float32 (N, size, size, 3) in [-1, 1] (see module doc for modes).
 
     Grayscale (C = 1) is repeated to 3 channels. Floats are rejected: convert with
     nag_jax.utils.to_uint8 first so every path scores the same uint8 images.
     """
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"Inception preprocess mode {mode!r}; expected one of {PREPROCESS_MODES}")
     x = jnp.asarray(images_uint8)
     if x.dtype != jnp.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(
@@ -276,15 +302,20 @@ def preprocess(images_uint8, size: int = INPUT_SIZE) -> jax.Array:
         )
     if x.shape[-1] == 1:
         x = jnp.repeat(x, 3, axis=-1)
-    x = x.astype(jnp.float32) / 255.0
+    x = x.astype(jnp.float32)
+    if mode == "pytorch_fid":
+        x = x / 255.0
     _, h, w, _ = x.shape
     if (h, w) != (size, size):
-        rh = jnp.asarray(bilinear_resize_matrix(h, size), jnp.float32)
-        rw = jnp.asarray(bilinear_resize_matrix(w, size), jnp.float32)
+        matrix = bilinear_resize_matrix if mode == "pytorch_fid" else tf1_resize_matrix
+        rh = jnp.asarray(matrix(h, size), jnp.float32)
+        rw = jnp.asarray(matrix(w, size), jnp.float32)
         hi = jax.lax.Precision.HIGHEST
         x = jnp.einsum("oh,nhwc->nowc", rh, x, precision=hi)
         x = jnp.einsum("pw,nowc->nopc", rw, x, precision=hi)
-    return 2.0 * x - 1.0
+    if mode == "pytorch_fid":
+        return 2.0 * x - 1.0
+    return (x - 128.0) / 128.0
 
 
 def init_random_params(key, input_size: int = 75) -> dict:
@@ -333,29 +364,46 @@ def load_params(path: str) -> dict:
     return convert_inception.unflatten(flat)
 
 
-def features(params, images_uint8, *, logits_bias: bool = False) -> dict:
+def features(
+    params, images_uint8, *, logits_bias: bool = False, preprocess_mode: str = "pytorch_fid"
+) -> dict:
     """Pure fn(params, uint8 (N, H, W, 3)) -> dict(pool, spatial, logits): preprocess + network."""
     model = InceptionV3(logits_bias=logits_bias)
-    return model.apply({"params": params}, preprocess(images_uint8))
+    return model.apply({"params": params}, preprocess(images_uint8, mode=preprocess_mode))
 
 
-def inception_apply_fn(params, *, logits_bias: bool = False):
+def inception_apply_fn(params, *, logits_bias: bool = False, preprocess_mode: str = "pytorch_fid"):
     """fn(uint8 images) -> features with `params` closed over (small tests / notebooks; prefer
-    FeatureExtractor(fn=features, params=params) so the weights are not compiled in)."""
-    return lambda images_uint8: features(params, images_uint8, logits_bias=logits_bias)
+    `extractor(params)` so the weights are a jit argument, not a compiled-in constant)."""
+    return lambda images_uint8: features(
+        params, images_uint8, logits_bias=logits_bias, preprocess_mode=preprocess_mode
+    )
 
 
-def extractor(params, name: str = "fid_inception", *, is_fid_inception: bool = True):
-    """A metrics.FeatureExtractor over `features` with the weights as a jit argument."""
+def extractor(
+    params,
+    name: str = "fid_inception",
+    *,
+    is_fid_inception: bool = True,
+    preprocess_mode: str = "pytorch_fid",
+):
+    """A metrics.FeatureExtractor over `features` with the weights as a jit argument. The
+    preprocessing mode is appended to `name` (it changes the features, hence the cache key)."""
+    import functools
+
     from nag_jax.evaluation.metrics import FeatureExtractor
 
+    if preprocess_mode not in PREPROCESS_MODES:
+        raise ValueError(f"preprocess_mode {preprocess_mode!r}; expected one of {PREPROCESS_MODES}")
     return FeatureExtractor(
-        name,
-        features,
+        f"{name}-{preprocess_mode}",
+        functools.partial(features, preprocess_mode=preprocess_mode),
         is_fid_inception=is_fid_inception,
-        description="pytorch-fid FID Inception (TF 2015-12-05 weights), pytorch-fid preprocessing"
-        if is_fid_inception
-        else "random-weight Inception (plumbing only, not a quality metric)",
+        description=(
+            f"pytorch-fid FID Inception (TF 2015-12-05 weights), {preprocess_mode} preprocessing"
+            if is_fid_inception
+            else "random-weight Inception (plumbing only, not a quality metric)"
+        ),
         params=params,
     )
 
@@ -380,6 +428,7 @@ __all__: Sequence[str] = (
     "InceptionV3",
     "preprocess",
     "bilinear_resize_matrix",
+    "tf1_resize_matrix",
     "load_params",
     "init_random_params",
     "inception_apply_fn",

@@ -2,10 +2,14 @@
 
 Sources:
   * an ADM-format reference batch .npz (e.g. ADM's VIRTUAL_imagenet256_labeled.npz): `arr_0` uint8
-    (N, H, W, 3) images. Statistics are computed from the images WITH OUR EXTRACTOR (the
-    precomputed mu/sigma/mu_s/sigma_s stored next to arr_0 come from ADM's TensorFlow graph and
-    would not be consistent with our features). A .npz holding only mu/sigma (+ mu_s/sigma_s) is
-    used as is (`precomputed=True` in the result; no precision/recall without features) -- only
+    (N, H, W, 3) images (10k for ImageNet 256) and, in ADM's files, mu/sigma/mu_s/sigma_s computed
+    by ADM's TensorFlow graph over the FULL training set.
+      precomputed=False (default): every statistic from the arr_0 images with OUR extractor
+        (self-consistent; with 10k reference images FID is not comparable to published values).
+      precomputed=True: ADM's protocol -- FID/sFID against the stored mu/sigma(_s), precision/
+        recall against our features of arr_0. Use with the Inception in "adm_tf" preprocessing
+        (features as ADM's graph computes them); it is what the XL eval configs do.
+    A .npz holding only mu/sigma (+ mu_s/sigma_s) is used as is (no precision/recall) -- only
     meaningful if it was produced by the same extractor.
   * any dataset nag_jax.data can read (`config.data`, e.g. synthetic_shapes, image_folder, tfds
     imagenet2012): the first `num_images` images of a seeded shuffle, no flips, via to_uint8.
@@ -145,6 +149,7 @@ def from_npz(
     cache_dir: str | None = None,
     num_images: int | None = None,
     batch_size: int = 200,
+    precomputed: bool = False,
 ) -> ReferenceStats:
     """Reference statistics from an ADM-format .npz (see module doc)."""
     if not os.path.exists(path):
@@ -178,7 +183,13 @@ def from_npz(
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "num_images": num_images,
+        "precomputed": bool(precomputed),
     }
+    if precomputed and not {"mu", "sigma"} <= files:
+        raise ValueError(
+            f"reference_stats='precomputed' but {path!r} has no mu/sigma (keys {sorted(files)}); "
+            "use reference_stats='images' to compute them from arr_0."
+        )
 
     def compute():
         shape, dtype = npz_array_shape(path)
@@ -190,7 +201,15 @@ def from_npz(
         feats = extract_features(
             extractor, iter_npz_batches(path, batch_size, limit=n), batch_size=batch_size
         )
-        return ReferenceStats.from_features(feats, {"num_images": n})
+        stats = ReferenceStats.from_features(feats, {"num_images": n})
+        if precomputed:
+            with np.load(path) as z:
+                stats.mu, stats.sigma = np.asarray(z["mu"]), np.asarray(z["sigma"])
+                has_s = "mu_s" in z.files and "sigma_s" in z.files
+                stats.mu_s = np.asarray(z["mu_s"]) if has_s else None
+                stats.sigma_s = np.asarray(z["sigma_s"]) if has_s else None
+            stats.meta["precomputed"] = True
+        return stats
 
     return _cached(cache_dir, extractor, identity, compute)
 
@@ -255,9 +274,11 @@ def load_reference(
     seed: int = 0,
     cache_dir: str | None = None,
     batch_size: int = 200,
+    precomputed: bool = False,
 ) -> ReferenceStats:
     """`reference`: a path to an .npz (ADM reference batch or precomputed stats), a cached
-    ReferenceStats file, or "dataset" (statistics of `num_images` images of `data_cfg`)."""
+    ReferenceStats file, or "dataset" (statistics of `num_images` images of `data_cfg`).
+    `precomputed`: ADM protocol for reference batches (see module doc)."""
     if reference == "dataset":
         if data_cfg is None or not num_images:
             raise ValueError("reference='dataset' needs data_cfg and num_images (> 0)")
@@ -265,5 +286,10 @@ def load_reference(
             data_cfg, extractor, num_images, seed=seed, cache_dir=cache_dir, batch_size=batch_size
         )
     return from_npz(
-        reference, extractor, cache_dir=cache_dir, num_images=num_images, batch_size=batch_size
+        reference,
+        extractor,
+        cache_dir=cache_dir,
+        num_images=num_images,
+        batch_size=batch_size,
+        precomputed=precomputed,
     )
