@@ -55,9 +55,10 @@ SUPPORTED_UP_BLOCK = "UpDecoderBlock2D"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 ORBAX_PARAMS_DIR = "params"
 HUB_HINT = (
-    "Download a diffusers-format VAE beforehand, e.g. `huggingface-cli download "
-    "stabilityai/sd-vae-ft-ema --local-dir DIR` (or stabilityai/sd-vae-ft-mse), or convert it "
-    "with `python -m nag_jax.convert vae --src DIR --dst OUT`."
+    "Download a diffusers-format VAE beforehand, e.g. `hf download stabilityai/sd-vae-ft-ema "
+    "--local-dir DIR` (`huggingface-cli download ...` with older huggingface_hub; or "
+    "stabilityai/sd-vae-ft-mse), then pass DIR or convert it with "
+    "`python -m nag_jax.convert vae --src DIR --dst OUT`."
 )
 
 

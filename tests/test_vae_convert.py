@@ -170,8 +170,8 @@ def test_conversion_is_strict_and_writes_nothing(tmp_path, state_dict, corrupt, 
         assert frag in msg
     assert not dst.exists()
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
-    # The same through the CLI: exit code 1, message on stderr, still nothing written.
-    assert convert_vae.main(["--src", src, "--dst", str(dst)]) == 1
+    # The same through the CLI: exit code 2, message on stderr, still nothing written.
+    assert convert_vae.main(["--src", src, "--dst", str(dst)]) == 2
     assert fragments[0] in capsys.readouterr().err
     assert not dst.exists()
     # And load_vae refuses too.
@@ -208,12 +208,15 @@ def test_orbax_round_trip_and_cli(tmp_path, state_dict):
     before = os.stat(os.path.join(dst, "config.json")).st_mtime_ns
     with pytest.raises(FileExistsError, match="--force"):
         convert_vae.convert(src, dst)
-    assert convert_vae.main(["--src", src, "--dst", dst]) == 1
+    assert convert_vae.main(["--src", src, "--dst", dst]) == 2
     assert os.stat(os.path.join(dst, "config.json")).st_mtime_ns == before
     convert_vae.convert(src, dst, force=True)
     assert_trees_equal(vae_lib.load_vae(dst)[1], want)
 
-    # register(subparsers) wires `python -m nag_jax.convert vae ...`.
+    # The project CLI discovers the subcommand; register(subparsers) serves any other CLI.
+    from nag_jax.convert.__main__ import discover
+
+    assert discover()["vae"] is convert_vae
     parser = argparse.ArgumentParser()
     convert_vae.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["vae", "--src", src, "--dst", str(tmp_path / "b"), "--force"])

@@ -1,12 +1,13 @@
 """SD-VAE weights: diffusers ``AutoencoderKL`` format <-> Flax params (``nag_jax.vae``) and Orbax.
 
-CLI (registered by ``nag_jax.convert``'s main through ``register(subparsers)``)::
+CLI (discovered by ``python -m nag_jax.convert`` through ``COMMAND`` / ``HELP`` /
+``add_arguments`` / ``run``; ``register(subparsers)`` adds it to any other argparse CLI)::
 
     python -m nag_jax.convert vae --src /path/to/sd-vae-ft-ema --dst /path/to/sd-vae-ft-ema-flax
     python -m nag_jax.convert.vae --src ... --dst ... [--force]      # same, standalone
 
 ``--src`` is a diffusers folder (config.json + diffusion_pytorch_model.safetensors or .bin, e.g.
-``huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir DIR``), or a pipeline folder with
+``hf download stabilityai/sd-vae-ft-ema --local-dir DIR``), or a pipeline folder with
 a ``vae/`` subfolder. ``--dst`` receives ``config.json`` (the diffusers config) and ``params/`` (an
 Orbax checkpoint of the float32 Flax param tree); ``nag_jax.vae.load_vae(dst)`` reads it back.
 
@@ -32,19 +33,20 @@ import shutil
 import sys
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import jax
 import numpy as np
 
-from nag_jax.vae import (
-    HUB_HINT,
-    ORBAX_PARAMS_DIR,
-    WEIGHT_FILES,
-    AutoencoderKL,
-    VAEConfig,
-    find_vae_dir,
-    read_config,
-)
+from nag_jax.convert.common import ConversionError
+
+if TYPE_CHECKING:
+    from nag_jax.vae import VAEConfig
+
+# jax / flax / nag_jax.vae / torch / orbax are imported inside the functions that need them, so
+# that `python -m nag_jax.convert` can discover this subcommand cheaply.
+
+COMMAND = "vae"
+HELP = "SD-VAE: diffusers AutoencoderKL folder (stabilityai/sd-vae-ft-ema) -> Orbax"
 
 _INDEXED = {
     "down_blocks",
@@ -60,8 +62,8 @@ _LEGACY_RE = re.compile(r"^(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(
 _MAX_LISTED = 25
 
 
-class VAEConversionError(ValueError):
-    """Weights and config disagree (missing / unexpected / mis-shaped keys)."""
+class VAEConversionError(ConversionError):
+    """Weights and config disagree (missing / unexpected / mis-shaped keys). A ValueError."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,10 +118,15 @@ def _to_torch(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _flatten(tree) -> dict[tuple[str, ...], object]:
+def _flatten(tree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    """Nested dict of params -> {path tuple: leaf} (sorted keys, as jax flattens dicts)."""
     flat = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        flat[tuple(p.key for p in path)] = leaf
+    for k in sorted(tree):
+        v = tree[k]
+        if isinstance(v, Mapping):
+            flat.update(_flatten(v, (*prefix, str(k))))
+        else:
+            flat[(*prefix, str(k))] = v
     return flat
 
 
@@ -189,6 +196,8 @@ def convert_state_dict(state_dict: Mapping[str, object], config, *, source: str 
 
     Raises ``VAEConversionError`` naming every missing, unexpected and mis-shaped key.
     """
+    from nag_jax.vae import AutoencoderKL
+
     vae = AutoencoderKL(config)
     cfg = vae.config
     expected = _flatten(vae.param_shapes())
@@ -255,6 +264,8 @@ def _as_numpy(x) -> np.ndarray:
 
 def read_state_dict(path: str) -> tuple[dict[str, object], str]:
     """Reads the diffusers weight file of a VAE folder -> (state dict, file path)."""
+    from nag_jax.vae import HUB_HINT, WEIGHT_FILES
+
     for name in WEIGHT_FILES:
         f = os.path.join(path, name)
         if not os.path.exists(f):
@@ -283,13 +294,19 @@ def read_state_dict(path: str) -> tuple[dict[str, object], str]:
 
 def load_diffusers(path: str) -> tuple[VAEConfig, dict]:
     """A diffusers VAE folder -> (VAEConfig, float32 Flax params), strictly checked."""
+    from nag_jax.vae import VAEConfig, find_vae_dir, read_config
+
     path = find_vae_dir(path)
     config = VAEConfig.from_dict(read_config(path))
     state_dict, f = read_state_dict(path)
     return config, convert_state_dict(state_dict, config, source=f)
 
 
-def _abstract_target(config: VAEConfig):
+def _abstract_target(config):
+    import jax
+
+    from nag_jax.vae import AutoencoderKL
+
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
@@ -300,6 +317,8 @@ def _abstract_target(config: VAEConfig):
 def load_orbax(path: str) -> tuple[VAEConfig, dict]:
     """A directory written by ``convert`` / ``save_orbax`` -> (VAEConfig, float32 params)."""
     import orbax.checkpoint as ocp
+
+    from nag_jax.vae import ORBAX_PARAMS_DIR, VAEConfig, find_vae_dir, read_config
 
     path = os.path.abspath(find_vae_dir(path))
     config = VAEConfig.from_dict(read_config(path))
@@ -324,6 +343,8 @@ def save_orbax(dst: str, config, params, *, force: bool = False) -> str:
     """
     import orbax.checkpoint as ocp
 
+    from nag_jax.vae import ORBAX_PARAMS_DIR, AutoencoderKL
+
     config = AutoencoderKL(config).config
     dst = os.path.abspath(os.path.expanduser(dst))
     if os.path.lexists(dst) and not force:
@@ -338,7 +359,7 @@ def save_orbax(dst: str, config, params, *, force: bool = False) -> str:
         os.makedirs(tmp)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2)
-        params = jax.tree.map(lambda a: np.asarray(a, dtype=np.float32), params)
+        params = _unflatten({k: np.asarray(v, np.float32) for k, v in _flatten(params).items()})
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, ORBAX_PARAMS_DIR), params)
             ckptr.wait_until_finished()
@@ -358,6 +379,8 @@ def save_orbax(dst: str, config, params, *, force: bool = False) -> str:
 def save_diffusers(dst: str, config, params, *, force: bool = False) -> str:
     """Writes a diffusers folder (config.json + diffusion_pytorch_model.safetensors) atomically."""
     from safetensors.numpy import save_file
+
+    from nag_jax.vae import WEIGHT_FILES, AutoencoderKL
 
     config = AutoencoderKL(config).config
     dst = os.path.abspath(os.path.expanduser(dst))
@@ -394,7 +417,8 @@ def convert(src: str, dst: str, *, force: bool = False) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of the ``vae`` subcommand (discovered by ``python -m nag_jax.convert``)."""
     p.add_argument("--src", required=True, help="diffusers VAE folder (config.json + weights)")
     p.add_argument("--dst", required=True, help="output directory (config.json + params/ Orbax)")
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
@@ -402,13 +426,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Adds the ``vae`` subcommand to ``python -m nag_jax.convert``'s subparsers."""
-    p = subparsers.add_parser(
-        "vae",
-        help="SD-VAE: diffusers AutoencoderKL folder -> Orbax",
-        description=__doc__.split("\n\n")[0],
-    )
-    _add_arguments(p)
+    """Adds the ``vae`` subcommand to argparse subparsers (``args.func(args)`` runs it)."""
+    p = subparsers.add_parser(COMMAND, help=HELP, description=__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_arguments(p)
     return p
 
 
@@ -416,21 +437,28 @@ add_subparser = register
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs a parsed ``vae`` command; prints the written path; returns the exit code."""
-    try:
-        out = convert(args.src, args.dst, force=args.force)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    """Runs a parsed ``vae`` command; prints the written path. Errors propagate (ValueError /
+    FileNotFoundError / FileExistsError; the CLI prints them as one ``error:`` line)."""
+    out = convert(args.src, args.dst, force=args.force)
     print(f"wrote {out}")
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nag_jax.convert.vae", description=__doc__)
-    _add_arguments(parser)
+    """Standalone ``python -m nag_jax.convert.vae``; exit status 2 with an ``error:`` line on
+    bad input, as ``python -m nag_jax.convert`` does."""
+    parser = argparse.ArgumentParser(
+        prog="python -m nag_jax.convert.vae",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
