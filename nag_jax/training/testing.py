@@ -156,6 +156,10 @@ def main(argv=None) -> int:
     from nag_jax.parallel import maybe_initialize_distributed
     from nag_jax.training.train import run
 
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)
+    logging.set_stderrthreshold(logging.INFO)  # the tests read the restore / preemption lines
     args = list(sys.argv[1:] if argv is None else argv)
     workdir, opts = args[0], dict(a.split("=", 1) for a in args[1:])
     maybe_initialize_distributed()

@@ -183,6 +183,14 @@ def run(config, workdir: str, *, model=None, process=None, loss_fn=None, data_it
     ``loss_fn(apply_fn, params, x1, y, key) -> (loss, aux)`` instead of NAG's objective, and
     ``data_iter`` (yields dicts with image/label) instead of ``nag_jax.data.create_dataset``.
     """
+    stop = _StopFlag().install()  # first: a preemption during start-up still checkpoints
+    try:
+        return _run(config, workdir, stop, model, process, loss_fn, data_iter)
+    finally:
+        stop.uninstall()
+
+
+def _run(config, workdir, stop, model, process, loss_fn, data_iter):
     parallel.maybe_initialize_distributed()
     mesh = parallel.create_mesh(config.get("parallel"))
     gbs = int(config.data.global_batch_size)
@@ -233,11 +241,11 @@ def run(config, workdir: str, *, model=None, process=None, loss_fn=None, data_it
         tx=tx,
         ema_decay=float(config.optim.get("ema_decay", 0.9999)),
     )
-    state = _loop(config, workdir, model, mesh, mngr, state, train_step, data_iter)
+    state = _loop(config, workdir, model, mesh, mngr, state, train_step, data_iter, stop)
     return state
 
 
-def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, data_iter):
+def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, data_iter, stop):
     from nag_jax.training.metrics import Progress, create_writer
 
     tcfg = config.train
@@ -254,7 +262,6 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
         tensorboard=bool(tcfg.get("tensorboard", True)),
     )
     progress = Progress(num_steps, gbs, start_step=step)
-    stop = _StopFlag().install()
     sample_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1234)
 
     def check_finite(s, metrics):
@@ -307,6 +314,5 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
                 break
     finally:
         mngr.wait_until_finished()  # pending async saves complete even when raising
-        stop.uninstall()
         writer.flush()
     return state
