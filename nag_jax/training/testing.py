@@ -151,12 +151,11 @@ def main(argv=None) -> int:
     import sys
 
     import numpy as np
+    from absl import logging
 
     from nag_jax.data import create_dataset
     from nag_jax.parallel import maybe_initialize_distributed
     from nag_jax.training.train import run
-
-    from absl import logging
 
     logging.set_verbosity(logging.INFO)
     logging.set_stderrthreshold(logging.INFO)  # the tests read the restore / preemption lines
