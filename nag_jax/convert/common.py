@@ -441,6 +441,24 @@ def atomic_publish(write_fn, dest: str, force: bool) -> None:
 # Orbax I/O (no torch needed)
 
 
+def to_host_jax_inplace(tree: dict) -> dict:
+    """Replaces numpy leaves of a nested dict by jax arrays on the CPU device, one at a time.
+
+    Orbax serialises jax arrays without an extra host copy (numpy leaves cost a second copy of
+    the whole tree while saving); swapping leaf by leaf keeps the peak at one tree + one leaf.
+    """
+    import jax
+
+    cpu = jax.devices("cpu")[0]
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            to_host_jax_inplace(v)
+        elif isinstance(v, np.ndarray):
+            tree[k] = jax.device_put(v, cpu)
+            del v
+    return tree
+
+
 def save_params(directory: str, params: Mapping, metadata: Mapping, *, force: bool = False):
     """Writes ``params`` (nested dict of arrays) + JSON ``metadata`` as an Orbax composite
     checkpoint at ``directory``, atomically; refuses an existing directory unless ``force``."""
@@ -467,7 +485,8 @@ def load_params(directory: str, target=None) -> tuple[dict, dict]:
     Args:
       directory: written by :func:`save_params` / ``python -m nag_jax.convert to-orbax``.
       target: optional abstract tree (``jax.ShapeDtypeStruct`` leaves with shardings) to restore
-        sharded on devices; default restores host numpy arrays.
+        sharded on devices; default restores onto the host CPU and returns (read-only) numpy
+        arrays, also on GPU/TPU machines.
     """
     import orbax.checkpoint as ocp
 
@@ -477,12 +496,42 @@ def load_params(directory: str, target=None) -> tuple[dict, dict]:
             f"{directory} is not a converted checkpoint (no params/ item); create one with "
             "`python -m nag_jax.convert to-orbax SRC DEST --family SiT`."
         )
-    restore = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
+    host = target is None
+    if host:  # restore onto the host CPU device (also on GPU/TPU machines), then hand out numpy
+        import jax
+
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu),
+            params_tree_metadata(directory),
+        )
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
         out = ckpt.restore(
-            directory, ocp.args.Composite(params=restore, metadata=ocp.args.JsonRestore())
+            directory,
+            ocp.args.Composite(
+                params=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()
+            ),
         )
-    return dict(out["params"]), dict(out["metadata"] or {})
+    params = _tree_to_numpy(out["params"]) if host else dict(out["params"])
+    return params, dict(out["metadata"] or {})
+
+
+def _tree_to_numpy(tree):
+    if isinstance(tree, Mapping):
+        return {k: _tree_to_numpy(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def params_tree_metadata(directory: str):
+    """Nested dict of Orbax ArrayMetadata (shape, dtype) of ``directory``'s params; no arrays
+    are read. ``directory`` is a converted checkpoint or a bare StandardSave directory."""
+    import orbax.checkpoint as ocp
+
+    item = os.path.join(directory, "params")
+    item = item if os.path.isdir(item) else directory
+    tree = ocp.StandardCheckpointer().metadata(item)
+    tree = getattr(tree, "item_metadata", tree)
+    return getattr(tree, "tree", tree)
 
 
 def read_metadata(directory: str) -> dict:

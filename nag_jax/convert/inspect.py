@@ -39,18 +39,13 @@ def describe(path: str) -> dict:
     from nag_jax.convert import common
 
     if os.path.isdir(path):
-        import orbax.checkpoint as ocp
-
         meta = {}
         try:
             meta = common.read_metadata(path)
         except Exception:  # noqa: BLE001 - a plain Orbax checkpoint has no NAG metadata
             meta = {}
-        item = os.path.join(path, "params") if os.path.isdir(os.path.join(path, "params")) else path
         try:
-            tree = ocp.StandardCheckpointer().metadata(item)
-            tree = getattr(tree, "item_metadata", tree)
-            tree = getattr(tree, "tree", tree)
+            tree = common.params_tree_metadata(path)
         except Exception as e:  # noqa: BLE001
             raise common.ConversionError(
                 f"{path} is not a readable Orbax checkpoint ({type(e).__name__}: {e})."

@@ -24,10 +24,11 @@ COMMAND = "to-torch"
 HELP = "Orbax DiT/SiT checkpoint -> PyTorch .pt / .safetensors (releases' keys)"
 
 
-def params_to_state_dict(params, metadata) -> dict[str, np.ndarray]:
+def params_to_state_dict(params, metadata, *, consume: bool = False) -> dict[str, np.ndarray]:
     """Flax params + metadata -> {releases' key: float32 numpy array in torch layout}.
 
     Strict: every parameter must be used and every key filled (errors name them).
+    consume: remove each leaf from ``params`` once converted (keeps peak memory at ~1 tree).
     """
     from nag_jax.models.embeddings import get_2d_sincos_pos_embed
 
@@ -49,7 +50,14 @@ def params_to_state_dict(params, metadata) -> dict[str, np.ndarray]:
         raise ConversionError(f"params tree does not match metadata {arch}: {e}") from None
     sd = {"pos_embed": get_2d_sincos_pos_embed(arch.hidden_size, arch.grid)[None]}
     for fk, tk in by_flax.items():
-        sd[tk] = common.to_torch_layout(tk, np.asarray(leaves[fk], dtype=np.float32))
+        value = common.to_torch_layout(tk, np.asarray(leaves.pop(fk), dtype=np.float32))
+        sd[tk] = value if value.flags.writeable else value.copy()  # torch wants writable
+        if consume:
+            *parents, last = fk.split("/")
+            node = params
+            for p in parents:
+                node = node[p]
+            del node[last]
     return sd
 
 
@@ -76,7 +84,7 @@ def export(src: str, dest: str, *, force: bool = False) -> dict:
     """Converted Orbax checkpoint at ``src`` -> PyTorch file ``dest``. Returns the metadata."""
     common.check_destination(os.path.abspath(dest), force)
     params, meta = common.load_params(src)
-    sd = params_to_state_dict(params, meta)
+    sd = params_to_state_dict(params, meta, consume=True)
     del params
     save_state_dict(sd, dest, force=force)
     return meta

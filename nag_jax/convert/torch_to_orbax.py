@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -34,17 +35,21 @@ HELP = "PyTorch DiT/SiT .pt/.safetensors -> Orbax checkpoint"
 TRAIN_DICT_KEYS = ("model", "ema")
 
 
-def _torch_load(path: str):
+def _torch_load(path: str, return_mmapped: bool = False):
+    """torch.load(weights_only=True, mmap=True); -> obj (or (obj, mmapped) with return_mmapped)."""
     import torch
 
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                mmapped = True
             except RuntimeError as e:
                 if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped
                     raise
-                return torch.load(path, map_location="cpu", weights_only=True)
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+                mmapped = False
+            return (obj, mmapped) if return_mmapped else obj
     except Exception as e:  # noqa: BLE001 - any failure here means "not a readable checkpoint"
         msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         hint = (
@@ -87,6 +92,9 @@ class _SafetensorsDict:
         self._keys.remove(key)
         return self._f.get_tensor(key)
 
+    def release(self, t) -> None:
+        pass  # get_tensor returned a private copy
+
 
 def _to_numpy(t) -> np.ndarray:
     if isinstance(t, np.ndarray):
@@ -110,7 +118,7 @@ def read_torch_state_dict(path: str, weights: str | None = None):
     if path.endswith(".safetensors"):
         sd = _SafetensorsDict(path)
         return sd, dict(source_format="safetensors", weights="raw")
-    obj = _torch_load(path)
+    obj, mmapped = _torch_load(path, return_mmapped=True)
     if not isinstance(obj, dict):
         raise ConversionError(
             f"{path} holds a {type(obj).__name__}, expected a state dict or a train.py dict "
@@ -147,12 +155,42 @@ def read_torch_state_dict(path: str, weights: str | None = None):
         raise ConversionError(
             f"{path}: entries {bad[:5]} are not tensors; expected a flat state dict of tensors."
         )
-    return _TorchDict(sd), info
+    return _TorchDict(sd, mmapped=mmapped), info
+
+
+def _drop_pages(t) -> None:
+    """Tells the kernel we are done with the file pages behind an mmap-loaded tensor.
+
+    Pages of a read-only private file mapping that were touched count in the RSS until unmapped;
+    torch keeps the whole file mapped while any tensor lives. MADV_DONTNEED on fully covered pages
+    frees them (a later read would fault them in from the file again, so this is always safe for
+    data we never wrote). Linux only; elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import mmap
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        addr, nbytes = t.data_ptr(), t.numel() * t.element_size()
+        page = mmap.PAGESIZE
+        start = -(-addr // page) * page
+        end = (addr + nbytes) // page * page
+        if end > start:
+            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # DONTNEED
+    except Exception:  # noqa: BLE001 - a memory hint; never fail the conversion over it
+        pass
 
 
 class _TorchDict:
-    def __init__(self, sd):
+    def __init__(self, sd, mmapped: bool = False):
         self._sd = dict(sd)
+        self._mmapped = mmapped
+
+    def release(self, t) -> None:
+        if self._mmapped:
+            _drop_pages(t)
 
     def keys(self):
         return list(self._sd)
@@ -229,12 +267,17 @@ def state_dict_to_params(
         dtype = str(getattr(t, "dtype", "")).replace("torch.", "")
         extra["source_dtypes"][dtype] = extra["source_dtypes"].get(dtype, 0) + 1
         value = _to_numpy(t)
-        del t
         if key == "pos_embed":
-            extra["pos_embed_max_abs_diff"] = check_pos_embed(value, arch, allow_pos_embed_mismatch)
-            continue
-        value = common.to_flax(key, value).astype(np.float32, copy=False)
-        common.set_path(params, common.flax_path(key), value)
+            diff = check_pos_embed(value, arch, allow_pos_embed_mismatch)
+            extra["pos_embed_max_abs_diff"] = diff
+        else:
+            value = common.to_flax(key, value).astype(np.float32, copy=False)
+            if not value.flags.owndata:  # never keep a view into the (mmapped) source
+                value = value.copy()
+            common.set_path(params, common.flax_path(key), value)
+        del value
+        sd.release(t)  # converted: give the source pages back (mmap) before the next tensor
+        del t
     return params, arch, extra
 
 
@@ -280,6 +323,7 @@ def convert(src: str, dest: str, family: str, *, force: bool = False, **kwargs) 
     """File -> Orbax checkpoint at ``dest`` (atomic; refuses existing unless force). -> metadata"""
     common.check_destination(os.path.abspath(dest), force)  # fail before any heavy work
     params, meta = load_torch_checkpoint(src, family, **kwargs)
+    common.to_host_jax_inplace(params)
     common.save_params(dest, params, meta, force=force)
     return meta
 
