@@ -63,27 +63,44 @@ def null_token_init(kind: str, model, params, key, *, config, process=None) -> j
     )
 
 
-def params_from_checkpoint(path: str, model, template, key, *, config, process=None):
+def params_from_checkpoint(path: str, model, template, key, *, config, process=None, reinit=None):
     """Loads converted params from ``path`` and fits them to the model's param ``template``.
 
-    ``template``: the model's params (real or abstract). Every template param except the null
-    token must be in the checkpoint with the same shape (else ValueError naming them); a missing
-    null token is created with ``config.train.null_token_init``. Returns float32 numpy/jax arrays.
+    ``template``: the model's params (abstract, or real fresh-init arrays when ``reinit`` is set).
+    Every template param except the null token and those matching the regex ``reinit`` (e.g.
+    ``"^y_embedder/"`` for transfer to another label set) must be in the checkpoint with the same
+    shape (else ValueError naming them); ``reinit`` params keep the template's fresh values; a
+    missing null token is created with ``config.train.null_token_init``.
+    Returns a float32 param tree.
     """
-    loaded = load_params(path)
-    needs_token = NULL_TOKEN in template and NULL_TOKEN not in loaded
-    expected = {k: v for k, v in template.items() if not (needs_token and k == NULL_TOKEN)}
+    import re
+
+    from flax import traverse_util
+
+    loaded = traverse_util.flatten_dict(load_params(path), sep="/")
+    fresh = traverse_util.flatten_dict(dict(template), sep="/")
+    redo = {k for k in fresh if reinit and re.search(reinit, k)}
+    needs_token = NULL_TOKEN in fresh and NULL_TOKEN not in loaded
+    if needs_token:
+        redo.discard(NULL_TOKEN)
+    expected = {k: v for k, v in fresh.items() if k not in redo and k != NULL_TOKEN}
+    if not needs_token and NULL_TOKEN in fresh:
+        expected[NULL_TOKEN] = fresh[NULL_TOKEN]
     check_params_match(
         expected,
-        loaded,
+        {k: v for k, v in loaded.items() if not (reinit and re.search(reinit, k))},
         source=path,
         hint="Set config.model (name, input_size, in_channels, num_classes, learn_sigma) to the "
-        "converted model's architecture, or point config.train.init_from at the right checkpoint.",
+        "converted model's architecture, re-initialise the differing params with "
+        "config.train.init_from_reinit (a regex), or point config.train.init_from elsewhere.",
     )
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), loaded)
+    flat = {k: jnp.asarray(loaded[k], jnp.float32) for k in expected}
+    flat.update({k: jnp.asarray(fresh[k], jnp.float32) for k in redo})
+    if redo:
+        logging.info("Re-initialised (not loaded from %s): %s", path, sorted(redo))
+    params = traverse_util.unflatten_dict(flat, sep="/")
     if needs_token:
         kind = config.train.get("null_token_init", "mean_t_embedding")
-        params = dict(params)
         params[NULL_TOKEN] = null_token_init(
             kind, model, params, key, config=config, process=process
         )

@@ -218,14 +218,22 @@ def _run(config, workdir, stop, model, process, loss_fn, data_iter):
     if not resuming and tcfg.get("init_from"):
         from nag_jax.training.finetune import params_from_checkpoint
 
-        abstract = jax.eval_shape(init_params_fn(config, model), jax.random.PRNGKey(0))
+        reinit = tcfg.get("init_from_reinit")
+        init_params = init_params_fn(config, model)
+        init_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))[0]  # setup_state's
+        # Fresh values are only materialised when some params are re-initialised.
+        if reinit:
+            template = jax.jit(init_params)(init_key)
+        else:
+            template = jax.eval_shape(init_params, init_key)
         params = params_from_checkpoint(
             tcfg.init_from,
             model,
-            abstract,
+            template,
             jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 7),
             config=config,
             process=process,
+            reinit=reinit,
         )
     state, shardings, tx = setup_state(config, model, mesh, params=params)
     if resuming:
