@@ -1,0 +1,74 @@
+"""Entry point: ``python -m nag_jax.main --config=configs/NAME.py --workdir=DIR``.
+
+``config.mode`` picks the job; ``--config.a.b=value`` overrides any field (ml_collections):
+
+    train           train or fine-tune (nag_jax.training.train)
+    demo            the built-in demo: train a small SiT on shapes, compare none/CFG/NAG/CFG+NAG
+    sample          sample a grid + .npz from converted or trained weights (nag_jax.sample_job)
+    eval            sample N images and score them (nag_jax.evaluation.eval_job)
+    lab             the noise-shift lab report (nag_jax.analysis.lab)
+    encode_latents  encode an image dataset to SD-VAE latent shards (nag_jax.data.encode_latents)
+
+Each job module is imported only when its mode runs, so the core needs none of the others'
+dependencies (TensorFlow, torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+MODES = {
+    "train": "nag_jax.training.train",
+    "demo": "nag_jax.demo",
+    "sample": "nag_jax.sample_job",
+    "eval": "nag_jax.evaluation.eval_job",
+    "lab": "nag_jax.analysis.lab",
+    "encode_latents": "nag_jax.data.encode_latents",
+}
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and logs.")
+
+
+def run(config, workdir: str):
+    """Dispatches ``config.mode`` to its job's ``run(config, workdir)``."""
+    mode = config.get("mode", "train")
+    if mode not in MODES:
+        raise ValueError(
+            f"config.mode={mode!r} is not a known mode; choose one of {sorted(MODES)}."
+        )
+    module = importlib.import_module(MODES[mode])
+    return module.run(config, workdir)
+
+
+class _QuietLibraries:
+    """Drops INFO records of orbax / grain internals so progress lines stay readable."""
+
+    NOISY = ("/orbax/", "/grain/", "/etils/")
+
+    def filter(self, record) -> bool:
+        return record.levelno > 20 or not any(n in record.pathname for n in self.NOISY)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None:
+        raise app.UsageError("--config=configs/NAME.py is required (see configs/).")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir=DIR is required (checkpoints, samples and logs go there).")
+    import jax
+
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logging.info("JAX %s on %s", jax.__version__, jax.devices())
+    logging.info("Config (mode=%s):\n%s", _CONFIG.value.get("mode"), _CONFIG.value)
+    run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
