@@ -15,6 +15,9 @@ Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+# Optional fields are typed placeholders (value None) so that --config.x.y=... can set them.
 
 
 def get_config():
@@ -30,19 +33,24 @@ def get_config():
             learn_sigma=False,
             null_noise="learned",
             dtype="float32",
-            hidden_size=None,
-            depth=None,
-            num_heads=None,
+            hidden_size=placeholder(int),
+            depth=placeholder(int),
+            num_heads=placeholder(int),
         )
     )
     config.process = ml_collections.ConfigDict(
-        dict(path="linear", prediction="velocity", train_eps=None, sample_eps=None)
+        dict(
+            path="linear",
+            prediction="velocity",
+            train_eps=placeholder(float),
+            sample_eps=placeholder(float),
+        )
     )
     config.objective = ml_collections.ConfigDict(dict(p_class_drop=0.1, p_noise_drop=0.1))
     config.data = ml_collections.ConfigDict(
         dict(
             name="synthetic_shapes",
-            data_dir=None,
+            data_dir=placeholder(str),
             image_size=32,
             num_classes=16,
             global_batch_size=256,
@@ -56,7 +64,7 @@ def get_config():
             b1=0.9,
             b2=0.999,
             eps=1e-8,
-            grad_clip=None,
+            grad_clip=placeholder(float),
             warmup_steps=0,
             ema_decay=0.999,
             trainable="all",
@@ -71,7 +79,7 @@ def get_config():
             keep_every=0,
             sample_every=0,
             eval_every=0,
-            init_from=None,
+            init_from=placeholder(str),
         )
     )
     config.sample = ml_collections.ConfigDict(
@@ -83,10 +91,10 @@ def get_config():
             nag_scale=0.0,
             cfg_interval=(0.0, 1.0),
             nag_interval=(0.0, 1.0),
-            cfg_channels=None,
+            cfg_channels=placeholder(int),
             num_images=1000,
             batch_size=200,
-            labels=None,
+            labels=placeholder(tuple),
             return_trajectory=False,
         )
     )
@@ -95,24 +103,28 @@ def get_config():
     )
     config.eval = ml_collections.ConfigDict(
         dict(
-            checkpoint=None,  # the demo's training workdir checkpoints/ (latest EMA params)
-            vae=None,  # pixel space: no VAE
+            checkpoint=placeholder(
+                str
+            ),  # the demo's training workdir checkpoints/ (latest EMA params)
+            vae=placeholder(str),  # pixel space: no VAE
             num_images=1000,
             batch_size=200,
-            extractor="proxy",  # "random_inception" only to test plumbing (not a quality metric)
-            inception_path=None,
+            extractor="proxy",
+            proxy_path=placeholder(str),  # classifier cache .npz (nag_jax.evaluation.proxy)
+            proxy_seed=0,  # "random_inception" only to test plumbing (not a quality metric)
+            inception_path=placeholder(str),
             inception_preprocess="pytorch_fid",
             reference_stats="images",
             reference="dataset",
             reference_num_images=5000,
             reference_seed=0,
-            cache_dir=None,
+            cache_dir=placeholder(str),
             feature_batch_size=500,
             pr_k=3,
             pr_block_size=10000,
             is_splits=10,
-            samples=None,  # an existing ADM .npz to score instead of sampling
-            results_file=None,
+            samples=placeholder(str),  # an existing ADM .npz to score instead of sampling
+            results_file=placeholder(str),
             train_num_images=500,
         )
     )

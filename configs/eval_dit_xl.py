@@ -24,6 +24,9 @@ Time convention: DiT, integer step 0..999 (0 = least noise); guidance intervals 
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+# Optional fields are typed placeholders (value None) so that --config.x.y=... can set them.
 
 
 def get_config():
@@ -39,16 +42,20 @@ def get_config():
             learn_sigma=True,
             null_noise="learned",
             dtype="bfloat16",
-            hidden_size=None,
-            depth=None,
-            num_heads=None,
+            hidden_size=placeholder(int),
+            depth=placeholder(int),
+            num_heads=placeholder(int),
         )
     )
     config.process = ml_collections.ConfigDict(dict(num_timesteps=1000, beta_schedule="linear"))
     config.objective = ml_collections.ConfigDict(dict(p_class_drop=0.1, p_noise_drop=0.1))
     config.data = ml_collections.ConfigDict(
         dict(
-            name="imagenet2012", data_dir=None, image_size=256, global_batch_size=256, num_workers=0
+            name="imagenet2012",
+            data_dir=placeholder(str),
+            image_size=256,
+            global_batch_size=256,
+            num_workers=0,
         )
     )
     config.optim = ml_collections.ConfigDict(
@@ -58,7 +65,7 @@ def get_config():
             b1=0.9,
             b2=0.999,
             eps=1e-8,
-            grad_clip=None,
+            grad_clip=placeholder(float),
             warmup_steps=0,
             ema_decay=0.9999,
             trainable="all",
@@ -73,7 +80,7 @@ def get_config():
             keep_every=0,
             sample_every=0,
             eval_every=0,
-            init_from=None,
+            init_from=placeholder(str),
         )
     )
     # DiT's FID setting: ancestral DDPM respaced to 250 steps.
@@ -87,10 +94,10 @@ def get_config():
             nag_scale=0.0,
             cfg_interval=(0.0, 1.0),
             nag_interval=(0.0, 1.0),
-            cfg_channels=None,
+            cfg_channels=placeholder(int),
             num_images=50_000,
             batch_size=256,
-            labels=None,
+            labels=placeholder(tuple),
             return_trajectory=False,
         )
     )
@@ -99,27 +106,27 @@ def get_config():
     )
     config.eval = ml_collections.ConfigDict(
         dict(
-            checkpoint=None,  # converted release / training workdir checkpoints/ (EMA)
-            vae=None,  # SD-VAE folder (sd-vae-ft-ema) or converted Orbax dir
+            checkpoint=placeholder(str),  # converted release / training workdir checkpoints/ (EMA)
+            vae=placeholder(str),  # SD-VAE folder (sd-vae-ft-ema) or converted Orbax dir
             vae_chunk_size=8,
             num_images=50_000,
             batch_size=256,  # global; padded to a multiple of the devices
             extractor="inception",
-            inception_path=None,
+            inception_path=placeholder(str),
             # ADM protocol: TF-graph preprocessing + the reference batch's stored full-train-set
             # mu/sigma for FID/sFID; precision/recall from its 10k arr_0 images.
             inception_preprocess="adm_tf",  # or "pytorch_fid"
             reference_stats="precomputed",  # or "images" (all statistics from arr_0)
-            reference=None,  # ADM reference batch .npz or "dataset"
-            reference_num_images=None,
+            reference=placeholder(str),  # ADM reference batch .npz or "dataset"
+            reference_num_images=placeholder(int),
             reference_seed=0,
-            cache_dir=None,  # default <workdir>/reference_cache
+            cache_dir=placeholder(str),  # default <workdir>/reference_cache
             feature_batch_size=200,
             pr_k=3,
             pr_block_size=10000,
             is_splits=10,
-            samples=None,  # an existing ADM .npz to score instead of sampling
-            results_file=None,  # default <workdir>/eval_results.jsonl (+ .csv)
+            samples=placeholder(str),  # an existing ADM .npz to score instead of sampling
+            results_file=placeholder(str),  # default <workdir>/eval_results.jsonl (+ .csv)
             train_num_images=1000,  # make_fid_evaluator during training
         )
     )

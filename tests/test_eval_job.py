@@ -132,9 +132,11 @@ def test_run_writes_adm_npz_metrics_and_results_rows(tmp_path, model_and_params)
     ex = _toy_extractor()
     work = str(tmp_path / "w")
     row = eval_job.run(c, work, model=model, params=params, extractor=ex)
-    for k in ("fid", "precision", "recall", "inception_score"):
+    # not the FID Inception: the numbers go to proxy_* columns, "fid" etc. stay empty
+    for k in ("proxy_fd", "proxy_precision", "proxy_recall", "proxy_score"):
         assert np.isfinite(row[k]), k
-    assert row["sfid"] is None  # the toy extractor has no spatial features
+    for k in ("fid", "sfid", "inception_score", "precision", "recall", "proxy_sfd"):
+        assert row[k] is None, k  # (the toy extractor has no spatial features)
     assert row["is_fid_inception"] is False and row["extractor"] == "toy-test"
     with np.load(row["samples"]) as z:
         assert z["arr_0"].shape == (16, 8, 8, 3) and z["arr_0"].dtype == np.uint8
@@ -142,7 +144,7 @@ def test_run_writes_adm_npz_metrics_and_results_rows(tmp_path, model_and_params)
     assert len(glob.glob(os.path.join(work, "reference_cache", "ref-toy-test-*.npz"))) == 1
     # a second evaluation reuses the samples and appends a row with the same key
     row2 = eval_job.run(c, work, model=model, params=params, extractor=ex)
-    assert row2["key"] == row["key"] and row2["fid"] == pytest.approx(row["fid"])
+    assert row2["key"] == row["key"] and row2["proxy_fd"] == pytest.approx(row["proxy_fd"])
     lines = eval_job.read_results(os.path.join(work, "eval_results.jsonl"))
     assert len(lines) == 2 and lines[0]["key"] == row["key"]
     assert json.loads(json.dumps(lines[0]["sampling_config"]))["seed"] == 0
@@ -167,10 +169,10 @@ def test_fid_evaluator_for_training_is_deterministic(tmp_path, model_and_params)
     )
     a = evaluate(params)
     assert set(a) == {
-        "eval/fid_proxy",
-        "eval/inception_score_proxy",
-        "eval/precision_proxy",
-        "eval/recall_proxy",
+        "eval/proxy_fd",
+        "eval/proxy_score",
+        "eval/proxy_precision",
+        "eval/proxy_recall",
     }
     b = evaluate(params)
     assert a == b
@@ -220,4 +222,4 @@ def test_run_scores_an_existing_adm_npz(tmp_path):
     c = _config(samples=str(path))
     row = eval_job.run(c, str(tmp_path / "w"), extractor=_toy_extractor())
     assert row["num_images"] == 24 and row["samples"] == str(path)
-    assert np.isfinite(row["fid"]) and row["fid"] > 0
+    assert np.isfinite(row["proxy_fd"]) and row["proxy_fd"] > 0 and row["fid"] is None

@@ -50,6 +50,23 @@ from nag_jax.evaluation import metrics as metrics_lib
 from nag_jax.evaluation import reference_stats
 from nag_jax.utils import to_uint8
 
+METRICS = ("fid", "sfid", "inception_score", "precision", "recall")
+# Names used when the extractor is NOT the FID Inception (proxy classifier, random weights): the
+# same formulas in another feature space, never to be read as FID / IS.
+PROXY_NAMES = {
+    "fid": "proxy_fd",
+    "sfid": "proxy_sfd",
+    "inception_score": "proxy_score",
+    "precision": "proxy_precision",
+    "recall": "proxy_recall",
+}
+
+
+def metric_names(values: dict, is_fid_inception: bool) -> dict:
+    """Renames metric keys to PROXY_NAMES unless the values come from the FID Inception."""
+    return values if is_fid_inception else {PROXY_NAMES.get(k, k): v for k, v in values.items()}
+
+
 RESULT_COLUMNS = (
     "key",
     "time",
@@ -73,6 +90,7 @@ RESULT_COLUMNS = (
     "inception_score",
     "precision",
     "recall",
+    *PROXY_NAMES.values(),
     "samples",
 )
 
@@ -618,7 +636,8 @@ def result_row(
         "extractor": extractor.name,
         "is_fid_inception": extractor.is_fid_inception,
         "reference": _get(ec, "reference"),
-        **{k: values.get(k) for k in ("fid", "sfid", "inception_score", "precision", "recall")},
+        **{k: None for k in METRICS},
+        **metric_names({k: values.get(k) for k in METRICS}, extractor.is_fid_inception),
         "samples": samples_path,
         "sampling_config": identity,
     }
@@ -652,7 +671,8 @@ def run(config, workdir: str, **overrides) -> dict:
     results = _get(ec, "results_file") or os.path.join(workdir, "eval_results.jsonl")
     append_result(results, row)
     tag = "" if extractor.is_fid_inception else " [NOT FID-Inception: relative numbers only]"
-    logging.info("eval %s: %s%s", row["key"], {k: row[k] for k in values if k in row}, tag)
+    shown = metric_names(values, extractor.is_fid_inception)
+    logging.info("eval %s: %s%s", row["key"], shown, tag)
     return row
 
 
@@ -678,7 +698,8 @@ def make_fid_evaluator(
     numbers differ by the weights only), extracts features and scores them against
     config.eval.reference. Call it on every process with the EMA params.
     Keys: eval/fid, eval/sfid, eval/inception_score, eval/precision, eval/recall (those the
-    extractor supports); names get the suffix "_proxy" when the extractor is not the FID Inception.
+    extractor supports); with any other extractor (demo proxy, random weights) the keys are
+    eval/proxy_fd, eval/proxy_sfd, eval/proxy_score, eval/proxy_precision, eval/proxy_recall.
     """
     from nag_jax import parallel
 
@@ -691,7 +712,6 @@ def make_fid_evaluator(
         decode = build_decoder(config)
     bs = padded_batch_size(int(batch_size or _get(ec, "batch_size") or 64), mesh)
     run_batch = None
-    suffix = "" if extractor.is_fid_inception else "_proxy"
 
     def evaluate(params) -> dict[str, float]:
         nonlocal run_batch
@@ -708,6 +728,7 @@ def make_fid_evaluator(
         values = metrics_lib.compute_metrics(
             feats, ref, num_splits=min(10, n), block_size=int(_get(ec, "pr_block_size", 10000))
         )
-        return {f"eval/{k}{suffix}": float(v) for k, v in values.items()}
+        named = metric_names(values, extractor.is_fid_inception)
+        return {f"eval/{k}": float(v) for k, v in named.items()}
 
     return evaluate

@@ -323,7 +323,7 @@ def init_random_params(key, input_size: int = 75) -> dict:
     random Inception are not a quality measure). BN statistics are randomised too."""
     model = InceptionV3()
     k_init, k_bn = jax.random.split(key)
-    params = model.init(k_init, jnp.zeros((1, input_size, input_size, 3)))["params"]
+    params = jax.jit(model.init)(k_init, jnp.zeros((1, input_size, input_size, 3)))["params"]
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     leaves = []
     for i, (path, leaf) in enumerate(flat):
