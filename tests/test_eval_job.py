@@ -3,6 +3,9 @@
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +47,10 @@ def _config(**eval_overrides):
 
 @pytest.fixture(scope="module")
 def model_and_params():
+    return _make_model_and_params()
+
+
+def _make_model_and_params():
     c = _config()
     model = tiny_model(c)
     x = jnp.zeros((1, 8, 8, 3))
@@ -223,3 +230,54 @@ def test_run_scores_an_existing_adm_npz(tmp_path):
     row = eval_job.run(c, str(tmp_path / "w"), extractor=_toy_extractor())
     assert row["num_images"] == 24 and row["samples"] == str(path)
     assert np.isfinite(row["proxy_fd"]) and row["proxy_fd"] > 0 and row["fid"] is None
+
+
+_CHILD = """
+import os, sys, time
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, {root!r})
+import jax
+jax.config.update("jax_default_matmul_precision", "highest")
+from tests.test_eval_job import _config, _make_model_and_params
+from nag_jax.evaluation import eval_job
+model, params = _make_model_and_params()
+def hang(done):
+    print("CHUNK", done, flush=True)
+    time.sleep(600)
+eval_job.sample_images(_config(num_images=24, batch_size=8), {work!r}, model=model,
+                       params=params, on_chunk=hang)
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_sampling_process_resumes(tmp_path, model_and_params):
+    """A real `kill -9` of a sampling process after its first chunk; the rerun completes the set
+    with every index exactly once."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    work = str(tmp_path / "w")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD.format(root=root, work=work)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("CHUNK"), line
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    run_dir = glob.glob(os.path.join(work, "eval", "*"))[0]
+    assert list(eval_job.covered_indices(run_dir)) == list(range(8))
+    model, params = model_and_params
+    path, run_dir2, _ = eval_job.sample_images(
+        _config(num_images=24, batch_size=8), work, model=model, params=params
+    )
+    assert run_dir2 == run_dir  # same weights fingerprint, same sampling key
+    idx = np.concatenate(
+        [np.load(p)["indices"] for p in glob.glob(os.path.join(run_dir, "chunks", "*.npz"))]
+    )
+    assert sorted(idx) == list(range(24))
+    with np.load(path) as z:
+        assert z["arr_0"].shape == (24, 8, 8, 3)
