@@ -26,6 +26,9 @@ Results: one JSON line per evaluation appended to config.eval.results_file (defa
 hash of the full sampling configuration + N + extractor + reference.
 
 uint8 conversion: nag_jax.utils.to_uint8 = clip(round(127.5 x + 127.5), 0, 255), everywhere.
+
+During training: `evaluate = make_fid_evaluator(config, model, workdir)` once (alias
+`fid_callback`), then `writer.write_scalars(step, evaluate(state.ema_params))` every K steps.
 """
 
 from __future__ import annotations
@@ -732,3 +735,7 @@ def make_fid_evaluator(
         return {f"eval/{k}": float(v) for k, v in named.items()}
 
     return evaluate
+
+
+# The name the training loop looks for.
+fid_callback = make_fid_evaluator
