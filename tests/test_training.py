@@ -211,3 +211,24 @@ def test_finetune_from_converted_release_creates_mean_t_embedding_token(tmp_path
     cfg2.train.init_from = str(tmp_path / "release")
     with pytest.raises(ValueError, match=r"(?s)different model.*t_embedder/mlp_2/kernel"):
         run(cfg2, str(tmp_path / "wd2"), model=tiny_model(cfg2), loss_fn=standin_loss)
+
+
+def test_metric_writer_writes_tensorboard_scalars_and_images(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from nag_jax.training.metrics import Progress, create_writer
+
+    writer = create_writer(str(tmp_path))
+    writer.write_scalars(5, {"loss": 0.25})
+    writer.write_images(5, {"samples": np.zeros((1, 6, 6, 3), np.uint8)})
+    writer.flush()
+    seen = set()
+    for root, _, files in os.walk(tmp_path):
+        for f in files:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, f)):
+                for v in event.summary.value:
+                    seen.add((event.step, v.tag, v.metadata.plugin_data.plugin_name))
+    assert {(5, "loss", "scalars"), (5, "samples", "images")} <= seen
+    progress = Progress(num_steps=100, global_batch_size=8, start_step=0)
+    report = progress(10)
+    assert report["examples_per_sec"] == pytest.approx(8 * report["steps_per_sec"])
+    assert report["eta_hours"] == pytest.approx(90 / report["steps_per_sec"] / 3600)

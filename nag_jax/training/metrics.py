@@ -35,21 +35,49 @@ class _LoggingWriter:
 
 
 class _TFSummaryWriter:
+    """TensorBoard event files through TF's core ``tf.summary.write`` (no tensorboard package:
+    the scalars/images plugin metadata is attached by hand, as the plugins' own ops do)."""
+
     def __init__(self, logdir):
         import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        def metadata(plugin):
+            data = summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin)
+            return summary_pb2.SummaryMetadata(plugin_data=data).SerializeToString()
 
         self._tf = tf
+        self._md = {"scalars": metadata("scalars"), "images": metadata("images")}
         self._writer = tf.summary.create_file_writer(logdir)
 
     def write_scalars(self, step, scalars):
+        tf = self._tf
         with self._writer.as_default():
             for k, v in scalars.items():
-                self._tf.summary.scalar(k, float(v), step=int(step))
+                tf.summary.write(
+                    k,
+                    tf.constant(float(v), tf.float32),
+                    step=int(step),
+                    metadata=self._md["scalars"],
+                )
 
     def write_images(self, step, images):
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        tf = self._tf
         with self._writer.as_default():
-            for k, v in images.items():
-                self._tf.summary.image(k, v, step=int(step), max_outputs=len(v))
+            for k, batch in images.items():
+                for i, img in enumerate(np.asarray(batch)):
+                    img = img[..., 0] if img.shape[-1] == 1 else img
+                    buf = io.BytesIO()
+                    Image.fromarray(img.astype(np.uint8)).save(buf, format="PNG")
+                    h, w = img.shape[:2]
+                    value = tf.constant([str(w).encode(), str(h).encode(), buf.getvalue()])
+                    tag = k if len(batch) == 1 else f"{k}/{i}"
+                    tf.summary.write(tag, value, step=int(step), metadata=self._md["images"])
 
     def write_hparams(self, hparams):
         pass
@@ -62,13 +90,19 @@ class _TFSummaryWriter:
 
 
 class _MultiWriter:
+    """Fans calls out to several writers; a failing writer is logged and dropped, never fatal."""
+
     def __init__(self, writers):
-        self._writers = writers
+        self._writers = list(writers)
 
     def __getattr__(self, name):
         def call(*args, **kwargs):
-            for w in self._writers:
-                getattr(w, name)(*args, **kwargs)
+            for w in list(self._writers):
+                try:
+                    getattr(w, name)(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - metrics must not stop training
+                    logging.warning("Metric writer %s failed (%s); disabled.", type(w).__name__, e)
+                    self._writers.remove(w)
 
         return call
 
