@@ -232,3 +232,29 @@ def test_metric_writer_writes_tensorboard_scalars_and_images(tmp_path):
     report = progress(10)
     assert report["examples_per_sec"] == pytest.approx(8 * report["steps_per_sec"])
     assert report["eta_hours"] == pytest.approx(90 / report["steps_per_sec"] / 3600)
+
+
+def test_transfer_to_new_label_set_reinitialises_only_the_label_table(tmp_path):
+    cfg = tiny_config(num_steps=1, checkpoint_every=0, log_every=1)
+    model = tiny_model(cfg)
+    x, t, y = jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
+    release = jax.tree.map(np.array, dict(model.init(jax.random.PRNGKey(3), x, t, y)["params"]))
+    release.pop("null_noise_token")
+    writer = ocp.StandardCheckpointer()
+    writer.save(str(tmp_path / "release"), release)
+    writer.wait_until_finished()
+    new = tiny_config(num_steps=1, checkpoint_every=0, log_every=1)
+    new.model.num_classes = 6
+    new.optim.lr = 0.0  # keep the starting point visible after one step
+    new.train.init_from = str(tmp_path / "release")
+    with pytest.raises(
+        ValueError, match=r"y_embedder/embedding_table/embedding: checkpoint \(5, 32\)"
+    ):
+        run(new, str(tmp_path / "a"), model=tiny_model(new), loss_fn=standin_loss)
+    new.train.init_from_reinit = r"^y_embedder/"
+    state = run(new, str(tmp_path / "b"), model=tiny_model(new), loss_fn=standin_loss)
+    params = jax.device_get(state.params)
+    assert params["y_embedder"]["embedding_table"]["embedding"].shape == (7, 32)
+    np.testing.assert_array_equal(
+        params["t_embedder"]["mlp_2"]["kernel"], release["t_embedder"]["mlp_2"]["kernel"]
+    )
