@@ -1,15 +1,17 @@
 """Evaluate the pixel-space synthetic-shapes demo model with a proxy feature extractor.
 
-    python -m nag_jax.main --config=configs/eval_demo.py --workdir=runs/demo \
-        --config.eval.checkpoint=runs/demo/checkpoints --config.sample.nag_scale=1.0
+    python -m nag_jax.main --config=configs/eval_demo.py --workdir=runs/demo_eval \
+        --config.eval.checkpoint=runs/demo/checkpoints \
+        --config.eval.proxy_path=runs/demo/proxy_classifier.npz --config.sample.nag_scale=1.0
 
 The FID Inception weights are not available here, so the features come from the demo's small
 shapes classifier (config.eval.extractor="proxy": nag_jax.evaluation.proxy.build_extractor).
-The numbers (written "fid" etc. with is_fid_inception=false in the results row) compare runs of
-THIS demo with each other; they are not FID and never a claim about real-image quality.
-Reference: 5000 images of the same synthetic_shapes dataset (cached under
-<workdir>/reference_cache). About a minute for 1000 samples x 16 ODE steps on a 2-core CPU.
-The model fields must match the demo's training config.
+The numbers land in the proxy_fd / proxy_score / proxy_precision / proxy_recall columns of the
+results row (the fid/IS columns stay empty, is_fid_inception=false): they compare runs of THIS
+demo with each other, never a claim about real-image quality. Reference: 5000 images of the same
+synthetic_shapes dataset (cached under <workdir>/reference_cache). Runtime not measured at this
+size (a 16px, 200-image, 4-step smoke run took ~1.5 min wall on a busy 2-core CPU).
+The model fields match configs/demo.py (SiT-S/4, hidden 128, depth 4, 4 heads, 32x32 RGB).
 
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level (1 = noise).
 """
@@ -26,16 +28,16 @@ def get_config():
     config.seed = 0
     config.model = ml_collections.ConfigDict(
         dict(
-            name="SiT-S/2",
+            name="SiT-S/4",
             input_size=32,
             in_channels=3,
             num_classes=16,
             learn_sigma=False,
             null_noise="learned",
             dtype="float32",
-            hidden_size=placeholder(int),
-            depth=placeholder(int),
-            num_heads=placeholder(int),
+            hidden_size=128,
+            depth=4,
+            num_heads=4,
         )
     )
     config.process = ml_collections.ConfigDict(
