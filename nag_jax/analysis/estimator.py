@@ -13,9 +13,10 @@ With the estimator's log-probability of the *nominal* level, the noise-condition
 s(x | t) = s(x) + grad_x log p(t | x) (Bayes); classifier-based NAG adds ``w * grad_x log g(lambda
 | x)`` to the model's score. The sampler consumes a velocity, so the score correction ds is mapped
 through the transport's score -> velocity conversion, which is affine in the score:
-``v = a(t) x + b(t) s``; hence ``dv = b(t) ds = velocity_from_score(ds, 0) `` (for the linear
-path b(t) = (1 - t) / t = lambda / (1 - lambda); it diverges at pure noise, where the estimator's
-gradient carries no information anyway: keep the interval's upper end below 1).
+``v = a(t) x + var(t) s`` (``Transport.velocity_from`` / ``Transport.drift_var``); hence
+``dv = var(t) ds`` (linear path: var = (1 - t) / t = lambda / (1 - lambda)). It diverges at pure
+noise, where the estimator's gradient carries no information anyway: keep the interval's upper
+end below 1 (default 0.95).
 """
 
 from __future__ import annotations
@@ -162,14 +163,12 @@ def bin_log_posterior(log_post_fine, num_bins: int) -> jax.Array:
 def score_to_velocity_correction(transport, ds, x, t) -> jax.Array:
     """The velocity change that a score change ``ds`` makes, through the transport's conversion.
 
-    ``Transport.velocity_from`` with a score-prediction transport is affine in the score, so
-    ``dv = velocity_from(ds + s, x, t) - velocity_from(s, x, t) = velocity_from(ds, 0, t) -
-    velocity_from(0, 0, t)``. t: the family's model time (SiT: 1 = data), scalar.
+    ``Transport.velocity_from`` (score prediction) is ``a(t) x + var(t) score`` with
+    ``var = transport.drift_var(t)``: affine in the score, so ``dv = var(t) ds`` (linear path:
+    ``(1 - t) / t``). t: scalar SiT time (1 = data); infinite at t = 0 (pure noise).
     """
-    score_t = dataclasses.replace(transport, prediction="score")
-    zero = jnp.zeros_like(x)
-    tt = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
-    return score_t.velocity_from(ds, zero, tt) - score_t.velocity_from(zero, zero, tt)
+    del x
+    return transport.drift_var(jnp.asarray(t, jnp.float32)) * ds
 
 
 def classifier_nag_prediction(
