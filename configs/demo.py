@@ -14,6 +14,7 @@ Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise leve
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -31,15 +32,20 @@ def get_config():
         hidden_size=128,
         depth=4,
         num_heads=4,
-        patch_size=None,
-        attention_impl=None,
+        patch_size=placeholder(int),
+        attention_impl=placeholder(str),
         remat=False,
     )
-    c.process = dict(path="linear", prediction="velocity", train_eps=None, sample_eps=None)
+    c.process = dict(
+        path="linear",
+        prediction="velocity",
+        train_eps=placeholder(float),
+        sample_eps=placeholder(float),
+    )
     c.objective = dict(p_class_drop=0.1, p_noise_drop=0.1)
     c.data = dict(
         name="synthetic_shapes",
-        data_dir=None,
+        data_dir=placeholder(str),
         image_size=32,
         num_classes=16,
         global_batch_size=64,
@@ -61,10 +67,10 @@ def get_config():
         log_every=100,
         checkpoint_every=500,
         keep=2,
-        keep_every=None,
+        keep_every=placeholder(int),
         sample_every=0,
         eval_every=0,
-        init_from=None,
+        init_from=placeholder(str),
         null_token_init="random",
         tensorboard=False,
     )
@@ -79,10 +85,10 @@ def get_config():
         nag_scale=0.0,
         cfg_interval=(0.0, 1.0),
         nag_interval=(0.0, 1.0),
-        cfg_channels=None,
+        cfg_channels=placeholder(int),
         num_images=16,
         batch_size=256,
-        labels=None,
+        labels=placeholder(tuple),
         return_trajectory=False,
     )
     # The four settings the demo compares (the same classes and seeds for each).
