@@ -284,3 +284,17 @@ def test_config_from_dict_rejects_unsupported():
         vae_lib.VAEConfig.from_dict({**diffusers_config(TINY), "norm_num_groups": 24})
     cfg = vae_lib.VAEConfig.from_dict(diffusers_config(TINY))
     assert vae_lib.VAEConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.slow
+def test_full_size_sd_vae_parity():
+    """Default (SD-VAE) config, random weights, 64px images / 8x8 latents vs the torch reference."""
+    cfg = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+    model = make_torch_vae({**cfg, "latent_channels": 4})
+    vae = vae_lib.AutoencoderKL()  # defaults = SD-VAE
+    params = convert_vae.convert_state_dict(model.state_dict(), vae.config)
+    x = images(n=1, size=64)
+    mean_t, _ = torch_moments(model, x)
+    assert rel_err(vae.encode(params, jnp.asarray(x), sample=False), mean_t * 0.18215) <= RTOL
+    z = latents(n=1, size=8)
+    assert rel_err(vae.decode(params, jnp.asarray(z)), torch_decode(model, z / 0.18215)) <= RTOL
