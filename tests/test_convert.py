@@ -123,6 +123,16 @@ def test_torch_orbax_torch_is_bit_exact(tmp_path, family, ext, null_token):
     m2.load_state_dict(back, strict=True)
 
 
+def test_legacy_non_zip_file_is_read_without_mmap(tmp_path):
+    sd = tiny("SiT", seed=4).state_dict()
+    src = str(tmp_path / "legacy.pt")
+    torch.save(sd, src, _use_new_zipfile_serialization=False)
+    params, meta = C.load_torch_checkpoint(src, "SiT", num_heads=4)
+    np.testing.assert_array_equal(
+        params["final_layer"]["linear"]["kernel"], sd["final_layer.linear.weight"].numpy().T
+    )
+
+
 def test_train_dict_uses_ema_by_default_and_model_on_request(tmp_path):
     ema, raw = tiny("DiT", seed=1), tiny("DiT", seed=2)
     ns = argparse.Namespace(model="DiT-XL/2", global_batch_size=256)
