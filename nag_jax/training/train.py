@@ -40,7 +40,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT-free preemption notices; read at step boundaries."""
+    """Set by SIGTERM (preemption notice); the loop reads it at step boundaries."""
 
     def __init__(self):
         self.event = threading.Event()
@@ -283,7 +283,7 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
             )
 
     logging.info("Training from step %d to %d (global batch %d).", step, num_steps, gbs)
-    pending, grid_sampler = None, None
+    pending, grid_sampler, last_saved = None, None, step
     try:
         while step < num_steps:
             try:
@@ -317,9 +317,13 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
             if (ckpt_every and step % ckpt_every == 0) or step == num_steps or preempt:
                 check_finite(step, metrics)
                 ckpt.save(mngr, state, data_iter, force=True)
+                last_saved = step
             if preempt:
                 logging.warning("Preempted: checkpoint at step %d written; exiting.", step)
                 break
+        if last_saved != step and pending is not None:  # data ran out early: keep the steps
+            check_finite(*pending)
+            ckpt.save(mngr, state, data_iter, force=True)
     finally:
         mngr.wait_until_finished()  # pending async saves complete even when raising
         writer.flush()
