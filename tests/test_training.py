@@ -18,7 +18,12 @@ from nag_jax import parallel
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training import step as step_lib
 from nag_jax.training.finetune import mean_time_embedding, training_times
-from nag_jax.training.state import create_optimizer, learning_rate_schedule, trainable_labels
+from nag_jax.training.state import (
+    TrainState,
+    create_optimizer,
+    learning_rate_schedule,
+    trainable_labels,
+)
 from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
 from nag_jax.training.train import NonFiniteLossError, run, setup_state
 
@@ -275,3 +280,21 @@ def test_bfloat16_compute_keeps_float32_params_and_state():
     _, t0, fn32, _ = _one_device_setup(cfg32)
     _, m32 = fn32(t0, batch)
     assert float(metrics["loss"]) == pytest.approx(float(m32["loss"]), rel=0.05)
+
+
+def test_retention_keeps_last_n_plus_every_k(tmp_path):
+    mngr = ckpt.create_manager(str(tmp_path), keep=2, keep_every=4, async_save=False)
+    for step in range(1, 10):
+        state = TrainState(
+            step=jnp.int32(step),
+            params={"w": jnp.full((2,), float(step))},
+            ema_params={"w": jnp.zeros(2)},
+            opt_state={"m": jnp.zeros(2)},
+            rng=jax.random.PRNGKey(0),
+        )
+        ckpt.save(mngr, state)
+    mngr.wait_until_finished()
+    assert sorted(mngr.all_steps()) == [4, 8, 9]  # latest 2 = {8, 9}, every 4th = {4, 8}
+    restored = ckpt.restore(mngr, state, step=4)
+    np.testing.assert_array_equal(restored.params["w"], [4.0, 4.0])
+    assert int(restored.step) == 4
