@@ -133,6 +133,33 @@ def test_legacy_non_zip_file_is_read_without_mmap(tmp_path):
     )
 
 
+def test_key_table_inverse_is_exact():
+    with torch.device("meta"):
+        sd = R.create("DiT-XL/2", null_noise_token=True).state_dict()
+    for k, v in sd.items():
+        if k != "pos_embed":
+            flax_shape = common.to_flax(k, np.empty(v.shape, np.float32)).shape
+            assert common.torch_key(common.flax_path(k)) == k
+            assert common.torch_shape(k, flax_shape) == tuple(v.shape)
+
+
+def test_export_of_a_params_tree_without_metadata(tmp_path):
+    """A training checkpoint (bare params tree) exports with --family/--input-size."""
+    import orbax.checkpoint as ocp
+
+    sd = tiny("SiT", seed=7, null_token=True).state_dict()
+    params, _, _ = T.state_dict_to_params(dict(sd), "SiT", num_heads=4)
+    ocp.StandardCheckpointer().save(str(tmp_path / "bare"), params)
+    ocp.StandardCheckpointer().wait_until_finished()
+    out = str(tmp_path / "back.pt")
+    assert cli(["to-torch", str(tmp_path / "bare"), out]) == 2  # needs --family/--input-size
+    assert not os.path.exists(out)
+    args = ["--family", "SiT", "--input-size", "8", "--num-heads", "4"]
+    assert cli(["to-torch", str(tmp_path / "bare"), out, *args]) == 0
+    back = torch.load(out, weights_only=True)
+    assert sorted(back) == sorted(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
 def test_train_dict_uses_ema_by_default_and_model_on_request(tmp_path):
     ema, raw = tiny("DiT", seed=1), tiny("DiT", seed=2)
     ns = argparse.Namespace(model="DiT-XL/2", global_batch_size=256)

@@ -218,6 +218,43 @@ def flax_path(torch_key: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def torch_key(path: tuple[str, ...]) -> str:
+    """Inverse of :func:`flax_path`, e.g. ``("blocks_3", "mlp", "fc1", "kernel")`` ->
+    ``"blocks.3.mlp.fc1.weight"``."""
+    parts = list(path)
+    if parts[-1] in ("kernel", "embedding"):
+        parts[-1] = "weight"
+    out = []
+    for p in parts:
+        m = re.fullmatch(r"(blocks|mlp|adaLN_modulation)_(\d+)", p)
+        out.extend([m[1], m[2]] if m else [p])
+    return ".".join(out)
+
+
+def torch_shape(torch_key: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of the torch tensor for a Flax leaf (inverse of the :func:`to_flax` layouts)."""
+    if torch_key == "x_embedder.proj.weight":
+        return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
+    if torch_key.endswith(".weight") and "embedding_table" not in torch_key:
+        return tuple(reversed(flax_shape))
+    return tuple(flax_shape)
+
+
+def infer_architecture_from_params(
+    params: Mapping, family: str, *, input_size: int, num_heads: int | None = None
+) -> Architecture:
+    """Architecture of a params tree without converter metadata (e.g. a training checkpoint).
+
+    pos_embed is not a parameter, so ``input_size`` must be given; ``num_heads`` only for
+    custom widths (registry sizes know their heads).
+    """
+    shapes = {
+        torch_key(k): torch_shape(torch_key(k), tuple(np.shape(v)))
+        for k, v in tree_paths(params).items()
+    }
+    return infer_architecture(shapes, family, num_heads=num_heads, input_size=input_size)
+
+
 def to_flax(torch_key: str, value: np.ndarray) -> np.ndarray:
     """Layout change torch -> Flax: conv OIHW -> HWIO, Linear (out, in) -> kernel (in, out)."""
     if torch_key == "x_embedder.proj.weight":

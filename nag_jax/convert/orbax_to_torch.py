@@ -3,6 +3,8 @@ key layout (pos_embed included), as .pt (``torch.save`` of the state dict) or .s
 
     python -m nag_jax.convert to-torch ckpt/sit_xl2_256 SiT-XL-2-256.pt
     python -m nag_jax.convert to-torch ckpt/sit_xl2_256 sit.safetensors
+    python -m nag_jax.convert to-torch runs/sit_xl/checkpoints sit_nag.pt --family SiT \
+        --input-size 32                  # a training checkpoint (latest EMA params)
 
 The file loads into the releases' ``models.py`` with ``model.load_state_dict(sd)``; a learned
 NAG ``null_noise_token`` (D,) is exported under that key (load it with ``strict=False`` into a
@@ -80,10 +82,37 @@ def save_state_dict(sd: dict[str, np.ndarray], dest: str, *, force: bool = False
     common.atomic_publish(write, dest, force)
 
 
-def export(src: str, dest: str, *, force: bool = False) -> dict:
-    """Converted Orbax checkpoint at ``src`` -> PyTorch file ``dest``. Returns the metadata."""
+def export(
+    src: str,
+    dest: str,
+    *,
+    force: bool = False,
+    family: str | None = None,
+    input_size: int | None = None,
+    num_heads: int | None = None,
+) -> dict:
+    """Orbax checkpoint at ``src`` -> PyTorch file ``dest``. Returns the metadata.
+
+    ``src``: a converted checkpoint (its metadata fixes the architecture), or a params tree
+    without metadata such as a training run's checkpoints/ directory (latest step's EMA params),
+    for which ``family`` and ``input_size`` (and ``num_heads`` for custom widths) are needed.
+    """
     common.check_destination(os.path.abspath(dest), force)
-    params, meta = common.load_params(src)
+    if os.path.isdir(os.path.join(src, "metadata")):
+        params, meta = common.load_params(src)
+    else:
+        from nag_jax.training.checkpoint import load_params as load_training_params
+
+        if family is None or input_size is None:
+            raise ConversionError(
+                f"{src} has no converter metadata (a training checkpoint?); pass --family "
+                "(DiT|SiT) and --input-size (e.g. 32 for 256px latents)."
+            )
+        params = dict(load_training_params(src))
+        arch = common.infer_architecture_from_params(
+            params, family, input_size=input_size, num_heads=num_heads
+        )
+        meta = dict(arch.metadata(), source=os.path.abspath(src))
     sd = params_to_state_dict(params, meta, consume=True)
     del params
     save_state_dict(sd, dest, force=force)
@@ -94,9 +123,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="Orbax checkpoint directory written by to-orbax / save_params")
     p.add_argument("dest", help="output .pt/.pth or .safetensors (must not exist)")
     p.add_argument("--force", action="store_true", help="replace dest (after the new is complete)")
+    p.add_argument("--family", choices=["DiT", "SiT"], help="only for sources without metadata")
+    p.add_argument("--input-size", type=int, help="only for sources without metadata (e.g. 32)")
+    p.add_argument("--num-heads", type=int, help="only for custom widths without metadata")
 
 
 def run(args: argparse.Namespace) -> int:
-    meta = export(args.src, args.dest, force=args.force)
+    meta = export(
+        args.src,
+        args.dest,
+        force=args.force,
+        family=args.family,
+        input_size=args.input_size,
+        num_heads=args.num_heads,
+    )
     print(f"wrote {os.path.abspath(args.dest)} ({meta.get('model')}, releases' key layout)")
     return 0
