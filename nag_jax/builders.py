@@ -106,8 +106,10 @@ def make_net_fn(model: DiT, params, family: str) -> Callable:
     return net_fn
 
 
-def guided_pred_fn(model: DiT, params, config, process=None) -> Callable:
-    """The guided prediction ``pred_fn(x, t, y)`` (scalar t, family convention) of a config."""
+def guided_pred_fn(model: DiT, params, config, process=None, scales=None) -> Callable:
+    """The guided prediction ``pred_fn(x, t, y)`` (scalar t, family convention) of a config.
+
+    ``scales``: optional traced (s_cfg, w_nag) replacing config.sample's values."""
     family = family_of(config)
     process = process if process is not None else build_process(config, for_sampling=True)
     return guided_prediction(
@@ -115,6 +117,7 @@ def guided_pred_fn(model: DiT, params, config, process=None) -> Callable:
         build_guidance(config.sample),
         noise_level_fn=process.noise_level,
         guided_channels=model.in_channels if family == "DiT" else None,
+        scales=scales,
     )
 
 
@@ -124,12 +127,14 @@ def per_image_keys(key: jax.Array, indices) -> jax.Array:
 
 
 def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Callable:
-    """``sample_fn(params, keys, y) -> images`` for ``config.sample``; pure, wrap it in jax.jit.
+    """``sample_fn(params, keys, y, scales=None) -> images`` for ``config.sample``; pure, jit it.
 
     Args of sample_fn:
       params: the model's params.
       keys: (N,) PRNG keys, one per image (see `per_image_keys`).
       y: (N,) int32 labels.
+      scales: optional (s_cfg, w_nag) arrays overriding config.sample's scales at run time (one
+        compilation for a whole sweep); the branches computed are those config.sample turns on.
 
     Returns:
       (N, H, W, C) float32 samples in the model's space (pixels in [-1, 1] or latents), or
@@ -148,8 +153,8 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
     num_steps = int(sc.num_steps)
     method = sc.get("method", "euler") or "euler"
 
-    def sample_fn(params, keys, y):
-        pred_fn = guided_pred_fn(model, params, config, process)
+    def sample_fn(params, keys, y, scales=None):
+        pred_fn = guided_pred_fn(model, params, config, process, scales)
         x_init = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(keys)
         noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         common = dict(return_trajectory=return_trajectory)

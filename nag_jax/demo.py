@@ -150,7 +150,7 @@ def run(config, workdir: str) -> dict:
         size,
         k,
         seed=int(config.demo.get("proxy_seed", 0)),
-        path=os.path.join(workdir, "proxy_classifier.npz"),
+        path=os.path.join(workdir, f"proxy_classifier_{proxy.ARCH}.npz"),
     )
     logging.info("[2/3] Training %s for %d steps", config.model.name, int(config.train.num_steps))
     t0 = time.time()

@@ -107,24 +107,33 @@ def branch_inputs(x, t, y, branches: tuple[str, ...]):
 
 
 def combine(
-    outputs: dict, guidance: GuidanceConfig, *, cfg_on=True, nag_on=True, guided_channels=None
+    outputs: dict,
+    guidance: GuidanceConfig,
+    *,
+    cfg_on=True,
+    nag_on=True,
+    guided_channels=None,
+    scales=None,
 ):
     """The guidance algebra on branch outputs (each (N, ..., C_out)).
 
     ``cfg_on`` / ``nag_on`` (bools, possibly traced) switch the terms; a branch missing from
     ``outputs`` contributes nothing. Channels >= guided_channels come from the conditional branch.
+    ``scales``: optional (s_cfg, w_nag), possibly traced, replacing the config's values (the
+    branch set still comes from the config).
     """
+    s_cfg, w_nag = (guidance.cfg_scale, guidance.nag_scale) if scales is None else scales
     c = outputs[COND]
     gc = c.shape[-1] if guided_channels is None else guided_channels
     guided = c[..., :gc]
     if CLASS_UNCOND in outputs:
-        delta = (guidance.cfg_scale - 1.0) * (c - outputs[CLASS_UNCOND])[..., :gc]
+        delta = (s_cfg - 1.0) * (c - outputs[CLASS_UNCOND])[..., :gc]
         if guidance.cfg_channels is not None and guidance.cfg_channels < gc:
             keep = jnp.arange(gc) < guidance.cfg_channels
             delta = jnp.where(keep, delta, 0.0)
         guided = guided + jnp.where(cfg_on, delta, 0.0)
     if NOISE_UNCOND in outputs:
-        delta = guidance.nag_scale * (c - outputs[NOISE_UNCOND])[..., :gc]
+        delta = w_nag * (c - outputs[NOISE_UNCOND])[..., :gc]
         guided = guided + jnp.where(nag_on, delta, 0.0)
     if gc == c.shape[-1]:
         return guided
@@ -148,6 +157,7 @@ def guided_prediction(
     *,
     noise_level_fn: Callable,
     guided_channels: int | None = None,
+    scales=None,
 ) -> Callable:
     """Wraps a raw network call into a guided prediction ``pred_fn(x, t, y)``.
 
@@ -156,6 +166,8 @@ def guided_prediction(
       guidance: the scales, intervals and channels.
       noise_level_fn: scalar model time -> noise level in [0, 1] (1 = noise).
       guided_channels: number of leading output channels that are guided (None = all).
+      scales: optional traced (s_cfg, w_nag) overriding the config's values, so one compiled
+        sampler serves a sweep or a slider; which branches run is still fixed by ``guidance``.
 
     Returns:
       ``pred_fn(x, t, y)`` with scalar t in the family's convention, returning (N, ..., C_out).
@@ -172,7 +184,7 @@ def guided_prediction(
             if b == COND or (b == CLASS_UNCOND and cfg_active) or (b == NOISE_UNCOND and nag_active)
         )
         outs = _call_branches(net_fn, x, t, y, branches)
-        return combine(outs, guidance, guided_channels=guided_channels)
+        return combine(outs, guidance, guided_channels=guided_channels, scales=scales)
 
     def pred_fn(x, t, y):
         t = jnp.asarray(t)

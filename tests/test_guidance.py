@@ -186,3 +186,23 @@ def test_sampler_family_mismatch_is_named():
     config = demo_config("ddpm", name="SiT-S/2")
     with pytest.raises(ValueError, match="SiT models sample with one of"):
         builders.build_sampler(config, builders.build_model(config.model))
+
+
+def test_traced_scales_reuse_one_compilation_and_match_static_scales(inputs):
+    x, y = inputs
+    g = GuidanceConfig(cfg_scale=2.0, nag_scale=1.0)
+
+    @jax.jit
+    def run(scales):
+        return guided_prediction(toy_net, g, noise_level_fn=lambda t: 1 - t, scales=scales)(
+            x, jnp.float32(0.4), y
+        )
+
+    for s_cfg, w_nag in [(3.0, 0.5), (1.0, 0.0), (1.5, 2.0)]:
+        static = guided_prediction(
+            toy_net, GuidanceConfig(cfg_scale=s_cfg, nag_scale=w_nag), noise_level_fn=lambda t: t
+        )(x, jnp.float32(0.4), y)
+        np.testing.assert_allclose(
+            np.asarray(run(jnp.array([s_cfg, w_nag]))), np.asarray(static), atol=1e-6
+        )
+    assert run._cache_size() == 1
