@@ -15,9 +15,16 @@ report and every interval use the noise level lambda = 1 - t (1 = pure noise).
 import ml_collections
 
 
-def _row(name, cfg=1.0, nag=0.0, cls_nag=0.0):
+def _row(name, cfg=1.0, nag=0.0, cls_nag=0.0, nag_interval=(0.0, 1.0), cls_interval=(0.0, 0.6)):
     return ml_collections.ConfigDict(
-        dict(name=name, cfg=cfg, nag=nag, cls_nag=cls_nag, cls_interval=(0.0, 0.95))
+        dict(
+            name=name,
+            cfg=cfg,
+            nag=nag,
+            cls_nag=cls_nag,
+            nag_interval=nag_interval,
+            cls_interval=cls_interval,
+        )
     )
 
 
@@ -62,7 +69,7 @@ def get_config():
     )
     config.train = ml_collections.ConfigDict(
         dict(
-            num_steps=3000,
+            num_steps=1500,
             log_every=500,
             checkpoint_every=0,
             keep=0,
@@ -98,8 +105,11 @@ def get_config():
     lab.num_components = 3
     lab.radius = 2.0
     lab.std_range = (0.05, 0.25)
-    lab.hidden = 256
-    lab.depth = 3
+    # Deliberately small denoiser: its error is the noise-shift source NAG targets. A near-exact
+    # model (--config.lab.hidden=256 --config.lab.depth=3 --config.train.num_steps=3000) leaves
+    # only the sampler's own shift (see the report in the lab notes).
+    lab.hidden = 64
+    lab.depth = 1
     lab.grid_size = 200  # exact posterior grid over noise levels
     lab.num_samples = 500
     lab.num_seeds = 3
@@ -113,6 +123,8 @@ def get_config():
         _row("CFG", cfg=1.5),
         _row("NAG", nag=1.0),
         _row("CFG+NAG", cfg=1.5, nag=1.0),
+        # classifier-based NAG acts for noise levels <= 0.6: above, the score->velocity factor
+        # lambda / (1 - lambda) makes the Euler step overshoot (sweep row "λ≤0.95")
         _row("cls-NAG", cls_nag=1.0),
     ]
     lab.statement1_levels = (0.1, 0.3, 0.6)
@@ -128,9 +140,9 @@ def get_config():
             rows=[
                 _row("NAG 0.5", nag=0.5),
                 _row("NAG 2", nag=2.0),
-                _row("NAG 4", nag=4.0),
-                _row("cls-NAG 0.3", cls_nag=0.3),
+                _row("NAG 1, λ≤0.5", nag=1.0, nag_interval=(0.0, 0.5)),
                 _row("cls-NAG 3", cls_nag=3.0),
+                _row("cls-NAG 1, λ≤0.95", cls_nag=1.0, cls_interval=(0.0, 0.95)),
             ],
         )
     )

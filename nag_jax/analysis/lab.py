@@ -113,10 +113,15 @@ def make_pred_builder(net_fn_factory, transport, row, estimator=None):
 
     ``net_fn_factory(params) -> net_fn(x, t, y, drop_class, drop_noise)``. ``row`` is a dict with
     ``cfg`` (CFG scale, 1 = off), ``nag`` (classifier-free NAG scale, 0 = off) and optionally
-    ``cls_nag`` (classifier-based NAG scale with ``estimator``) and ``cls_interval``. Branches are
+    ``cls_nag`` (classifier-based NAG scale with ``estimator``), ``cls_interval`` and
+    ``nag_interval`` (noise levels, 1 = noise). Branches are
     fused by ``nag_jax.guidance.guided_prediction`` (one network call per step).
     """
-    guidance = GuidanceConfig(cfg_scale=float(row["cfg"]), nag_scale=float(row["nag"]))
+    guidance = GuidanceConfig(
+        cfg_scale=float(row["cfg"]),
+        nag_scale=float(row["nag"]),
+        nag_interval=tuple(row.get("nag_interval", (0.0, 1.0))),
+    )
     cls_scale = float(row.get("cls_nag", 0.0))
     if cls_scale != 0.0 and estimator is None:
         raise ValueError(f"row {row['name']!r} needs a noise-level estimator (cls_nag != 0)")
@@ -131,7 +136,7 @@ def make_pred_builder(net_fn_factory, transport, row, estimator=None):
                 estimator,
                 cls_scale,
                 transport=transport,
-                interval=tuple(row.get("cls_interval", (0.0, 0.95))),
+                interval=tuple(row.get("cls_interval", (0.0, 0.6))),
             )
         return pred_fn
 
