@@ -133,9 +133,15 @@ class Progress:
         self.batch = global_batch_size
         self._t, self._step = time.perf_counter(), start_step
 
+    def reset(self, step: int) -> None:
+        """Restarts the clock at ``step`` (after the first, compiling step)."""
+        self._t, self._step = time.perf_counter(), step
+
     def __call__(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
         dt, ds = max(now - self._t, 1e-9), step - self._step
+        if ds <= 0:  # nothing timed yet (e.g. a report right after the compiling step)
+            return {}
         self._t, self._step = now, step
         sps = ds / dt
         return {

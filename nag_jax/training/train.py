@@ -294,6 +294,9 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
             batch = parallel.global_batch(model_batch(batch), mesh)
             state, metrics = train_step(state, batch)
             step += 1
+            if pending is None:  # first step of this process compiled: time from here on
+                jax.block_until_ready(metrics)
+                progress.reset(step)
             if pending is not None:  # check the previous step while this one runs
                 check_finite(*pending)
             pending = (step, metrics)
