@@ -13,7 +13,8 @@ Story of ``run(config, workdir)``:
    (a converted release: null token created) or a fresh init, placed by one jit.
 5. Loop: one jitted, donated step per batch; NaN/Inf stops with the step number (the last good
    checkpoint stays); metrics + steps/s, examples/s, ETA every ``log_every``; sample grids every
-   ``sample_every``; async checkpoints every ``checkpoint_every`` and at the end.
+   ``sample_every``; FID of the EMA weights every ``eval_every`` (nag_jax.evaluation.eval_job,
+   config.eval); async checkpoints every ``checkpoint_every`` and at the end.
 6. SIGTERM (preemption): a flag; at the next step boundary (all processes agree via a tiny
    all-reduce) a checkpoint is written and ``run`` returns normally (main exits 0).
 """
@@ -261,6 +262,7 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
     log_every = int(tcfg.get("log_every", 100) or 100)
     ckpt_every = int(tcfg.get("checkpoint_every", 1000) or 0)
     sample_every = int(tcfg.get("sample_every", 0) or 0)
+    eval_every = int(tcfg.get("eval_every", 0) or 0)
     sync_every = int(tcfg.get("preemption_sync_every", 1) or 1)
     gbs = int(config.data.global_batch_size)
     step = int(jax.device_get(state.step))
@@ -283,7 +285,7 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
             )
 
     logging.info("Training from step %d to %d (global batch %d).", step, num_steps, gbs)
-    pending, grid_sampler, last_saved = None, None, step
+    pending, grid_sampler, evaluator, last_saved = None, None, None, step
     try:
         while step < num_steps:
             try:
@@ -314,6 +316,16 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
                         write_grid(workdir, writer, step, images)
                 except Exception as e:  # noqa: BLE001 - a broken sampler must not stop training
                     logging.exception("Sampling at step %d failed: %s", step, e)
+            if eval_every and step % eval_every == 0:
+                try:  # FID (or the proxy) on the EMA weights, same noise every time
+                    if evaluator is None:
+                        from nag_jax.evaluation.eval_job import make_fid_evaluator
+
+                        evaluator = make_fid_evaluator(config, model, workdir, mesh=mesh)
+                    writer.write_scalars(step, evaluator(state.ema_params))
+                except Exception as e:  # noqa: BLE001 - a broken evaluation must not stop training
+                    logging.exception("Evaluation at step %d failed (%s); disabled.", step, e)
+                    eval_every = 0
             preempt = False
             if step % sync_every == 0 or jax.process_count() == 1:
                 preempt = parallel.any_across_processes(stop.event.is_set())
