@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", choices=["all", "sampler", "convert"], default="all")
     p.add_argument("--sampler", choices=["sde", "ode", "ddpm"], default="sde")
-    p.add_argument("--steps", type=int, default=20, help="SDE: grid points (release num_steps)")
+    p.add_argument("--steps", type=int, default=10, help="SDE: grid points (release num_steps)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--cfg-scale", type=float, default=4.0)
     p.add_argument("--nag-scale", type=float, default=0.0)
@@ -280,11 +280,22 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--patch", type=int, default=2)
     p.add_argument("--input-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads for BOTH frameworks (1 = fair and stable on a shared machine: "
+        "torch's spinning worker threads lose 3x+ under oversubscription)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default=tempfile.gettempdir(), help="scratch for part convert")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
+    if args.threads == 1 and "jax" not in sys.modules:  # XLA's CPU thread pool, before import
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        ).strip()
     import platform
 
     result = dict(
