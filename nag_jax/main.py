@@ -64,7 +64,11 @@ def main(argv):
         raise app.UsageError("--workdir=DIR is required (checkpoints, samples and logs go there).")
     import jax
 
+    from nag_jax import parallel
+
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    # Multi-host: jax.distributed must be initialised before any backend call (no-op otherwise).
+    parallel.maybe_initialize_distributed()
     logging.info("JAX %s on %s", jax.__version__, jax.devices())
     logging.info("Config (mode=%s):\n%s", _CONFIG.value.get("mode"), _CONFIG.value)
     run(_CONFIG.value, _WORKDIR.value)

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from nag_jax import parallel
+from nag_jax.convert.common import save_params
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training import step as step_lib
 from nag_jax.training.finetune import mean_time_embedding, training_times
@@ -189,9 +190,8 @@ def test_finetune_from_converted_release_creates_mean_t_embedding_token(tmp_path
     release = jax.tree.map(np.array, dict(release))  # writable copies
     release.pop("null_noise_token")  # the releases have no null token
     release["t_embedder"]["mlp_0"]["bias"] += 0.5  # make the embedding non-trivial
-    writer = ocp.StandardCheckpointer()
-    writer.save(str(tmp_path / "release"), release)  # what nag_jax.convert writes: params only
-    writer.wait_until_finished()
+    # Written exactly as `python -m nag_jax.convert to-orbax` writes a release.
+    save_params(str(tmp_path / "release"), release, {"family": "SiT", "model": "SiT-S/2"})
 
     times = training_times(cfg)
     assert times.shape == (1000,) and times.min() > 0 and times.max() < 1

@@ -207,17 +207,27 @@ def check_or_write_config(config, workdir: str) -> None:
 
 
 def load_params(path: str):
-    """Reads a params-only Orbax tree (e.g. written by ``nag_jax.convert``) as numpy arrays.
+    """Reads model params as numpy arrays from any checkpoint layout of the project.
 
-    Accepts a bare tree, a ``{"params": tree}`` wrapper, or a CheckpointManager directory of
-    this module (its latest step's EMA params).
+    The one loader behind fine-tuning (``train.init_from``), sampling and evaluation. Accepts:
+    - a converted checkpoint (``python -m nag_jax.convert to-orbax``: ``params`` + ``metadata``
+      items), read through ``nag_jax.convert.common.load_params``;
+    - a training ``checkpoints/`` directory of this module (its latest step's EMA params);
+    - a bare params tree or a ``{"params": tree}`` wrapper saved with Orbax.
     """
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"init_from checkpoint {path} does not exist; convert a release first with "
-            "`python -m nag_jax.convert` and point config.train.init_from at its output."
+            f"Checkpoint {path} does not exist; convert a release first with "
+            "`python -m nag_jax.convert to-orbax SRC DEST --family SiT|DiT` or point at a training "
+            "workdir's checkpoints/ directory."
         )
+    if os.path.isdir(os.path.join(path, "params")) and os.path.isdir(
+        os.path.join(path, "metadata")
+    ):
+        from nag_jax.convert.common import load_params as load_converted
+
+        return load_converted(path)[0]
     steps = [d for d in os.listdir(path) if d.isdigit()]
     if steps and os.path.isdir(os.path.join(path, max(steps, key=int), "ema_params")):
         path = os.path.join(path, max(steps, key=int), "ema_params")
