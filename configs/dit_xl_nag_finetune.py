@@ -4,7 +4,7 @@
         --config.train.init_from=ckpt/dit_xl2_256 --config.data.data_dir=data/imagenet256_latents
 
 ckpt/dit_xl2_256 is the release converted to Orbax (params only, no null noise token):
-    python -m nag_jax.convert to-orbax DiT-XL-2-256x256.pt ckpt/dit_xl2_256
+    python -m nag_jax.convert to-orbax DiT-XL-2-256x256.pt ckpt/dit_xl2_256 --family DiT
 Latents: see configs/dit_xl.py (``:encode``).
 
 The null noise token starts at the mean timestep embedding over steps 0..999

@@ -13,7 +13,7 @@ Variants:
   quick check: --config.eval.num_images=5000
 
 Prerequisites (local files; nothing is downloaded):
-  * converted checkpoint: python -m nag_jax.convert to-orbax DiT-XL-2-256x256.pt ckpt/dit_xl2_256 ...
+  * converted checkpoint: python -m nag_jax.convert to-orbax DiT-XL-2-256x256.pt ckpt/dit_xl2_256 --family DiT
   * FID Inception: python -m nag_jax.convert inception --src pt_inception-2015-12-05-6726825d.pth
         --dst fid_inception.npz   (pytorch-fid's GitHub release)
   * ADM reference batch VIRTUAL_imagenet256_labeled.npz (openai/guided-diffusion evaluations).

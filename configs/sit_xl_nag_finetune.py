@@ -4,7 +4,7 @@
         --config.train.init_from=ckpt/sit_xl2_256 --config.data.data_dir=data/imagenet256_latents
 
 ckpt/sit_xl2_256 is the release converted to Orbax (params only, no null noise token):
-    python -m nag_jax.convert to-orbax SiT-XL-2-256.pt ckpt/sit_xl2_256
+    python -m nag_jax.convert to-orbax SiT-XL-2-256.pt ckpt/sit_xl2_256 --family SiT
 Latents: see configs/sit_xl.py (``:encode``).
 
 The null noise token (absent from the release) starts at the mean timestep embedding over the
