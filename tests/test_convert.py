@@ -149,8 +149,9 @@ def test_export_of_a_params_tree_without_metadata(tmp_path):
 
     sd = tiny("SiT", seed=7, null_token=True).state_dict()
     params, _, _ = T.state_dict_to_params(dict(sd), "SiT", num_heads=4)
-    ocp.StandardCheckpointer().save(str(tmp_path / "bare"), params)
-    ocp.StandardCheckpointer().wait_until_finished()
+    with ocp.StandardCheckpointer() as writer:  # async: wait on the same instance
+        writer.save(str(tmp_path / "bare"), params)
+        writer.wait_until_finished()
     out = str(tmp_path / "back.pt")
     assert cli(["to-torch", str(tmp_path / "bare"), out]) == 2  # needs --family/--input-size
     assert not os.path.exists(out)
