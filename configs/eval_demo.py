@@ -2,7 +2,7 @@
 
     python -m nag_jax.main --config=configs/eval_demo.py --workdir=runs/demo_eval \
         --config.eval.checkpoint=runs/demo/checkpoints \
-        --config.eval.proxy_path=runs/demo/proxy_classifier.npz --config.sample.nag_scale=1.0
+        --config.eval.proxy_path=runs/demo/proxy_classifier_cnn4-800.npz --config.sample.nag_scale=1.0
 
 The FID Inception weights are not available here, so the features come from the demo's small
 shapes classifier (config.eval.extractor="proxy": nag_jax.evaluation.proxy.build_extractor).
@@ -11,10 +11,13 @@ results row (the fid/IS columns stay empty, is_fid_inception=false): they compar
 demo with each other, never a claim about real-image quality. Reference: 5000 images of the same
 synthetic_shapes dataset (cached under <workdir>/reference_cache). Runtime not measured at this
 size (a 16px, 200-image, 4-step smoke run took ~1.5 min wall on a busy 2-core CPU).
-The model fields match configs/demo.py (SiT-S/4, hidden 128, depth 4, 4 heads, 32x32 RGB).
+Model, process and data fields are read from configs/demo.py, so they match its checkpoint.
 
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level (1 = noise).
 """
+
+import importlib.util
+import os
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -22,43 +25,26 @@ from ml_collections.config_dict import placeholder
 # Optional fields are typed placeholders (value None) so that --config.x.y=... can set them.
 
 
+def _demo_config():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
+    spec = importlib.util.spec_from_file_location("nag_jax_demo_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def get_config():
     config = ml_collections.ConfigDict()
     config.mode = "eval"
     config.seed = 0
-    config.model = ml_collections.ConfigDict(
-        dict(
-            name="SiT-S/4",
-            input_size=32,
-            in_channels=3,
-            num_classes=16,
-            learn_sigma=False,
-            null_noise="learned",
-            dtype="float32",
-            hidden_size=128,
-            depth=4,
-            num_heads=4,
-        )
-    )
-    config.process = ml_collections.ConfigDict(
-        dict(
-            path="linear",
-            prediction="velocity",
-            train_eps=placeholder(float),
-            sample_eps=placeholder(float),
-        )
-    )
-    config.objective = ml_collections.ConfigDict(dict(p_class_drop=0.1, p_noise_drop=0.1))
-    config.data = ml_collections.ConfigDict(
-        dict(
-            name="synthetic_shapes",
-            data_dir=placeholder(str),
-            image_size=32,
-            num_classes=16,
-            global_batch_size=256,
-            num_workers=0,
-        )
-    )
+    # Model, process, objective and data come from the demo's own config, so they always match
+    # the checkpoint the demo trained.
+    demo = _demo_config()
+    config.model = demo.model
+    config.process = demo.process
+    config.objective = demo.objective
+    config.data = demo.data
+    config.data.global_batch_size = 256
     config.optim = ml_collections.ConfigDict(
         dict(
             lr=1e-4,
@@ -112,7 +98,7 @@ def get_config():
             num_images=1000,
             batch_size=200,
             extractor="proxy",
-            proxy_path=placeholder(str),  # classifier cache .npz (nag_jax.evaluation.proxy)
+            proxy_path=placeholder(str),  # e.g. runs/demo/proxy_classifier_cnn4-800.npz
             proxy_seed=0,  # "random_inception" only to test plumbing (not a quality metric)
             inception_path=placeholder(str),
             inception_preprocess="pytorch_fid",

@@ -56,7 +56,7 @@ def sample_setting(config, model, params, keys, labels):
     return np.asarray(images), len(labels) / seconds
 
 
-def labelled_grid(images, labels, class_names, seeds: int, title: str, scale: int = 2):
+def labelled_grid(images, labels, class_names, seeds: int, title: str, scale: int | None = None):
     """uint8 RGB grid: one row per class (name on the left), ``seeds`` columns, a title above."""
     from PIL import Image, ImageDraw
 
@@ -64,6 +64,7 @@ def labelled_grid(images, labels, class_names, seeds: int, title: str, scale: in
     seeds = min([seeds] + [int(np.sum(labels == k)) for k in range(num_classes)])
     order = np.concatenate([np.flatnonzero(labels == k)[:seeds] for k in range(num_classes)])
     tiles = to_uint8(images[order])
+    scale = scale or max(1, 64 // tiles.shape[1])  # tiles of about 64 px on screen
     if scale > 1:
         tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
     grid = make_grid(tiles, ncols=seeds)
