@@ -25,6 +25,8 @@ Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from nag_jax.evaluation.protocol import adm_eval_config
+
 # Optional fields are typed placeholders (value None) so that --config.x.y=... can set them.
 
 
@@ -112,30 +114,5 @@ def get_config():
     config.parallel = ml_collections.ConfigDict(
         dict(fsdp=False, mesh=dict(data=-1, fsdp=1, tensor=1))
     )
-    config.eval = ml_collections.ConfigDict(
-        dict(
-            checkpoint=placeholder(str),  # converted release / training workdir checkpoints/ (EMA)
-            vae=placeholder(str),  # SD-VAE folder (sd-vae-ft-ema) or converted Orbax dir
-            vae_chunk_size=8,
-            num_images=50_000,
-            batch_size=256,  # global; padded to a multiple of the devices
-            extractor="inception",
-            inception_path=placeholder(str),
-            # ADM protocol: TF-graph preprocessing + the reference batch's stored full-train-set
-            # mu/sigma for FID/sFID; precision/recall from its 10k arr_0 images.
-            inception_preprocess="adm_tf",  # or "pytorch_fid"
-            reference_stats="precomputed",  # or "images" (all statistics from arr_0)
-            reference=placeholder(str),  # ADM reference batch .npz or "dataset"
-            reference_num_images=placeholder(int),
-            reference_seed=0,
-            cache_dir=placeholder(str),  # default <workdir>/reference_cache
-            feature_batch_size=200,
-            pr_k=3,
-            pr_block_size=10000,
-            is_splits=10,
-            samples=placeholder(str),  # an existing ADM .npz to score instead of sampling
-            results_file=placeholder(str),  # default <workdir>/eval_results.jsonl (+ .csv)
-            train_num_images=1000,  # make_fid_evaluator during training
-        )
-    )
+    config.eval = adm_eval_config()
     return config
