@@ -48,7 +48,7 @@ def _get(cfg, name, default=None):
 
 def load_checkpoint(path: str) -> tuple[dict, dict]:
     """-> (params as numpy, metadata or {}) from a converted checkpoint or a training workdir."""
-    from nag_jax.convert import common
+    from nag_jax.weights import load_params
 
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
@@ -57,13 +57,7 @@ def load_checkpoint(path: str) -> tuple[dict, dict]:
             "`python -m nag_jax.convert to-orbax SiT-XL-2-256.pt ckpt/sit_xl2_256 --family SiT` "
             "or point it at a training workdir's checkpoints/ directory."
         )
-    if os.path.isdir(os.path.join(path, "params")) and os.path.isdir(
-        os.path.join(path, "metadata")
-    ):
-        return common.load_params(path)
-    from nag_jax.training.checkpoint import load_params
-
-    return load_params(path), {}
+    return load_params(path)
 
 
 def reconcile_model_config(config, meta: dict, params: dict) -> list[str]:

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torch_reference as R
+from flax import traverse_util
 
 from nag_jax import convert as C
+from nag_jax import weights
 from nag_jax.convert import common
 from nag_jax.convert import torch_to_orbax as T
 from nag_jax.convert.__main__ import main as cli
@@ -72,8 +74,8 @@ def test_converted_tree_equals_flax_init_tree(family, null_token):
     model = C.create_model_from_metadata(arch.metadata())
     x, t, y = np.zeros((1, 8, 8, 4), np.float32), np.zeros((1,), np.float32), np.zeros((1,), int)
     want = jax.eval_shape(model.init, jax.random.key(0), x, t, y)["params"]
-    want = {k: v.shape for k, v in common.tree_paths(want).items()}
-    got = {k: v.shape for k, v in common.tree_paths(params).items()}
+    want = {k: v.shape for k, v in traverse_util.flatten_dict(want).items()}
+    got = {k: v.shape for k, v in traverse_util.flatten_dict(params).items()}
     assert got == want
     # Layout spot checks against the torch tensors (Dense kernel = weight.T, conv OIHW -> HWIO).
     np.testing.assert_array_equal(
@@ -184,7 +186,7 @@ def test_cli_to_orbax_and_inspect(tmp_path, capsys):
     src = save(tiny("SiT").state_dict(), tmp_path / "a.pt")
     dest = str(tmp_path / "ckpt")
     assert cli(["to-orbax", src, dest, "--family", "SiT", "--num-heads", "4"]) == 0
-    params, meta = C.load_params(dest)
+    params, meta = weights.load_params(dest)
     assert meta["model"] == "SiT-S/2" and meta["input_size"] == 8 and meta["num_classes"] == 10
     assert isinstance(params["final_layer"]["linear"]["kernel"], np.ndarray)
     capsys.readouterr()
@@ -292,7 +294,7 @@ def test_existing_destination_refused_and_force_keeps_old_until_new_complete(tmp
     src = save(tiny(seed=0).state_dict(), tmp_path / "a.pt")
     dest = str(tmp_path / "ckpt")
     T.convert(src, dest, "SiT", num_heads=4)
-    old = C.load_params(dest)[0]
+    old = weights.load_params(dest)[0]
     src2 = save(tiny(seed=5).state_dict(), tmp_path / "b.pt")
     with pytest.raises(common.ConversionError, match="already exists; pass --force"):
         T.convert(src2, dest, "SiT", num_heads=4)
@@ -310,12 +312,12 @@ def test_existing_destination_refused_and_force_keeps_old_until_new_complete(tmp
     monkeypatch.undo()
     assert listing(tmp_path) == before
     np.testing.assert_array_equal(
-        C.load_params(dest)[0]["y_embedder"]["embedding_table"]["embedding"],
+        weights.load_params(dest)[0]["y_embedder"]["embedding_table"]["embedding"],
         old["y_embedder"]["embedding_table"]["embedding"],
     )
     # A successful --force replaces it.
     T.convert(src2, dest, "SiT", num_heads=4, force=True)
-    new = C.load_params(dest)[0]["y_embedder"]["embedding_table"]["embedding"]
+    new = weights.load_params(dest)[0]["y_embedder"]["embedding_table"]["embedding"]
     assert not np.array_equal(new, old["y_embedder"]["embedding_table"]["embedding"])
     assert listing(tmp_path) == before
 
@@ -327,4 +329,4 @@ def test_export_refuses_existing_file(tmp_path):
         C.export_torch(str(tmp_path / "ckpt"), src)
     assert torch.load(src, weights_only=True).keys()  # untouched
     with pytest.raises(common.ConversionError, match="not a converted checkpoint"):
-        C.load_params(str(tmp_path))
+        weights.load_params(str(tmp_path))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from flax import traverse_util
 
 from nag_jax.convert import inception as conv
 from nag_jax.evaluation import inception
@@ -23,9 +24,9 @@ def torch_model():
 @pytest.fixture(scope="module")
 def flax_params(torch_model):
     sd = {k: v.numpy() for k, v in torch_model.state_dict().items()}
-    flat = conv.convert_state_dict(sd)
-    conv.check_flat_params(flat)
-    return conv.unflatten(flat)
+    flat = inception.params_from_state_dict(sd)
+    inception.check_flat_params(flat)
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def _rel_err(a, b):
@@ -135,9 +136,9 @@ def test_converter_roundtrip_and_loader(tmp_path, torch_model, flax_params):
     torch.save(torch_model.state_dict(), src)  # includes num_batches_tracked, which is dropped
     dst = tmp_path / "inception.npz"
     conv.convert(str(src), str(dst))
-    loaded = inception.load_params(str(dst))
-    a = conv.flatten(loaded)
-    b = conv.flatten(flax_params)
+    loaded = inception.load_inception_params(str(dst))
+    a = traverse_util.flatten_dict(loaded, sep="/")
+    b = traverse_util.flatten_dict(flax_params, sep="/")
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
@@ -171,6 +172,6 @@ def test_converter_rejects_wrong_files(tmp_path, torch_model):
 
 def test_missing_weights_error_says_where_to_get_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth") as e:
-        inception.load_params(str(tmp_path / "nope.npz"))
+        inception.load_inception_params(str(tmp_path / "nope.npz"))
     assert "github.com/mseitzer/pytorch-fid/releases" in str(e.value)
     assert "python -m nag_jax.convert inception" in str(e.value)

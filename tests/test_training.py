@@ -15,7 +15,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from nag_jax import parallel
-from nag_jax.convert.common import save_params
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training import step as step_lib
 from nag_jax.training.finetune import mean_time_embedding, training_times
@@ -27,6 +26,7 @@ from nag_jax.training.state import (
 )
 from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
 from nag_jax.training.train import NonFiniteLossError, run, setup_state
+from nag_jax.weights import save_params
 
 
 def _one_device_setup(cfg, loss_fn=standin_loss):

@@ -1,8 +1,9 @@
 """SD-VAE (nag_jax.vae) parity with PyTorch, scaling, chunking, dtype, and loading.
 
-Reference: diffusers' torch ``AutoencoderKL`` when importable (CPU torch, no torchvision needed),
-and our own torch port ``tests/vae_torch_reference.py`` (always). Tiny random configurations,
-16x16 images, float32 with matmul precision "highest" (conftest): relative error <= 1e-5.
+Reference: diffusers' torch ``AutoencoderKL`` (a test requirement, CPU torch, no torchvision
+needed; a missing one is an import error, not a skip) and our own torch port
+``tests/vae_torch_reference.py``. Tiny random configurations, 16x16 images, float32 with matmul
+precision "highest" (conftest): relative error <= 1e-5.
 """
 
 from __future__ import annotations
@@ -11,20 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+from diffusers import AutoencoderKL as DiffusersAutoencoderKL
+from vae_torch_reference import TorchAutoencoderKL
 
-torch = pytest.importorskip("torch")
-
-from vae_torch_reference import TorchAutoencoderKL  # noqa: E402
-
-from nag_jax import vae as vae_lib  # noqa: E402
-from nag_jax.convert import vae as convert_vae  # noqa: E402
-
-try:
-    import diffusers  # noqa: F401
-
-    HAVE_DIFFUSERS = True
-except Exception:  # pragma: no cover - depends on the environment
-    HAVE_DIFFUSERS = False
+from nag_jax import vae as vae_lib
 
 TINY = dict(
     block_out_channels=(32, 64),
@@ -58,16 +50,11 @@ def diffusers_config(cfg: dict) -> dict:
     }
 
 
-def make_torch_vae(cfg: dict, reference: str = "auto", seed: int = 0):
-    """Random torch VAE with every parameter (incl. norm affine) perturbed; eval mode."""
-    if reference == "auto":
-        reference = "diffusers" if HAVE_DIFFUSERS else "own"
+def make_torch_vae(cfg: dict, reference: str = "diffusers", seed: int = 0):
+    """Random torch VAE ("diffusers" or "own" port) with every parameter (incl. norm affine)
+    perturbed; eval mode."""
     torch.manual_seed(seed)
     if reference == "diffusers":
-        if not HAVE_DIFFUSERS:
-            pytest.skip("diffusers is not installed (pip install diffusers==0.42.1)")
-        from diffusers import AutoencoderKL as DiffusersAutoencoderKL
-
         d = diffusers_config(cfg)
         model = DiffusersAutoencoderKL(**{k: v for k, v in d.items() if not k.startswith("_")})
     else:
@@ -127,7 +114,7 @@ def tiny():
     """(torch model, AutoencoderKL, params) for TINY, converted from the torch state dict."""
     model = make_torch_vae(TINY)
     vae = get_vae("TINY")
-    params = convert_vae.convert_state_dict(model.state_dict(), diffusers_config(TINY))
+    params = vae_lib.params_from_state_dict(model.state_dict(), diffusers_config(TINY))
     return model, vae, params
 
 
@@ -138,7 +125,7 @@ def tiny():
 
 @pytest.mark.parametrize(
     "name,reference",
-    [("TINY", "diffusers"), ("TINY", "own"), ("TINY3", "auto")],
+    [("TINY", "diffusers"), ("TINY", "own"), ("TINY3", "diffusers")],
     ids=["2lvl-diffusers", "2lvl-own", "3lvl"],
 )
 def test_encode_decode_parity(name, reference):
@@ -147,7 +134,7 @@ def test_encode_decode_parity(name, reference):
     n_down = 2 ** (len(cfg["block_out_channels"]) - 1)
     # TINY3 runs 3 images in chunks of 2 (padded lax.map path); TINY in one piece.
     vae = get_vae(name, chunk_size=2 if name == "TINY3" else 0)
-    params = convert_vae.convert_state_dict(model.state_dict(), diffusers_config(cfg))
+    params = vae_lib.params_from_state_dict(model.state_dict(), diffusers_config(cfg))
     x = images()
     mean_t, logvar_t = torch_moments(model, x)
 
@@ -170,8 +157,6 @@ def test_encode_decode_parity(name, reference):
 
 def test_own_reference_matches_diffusers():
     """Pins the fallback reference to diffusers (same state dict -> same outputs)."""
-    if not HAVE_DIFFUSERS:
-        pytest.skip("diffusers is not installed")
     ref = make_torch_vae(TINY, "diffusers")
     own = TorchAutoencoderKL(**TINY).eval()
     own.load_state_dict(ref.state_dict(), strict=True)
@@ -263,7 +248,7 @@ def test_default_config_is_sd_vae():
     n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
     assert n == 83_653_863  # sum over stabilityai/sd-vae-ft-ema's state dict
     assert vae.config.downsample_factor == 8
-    keys = convert_vae.state_dict_from_params(
+    keys = vae_lib.state_dict_from_params(
         jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
     ).keys()
     assert "encoder.mid_block.attentions.0.to_out.0.weight" in keys
@@ -292,7 +277,7 @@ def test_full_size_sd_vae_parity():
     cfg = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
     model = make_torch_vae({**cfg, "latent_channels": 4})
     vae = vae_lib.AutoencoderKL()  # defaults = SD-VAE
-    params = convert_vae.convert_state_dict(model.state_dict(), vae.config)
+    params = vae_lib.params_from_state_dict(model.state_dict(), vae.config)
     x = images(n=1, size=64)
     mean_t, _ = torch_moments(model, x)
     assert rel_err(vae.encode(params, jnp.asarray(x), sample=False), mean_t * 0.18215) <= RTOL

@@ -1,4 +1,5 @@
-"""SD-VAE weights: diffusers folder -> Flax / Orbax (nag_jax.convert.vae) and nag_jax.vae.load_vae.
+"""SD-VAE weights: diffusers folder -> Flax (nag_jax.vae), converted folders (nag_jax.convert.vae)
+and nag_jax.vae.load_vae.
 
 Pins: strict conversion (missing / extra / mis-shaped keys, config that does not match the
 weights) with errors naming the keys and nothing written; loading a diffusers folder the test
@@ -16,13 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("safetensors")
-
-from safetensors.torch import save_file  # noqa: E402
-from test_vae import (  # noqa: E402
-    HAVE_DIFFUSERS,
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import save_file
+from test_vae import (
     TINY,
     diffusers_config,
     latents,
@@ -31,8 +29,8 @@ from test_vae import (  # noqa: E402
     torch_decode,
 )
 
-from nag_jax import vae as vae_lib  # noqa: E402
-from nag_jax.convert import vae as convert_vae  # noqa: E402
+from nag_jax import vae as vae_lib
+from nag_jax.convert import vae as convert_vae
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +81,7 @@ def test_load_diffusers_folder(tmp_path, torch_vae, state_dict):
 
 def test_bin_and_legacy_attention_names(tmp_path, state_dict):
     """.bin weights with pre-0.14 names (query/key/value/proj_attn, some as 1x1 convs)."""
-    _, want = convert_vae.load_diffusers(write_folder(tmp_path / "new", state_dict))
+    _, want = vae_lib.load_diffusers(write_folder(tmp_path / "new", state_dict))
     legacy = {}
     for k, v in state_dict.items():
         for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value")):
@@ -93,24 +91,20 @@ def test_bin_and_legacy_attention_names(tmp_path, state_dict):
             v = v[:, :, None, None]  # (C, C, 1, 1) as in single-file LDM checkpoints
         legacy[k] = v
     assert any(".query." in k for k in legacy)
-    _, got = convert_vae.load_diffusers(write_folder(tmp_path / "old", legacy, fmt="bin"))
+    _, got = vae_lib.load_diffusers(write_folder(tmp_path / "old", legacy, fmt="bin"))
     assert_trees_equal(got, want)
 
 
 def test_state_dict_round_trip(state_dict):
-    params = convert_vae.convert_state_dict(state_dict, diffusers_config(TINY))
-    back = convert_vae.state_dict_from_params(params)
+    params = vae_lib.params_from_state_dict(state_dict, diffusers_config(TINY))
+    back = vae_lib.state_dict_from_params(params)
     assert set(back) == set(state_dict)
     for k, v in state_dict.items():
         np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
 
 
 def test_save_diffusers_loads_in_diffusers(tmp_path, state_dict):
-    if not HAVE_DIFFUSERS:
-        pytest.skip("diffusers is not installed")
-    from diffusers import AutoencoderKL
-
-    params = convert_vae.convert_state_dict(state_dict, diffusers_config(TINY))
+    params = vae_lib.params_from_state_dict(state_dict, diffusers_config(TINY))
     out = convert_vae.save_diffusers(str(tmp_path / "export"), diffusers_config(TINY), params)
     model = AutoencoderKL.from_pretrained(out, local_files_only=True)
     for k, v in model.state_dict().items():
@@ -162,7 +156,7 @@ def test_conversion_is_strict_and_writes_nothing(tmp_path, state_dict, corrupt, 
     sd, cfg, fragments = corrupt(state_dict, diffusers_config(TINY))
     src = write_folder(tmp_path / "src", sd, cfg)
     dst = tmp_path / "out" / "vae"
-    with pytest.raises(convert_vae.VAEConversionError) as err:
+    with pytest.raises(vae_lib.VAEWeightsError) as err:
         convert_vae.convert(src, str(dst))
     msg = str(err.value)
     assert "do not match the config" in msg and src in msg
@@ -175,7 +169,7 @@ def test_conversion_is_strict_and_writes_nothing(tmp_path, state_dict, corrupt, 
     assert fragments[0] in capsys.readouterr().err
     assert not dst.exists()
     # And load_vae refuses too.
-    with pytest.raises(convert_vae.VAEConversionError):
+    with pytest.raises(vae_lib.VAEWeightsError):
         vae_lib.load_vae(src)
 
 
@@ -194,7 +188,7 @@ def test_unsupported_config_is_a_clear_error(tmp_path, state_dict):
 
 def test_orbax_round_trip_and_cli(tmp_path, state_dict):
     src = write_folder(tmp_path / "src", state_dict)
-    _, want = convert_vae.load_diffusers(src)
+    _, want = vae_lib.load_diffusers(src)
 
     dst = str(tmp_path / "flax")
     assert convert_vae.main(["--src", src, "--dst", dst]) == 0
@@ -228,7 +222,7 @@ def test_orbax_round_trip_and_cli(tmp_path, state_dict):
     cfg["layers_per_block"] = 2
     with open(os.path.join(dst, "config.json"), "w") as f:
         json.dump(cfg, f)
-    with pytest.raises(convert_vae.VAEConversionError, match="do not match its config.json"):
+    with pytest.raises(vae_lib.VAEWeightsError, match="do not match its config.json"):
         vae_lib.load_vae(dst)
 
 

@@ -1,24 +1,24 @@
-"""Checkpoint conversion: PyTorch DiT/SiT releases <-> Orbax (and, by others, VAE / Inception).
+"""Checkpoint conversion, the PyTorch side: DiT/SiT releases <-> Orbax, SD-VAE, FID Inception.
+
+This package holds only what touches PyTorch files: the DiT/SiT key table (``common``), reading
+and writing .pt/.safetensors, and the CLI. The on-disk layout, the one loader and the atomic
+publish are the runtime's (``nag_jax.weights``); the VAE and Inception key tables sit beside their
+models (``nag_jax.vae``, ``nag_jax.evaluation.inception``), which read the releases' files
+directly. The runtime never imports this package.
 
 Python API (torch is imported only by the functions that read or write PyTorch files):
 
-    from nag_jax.convert import load_torch_checkpoint, load_params, save_params
+    from nag_jax.convert import load_torch_checkpoint, create_model_from_metadata
+    from nag_jax.weights import load_params, save_params
     params, meta = load_torch_checkpoint("SiT-XL-2-256.pt", "SiT")   # no file written
     save_params("ckpt/sit", params, meta)                            # Orbax, atomic
     params, meta = load_params("ckpt/sit")                           # numpy leaves
     model = create_model_from_metadata(meta, dtype="bfloat16")       # the matching flax module
 
-CLI: ``python -m nag_jax.convert {to-orbax,to-torch,inspect} ...`` (see __main__.py).
+CLI: ``python -m nag_jax.convert {to-orbax,to-torch,inspect,vae,inception} ...`` (__main__.py).
 """
 
-from nag_jax.convert.common import (
-    Architecture,
-    ConversionError,
-    create_model_from_metadata,
-    load_params,
-    read_metadata,
-    save_params,
-)
+from nag_jax.convert.common import Architecture, ConversionError, create_model_from_metadata
 
 
 def load_torch_checkpoint(path, family, **kwargs):
@@ -40,8 +40,5 @@ __all__ = [
     "ConversionError",
     "create_model_from_metadata",
     "export_torch",
-    "load_params",
     "load_torch_checkpoint",
-    "read_metadata",
-    "save_params",
 ]

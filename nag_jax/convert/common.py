@@ -1,4 +1,4 @@
-"""Shared pieces of the DiT/SiT converters: the key table, architecture inference, Orbax I/O.
+"""Shared pieces of the DiT/SiT converters: the key table and architecture inference.
 
 The PyTorch <-> Flax key table (the releases' names on the left; Dense kernels are ``weight.T``,
 the patch conv goes OIHW -> HWIO):
@@ -21,10 +21,12 @@ Null noise token rule: a checkpoint that has ``null_noise_token`` (shape (D,)) c
 ways; a release checkpoint has none, and the converter never invents one (a learned token is
 created by fine-tuning; ``null_noise="learned"`` on a source without it is an error that says so).
 
-Converted checkpoint layout (an Orbax composite checkpoint, one directory):
+Converted checkpoint layout (an Orbax composite checkpoint, one directory, written and read by
+``nag_jax.weights.save_params`` / ``load_params``):
     DEST/params      the Flax params tree (StandardCheckpointHandler), float32
     DEST/metadata    JSON: family, model, input_size, in_channels, num_classes, learn_sigma,
                      hidden_size, depth, num_heads, patch_size, null_noise, source, sha256, ...
+                     (:meth:`Architecture.metadata` plus the source's facts)
 Time conventions do not enter here (weights only); see nag_jax.models.
 """
 
@@ -32,20 +34,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
+from flax import traverse_util
 
-FORMAT_VERSION = 1
+from nag_jax.weights import CheckpointError
+
 POS_EMBED_ATOL = 1e-5  # beyond this the checkpoint's pos_embed is not the releases' sin-cos
 
 
-class ConversionError(ValueError):
-    """Bad input for a conversion: the message names the value, what was expected, and the fix."""
+# Bad input for a conversion: the message names the value, what was expected, and the fix. One
+# error type for all weights I/O (the runtime loader raises it too).
+ConversionError = CheckpointError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +252,7 @@ def infer_architecture_from_params(
     """
     shapes = {
         torch_key(k): torch_shape(torch_key(k), tuple(np.shape(v)))
-        for k, v in tree_paths(params).items()
+        for k, v in traverse_util.flatten_dict(params).items()
     }
     return infer_architecture(shapes, family, num_heads=num_heads, input_size=input_size)
 
@@ -417,65 +419,8 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def tree_paths(tree: Mapping, prefix: tuple = ()) -> dict[tuple[str, ...], object]:
-    """Flattens a nested dict to {path tuple: leaf}."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(tree_paths(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def set_path(tree: dict, path: tuple[str, ...], value) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
 # ----------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def check_destination(dest: str, force: bool) -> None:
-    if os.path.lexists(dest) and not force:
-        raise ConversionError(
-            f"destination {dest} already exists; pass --force to replace it (the old one is "
-            "removed only after the new one is complete) or choose another path."
-        )
-
-
-def atomic_publish(write_fn, dest: str, force: bool) -> None:
-    """Runs ``write_fn(tmp_path)`` on a temporary sibling of ``dest``, then renames it into place.
-
-    With ``force`` an existing ``dest`` is first renamed aside and deleted only after the new one
-    is in place; on any failure the temporary output is removed and ``dest`` is left untouched.
-    """
-    dest = os.path.abspath(dest)
-    check_destination(dest, force)
-    parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
-    tmp_root = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.tmp-", dir=parent)
-    tmp = os.path.join(tmp_root, "out")
-    old = None
-    try:
-        write_fn(tmp)
-        if os.path.lexists(dest):
-            old = os.path.join(tmp_root, "old")
-            os.rename(dest, old)
-        try:
-            os.rename(tmp, dest)
-        except BaseException:
-            if old is not None:
-                os.rename(old, dest)  # put the previous checkpoint back
-            raise
-    finally:
-        shutil.rmtree(tmp_root, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Orbax I/O (no torch needed)
+# Writing (the layout and the atomic publish are nag_jax.weights')
 
 
 def to_host_jax_inplace(tree: dict) -> dict:
@@ -494,89 +439,3 @@ def to_host_jax_inplace(tree: dict) -> dict:
             tree[k] = jax.device_put(v, cpu)
             del v
     return tree
-
-
-def save_params(directory: str, params: Mapping, metadata: Mapping, *, force: bool = False):
-    """Writes ``params`` (nested dict of arrays) + JSON ``metadata`` as an Orbax composite
-    checkpoint at ``directory``, atomically; refuses an existing directory unless ``force``."""
-    import orbax.checkpoint as ocp
-
-    meta = dict(metadata)
-    meta.setdefault("format_version", FORMAT_VERSION)
-
-    def write(tmp):
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
-            ckpt.save(
-                tmp,
-                ocp.args.Composite(
-                    params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(meta)
-                ),
-            )
-
-    atomic_publish(write, directory, force)
-
-
-def load_params(directory: str, target=None) -> tuple[dict, dict]:
-    """Reads a converted checkpoint -> ``(params, metadata)``.
-
-    Args:
-      directory: written by :func:`save_params` / ``python -m nag_jax.convert to-orbax``.
-      target: optional abstract tree (``jax.ShapeDtypeStruct`` leaves with shardings) to restore
-        sharded on devices; default restores onto the host CPU and returns (read-only) numpy
-        arrays, also on GPU/TPU machines.
-    """
-    import orbax.checkpoint as ocp
-
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(os.path.join(directory, "params")):
-        raise ConversionError(
-            f"{directory} is not a converted checkpoint (no params/ item); create one with "
-            "`python -m nag_jax.convert to-orbax SRC DEST --family SiT`."
-        )
-    host = target is None
-    if host:  # restore onto the host CPU device (also on GPU/TPU machines), then hand out numpy
-        import jax
-
-        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu),
-            params_tree_metadata(directory),
-        )
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
-        out = ckpt.restore(
-            directory,
-            ocp.args.Composite(
-                params=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()
-            ),
-        )
-    params = _tree_to_numpy(out["params"]) if host else dict(out["params"])
-    return params, dict(out["metadata"] or {})
-
-
-def _tree_to_numpy(tree):
-    if isinstance(tree, Mapping):
-        return {k: _tree_to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)
-
-
-def params_tree_metadata(directory: str):
-    """Nested dict of Orbax ArrayMetadata (shape, dtype) of ``directory``'s params; no arrays
-    are read. ``directory`` is a converted checkpoint or a bare StandardSave directory."""
-    import orbax.checkpoint as ocp
-
-    item = os.path.join(directory, "params")
-    item = item if os.path.isdir(item) else directory
-    tree = ocp.StandardCheckpointer().metadata(item)
-    tree = getattr(tree, "item_metadata", tree)
-    return getattr(tree, "tree", tree)
-
-
-def read_metadata(directory: str) -> dict:
-    """Only the JSON metadata of a converted checkpoint (cheap)."""
-    import json
-
-    path = os.path.join(os.path.abspath(directory), "metadata", "metadata")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return load_params(directory)[1]

@@ -36,22 +36,21 @@ def _flatten_torch(obj, prefix=""):
 
 def describe(path: str) -> dict:
     """-> {"format", "entries": {name: (shape, dtype)}, "num_params", "metadata"}."""
-    from nag_jax.convert import common
+    from flax import traverse_util
+
+    from nag_jax import weights
 
     if os.path.isdir(path):
-        meta = {}
-        try:
-            meta = common.read_metadata(path)
-        except Exception:  # noqa: BLE001 - a plain Orbax checkpoint has no NAG metadata
-            meta = {}
-        try:
-            tree = common.params_tree_metadata(path)
+        try:  # metadata is {} for a params tree without converter metadata
+            meta = weights.read_metadata(path)
+            tree = weights.params_tree_metadata(path)
         except Exception as e:  # noqa: BLE001
-            raise common.ConversionError(
+            raise weights.CheckpointError(
                 f"{path} is not a readable Orbax checkpoint ({type(e).__name__}: {e})."
             ) from None
         entries = {
-            "/".join(k): (tuple(v.shape), str(v.dtype)) for k, v in common.tree_paths(tree).items()
+            k: (tuple(v.shape), str(v.dtype))
+            for k, v in traverse_util.flatten_dict(tree, sep="/").items()
         }
         fmt = "orbax"
     elif path.endswith(".safetensors"):

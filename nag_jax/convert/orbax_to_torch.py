@@ -18,7 +18,9 @@ import argparse
 import os
 
 import numpy as np
+from flax import traverse_util
 
+from nag_jax import weights
 from nag_jax.convert import common
 from nag_jax.convert.common import ConversionError
 
@@ -35,7 +37,7 @@ def params_to_state_dict(params, metadata, *, consume: bool = False) -> dict[str
     from nag_jax.models.embeddings import get_2d_sincos_pos_embed
 
     arch = common.Architecture.from_metadata(metadata)
-    leaves = {"/".join(k): v for k, v in common.tree_paths(params).items()}
+    leaves = traverse_util.flatten_dict(params, sep="/")
     if "null_noise_token" in leaves and not arch.null_noise_token:
         arch = common.Architecture.from_metadata({**metadata, "null_noise": "learned"})
     expected = common.torch_shapes(arch)
@@ -79,7 +81,7 @@ def save_state_dict(sd: dict[str, np.ndarray], dest: str, *, force: bool = False
         else:
             torch.save(tensors, tmp)
 
-    common.atomic_publish(write, dest, force)
+    weights.atomic_publish(write, dest, force)
 
 
 def export(
@@ -93,22 +95,19 @@ def export(
 ) -> dict:
     """Orbax checkpoint at ``src`` -> PyTorch file ``dest``. Returns the metadata.
 
-    ``src``: a converted checkpoint (its metadata fixes the architecture), or a params tree
-    without metadata such as a training run's checkpoints/ directory (latest step's EMA params),
-    for which ``family`` and ``input_size`` (and ``num_heads`` for custom widths) are needed.
+    ``src``: any layout of ``nag_jax.weights.load_params``: a converted checkpoint (its metadata
+    fixes the architecture), or a params tree without metadata such as a training run's
+    checkpoints/ directory (latest step's EMA params), for which ``family`` and ``input_size``
+    (and ``num_heads`` for custom widths) are needed.
     """
-    common.check_destination(os.path.abspath(dest), force)
-    if os.path.isdir(os.path.join(src, "metadata")):
-        params, meta = common.load_params(src)
-    else:
-        from nag_jax.training.checkpoint import load_params as load_training_params
-
+    weights.check_destination(os.path.abspath(dest), force)
+    params, meta = weights.load_params(src)
+    if not meta:
         if family is None or input_size is None:
             raise ConversionError(
                 f"{src} has no converter metadata (a training checkpoint?); pass --family "
                 "(DiT|SiT) and --input-size (e.g. 32 for 256px latents)."
             )
-        params = dict(load_training_params(src))
         arch = common.infer_architecture_from_params(
             params, family, input_size=input_size, num_heads=num_heads
         )

@@ -26,7 +26,9 @@ import sys
 import warnings
 
 import numpy as np
+from flax import traverse_util
 
+from nag_jax import weights
 from nag_jax.convert import common
 from nag_jax.convert.common import ConversionError
 
@@ -261,7 +263,7 @@ def state_dict_to_params(
         expected.pop("pos_embed")
     common.check_keys(shapes, expected)
     extra = {"source_dtypes": {}}
-    params: dict = {}
+    flat: dict = {}
     for key in list(expected):
         t = sd.pop(key)
         dtype = str(getattr(t, "dtype", "")).replace("torch.", "")
@@ -274,11 +276,11 @@ def state_dict_to_params(
             value = common.to_flax(key, value).astype(np.float32, copy=False)
             if not value.flags.owndata:  # never keep a view into the (mmapped) source
                 value = value.copy()
-            common.set_path(params, common.flax_path(key), value)
+            flat[common.flax_path(key)] = value
         del value
         sd.release(t)  # converted: give the source pages back (mmap) before the next tensor
         del t
-    return params, arch, extra
+    return traverse_util.unflatten_dict(flat), arch, extra
 
 
 def load_torch_checkpoint(
@@ -321,10 +323,10 @@ def load_torch_checkpoint(
 
 def convert(src: str, dest: str, family: str, *, force: bool = False, **kwargs) -> dict:
     """File -> Orbax checkpoint at ``dest`` (atomic; refuses existing unless force). -> metadata"""
-    common.check_destination(os.path.abspath(dest), force)  # fail before any heavy work
+    weights.check_destination(os.path.abspath(dest), force)  # fail before any heavy work
     params, meta = load_torch_checkpoint(src, family, **kwargs)
     common.to_host_jax_inplace(params)
-    common.save_params(dest, params, meta, force=force)
+    weights.save_params(dest, params, meta, force=force)
     return meta
 
 

@@ -404,7 +404,7 @@ def build_extractor(config) -> metrics_lib.FeatureExtractor:
     if kind == "inception":
         from nag_jax.evaluation import inception
 
-        params = inception.load_params(_get(ec, "inception_path", ""))
+        params = inception.load_inception_params(_get(ec, "inception_path", ""))
         fp = hashlib.sha256(
             np.asarray(params["Conv2d_1a_3x3"]["conv"]["kernel"]).tobytes()
             + np.asarray(params["fc"]["bias"]).tobytes()
@@ -467,9 +467,9 @@ def load_sampling_params(config):
             "(python -m nag_jax.convert to-orbax ...) or a training workdir's checkpoints/ "
             "directory (its latest EMA params are used)."
         )
-    from nag_jax.training.checkpoint import load_params
+    from nag_jax.weights import load_params
 
-    return load_params(path)
+    return load_params(path)[0]
 
 
 def build_decoder(config) -> tuple[Callable, object] | None:

@@ -32,9 +32,11 @@ Preprocessing (`preprocess`, uint8 input), two modes:
       train set, stored in its reference batches) can be used: the configs for the published
       DiT/SiT protocol use this mode. (Same recipe as torch-fidelity's TF-exact extractor.)
 
-Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a port of the TF graph), converted
-with `python -m nag_jax.convert inception --src pt_inception-2015-12-05-6726825d.pth
---dst inception_fid.npz`. Loaded from a local path only; nothing is downloaded.
+Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a port of the TF graph), read by
+`load_inception_params` (key table: `params_from_state_dict`) as the .pth itself (needs torch),
+as a .npz or params directory written by `python -m nag_jax.convert inception --src
+pt_inception-2015-12-05-6726825d.pth --dst inception_fid.npz`. Loaded from a local path only;
+nothing is downloaded. Every key and shape is checked (`check_flat_params`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+
+from nag_jax import weights
 
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -55,6 +60,7 @@ INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
 SPATIAL_CHANNELS = 7
+_BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 _MISSING_WEIGHTS_HELP = (
     "The FID Inception weights are not downloaded automatically. Get "
@@ -217,7 +223,7 @@ class InceptionE(nn.Module):
 class InceptionV3(nn.Module):
     """FID Inception-v3. Input (N, H, W, 3) float32 in [-1, 1] (normally H = W = 299; any size
     >= 75 runs). Returns dict(pool (N, 2048), spatial (N, h*w*7) from Mixed_6d.branch1x1,
-    logits (N, 1008)). Param names mirror the PyTorch state-dict keys (nag_jax.convert.inception).
+    logits (N, 1008)). Param names mirror the PyTorch state-dict keys (`params_from_state_dict`).
     """
 
     logits_bias: bool = False
@@ -342,26 +348,106 @@ def init_random_params(key, input_size: int = 75) -> dict:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def load_params(path: str) -> dict:
-    """Loads converted FID Inception params from a local .npz (flat '/'-joined keys), an Orbax
-    directory, or the original pytorch-fid .pth (converted in memory; needs torch)."""
+# ----------------------------------------------------------------------------------------------
+# Weights: pytorch-fid's state dict -> Flax params (the key table), and the one reader
+
+
+def params_from_state_dict(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """pytorch-fid state dict (numpy) -> flat '/'-keyed Flax params (mapping only;
+    ``check_flat_params`` checks). The table (Flax names mirror the torch keys, '.' -> '/'):
+
+      {m}.conv.weight (O, I, kh, kw)    -> {m}/conv/kernel (kh, kw, I, O)
+      {m}.bn.weight / .bias             -> {m}/bn/scale / bias
+      {m}.bn.running_mean / running_var -> {m}/bn/mean / var   ({m}.bn.num_batches_tracked dropped)
+      fc.weight (1008, 2048) / fc.bias  -> fc/kernel (2048, 1008) / fc/bias
+    Unknown keys are kept as ``"!unmapped:<key>"`` so that the check names them.
+    """
+    flat = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if parts[-1] == "num_batches_tracked":
+            continue
+        if key == "fc.weight":
+            flat["fc/kernel"] = np.ascontiguousarray(value.T)
+        elif key == "fc.bias":
+            flat["fc/bias"] = value
+        elif len(parts) >= 3 and parts[-2] == "conv" and parts[-1] == "weight" and value.ndim == 4:
+            flat["/".join(parts[:-1]) + "/kernel"] = np.ascontiguousarray(
+                value.transpose(2, 3, 1, 0)
+            )
+        elif len(parts) >= 3 and parts[-2] == "bn" and parts[-1] in _BN_NAMES:
+            flat["/".join(parts[:-1]) + "/" + _BN_NAMES[parts[-1]]] = value
+        else:
+            flat["!unmapped:" + key] = value
+    return {k: np.asarray(v, np.float32) for k, v in flat.items()}
+
+
+def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Reads pytorch-fid's raw state dict (.pth, ``weights_only=True``) as numpy arrays."""
+    import torch
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(
+            f"{path!r} is not a readable PyTorch state dict ({type(e).__name__}: {e}). Expected "
+            f"pytorch-fid's {INCEPTION_WEIGHTS_FILE}."
+        ) from e
+    if not isinstance(sd, dict) or not all(hasattr(v, "numpy") for v in sd.values()):
+        raise ValueError(
+            f"{path!r} does not hold a flat state dict of tensors (got {type(sd).__name__} with "
+            f"keys {list(sd)[:5] if isinstance(sd, dict) else '-'}). Expected pytorch-fid's "
+            f"{INCEPTION_WEIGHTS_FILE}."
+        )
+    return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+
+
+def check_flat_params(flat: dict[str, np.ndarray], source: str = "<params>") -> None:
+    """Raises ValueError unless ``flat`` ('/'-keyed) has exactly the FID Inception keys and
+    shapes, all finite."""
+    expected = {
+        k: tuple(v.shape) for k, v in traverse_util.flatten_dict(param_shapes(), sep="/").items()
+    }
+    missing = sorted(set(expected) - set(flat))
+    unexpected = sorted(k.replace("!unmapped:", "torch key ") for k in set(flat) - set(expected))
+    wrong = sorted(
+        f"{k}: {tuple(flat[k].shape)} (expected {expected[k]})"
+        for k in set(expected) & set(flat)
+        if tuple(flat[k].shape) != expected[k]
+    )
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{source!r} is not the pytorch-fid FID Inception ({INCEPTION_WEIGHTS_FILE}"
+            f"): {len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:4]}, {len(wrong)} wrong shapes {wrong[:4]}. torchvision's ImageNet "
+            "Inception (1000 classes, AuxLogits) is a different network; get the FID weights from "
+            "https://github.com/mseitzer/pytorch-fid/releases (fid_weights)."
+        )
+    bad = [k for k, v in flat.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise ValueError(f"{source!r} has non-finite values in {bad[:4]}")
+
+
+def read_flat_params(path: str) -> dict[str, np.ndarray]:
+    """Checked flat '/'-keyed FID Inception params from a local .npz (flat '/' keys), a params
+    directory (any layout of ``nag_jax.weights.load_params``), or the original pytorch-fid .pth
+    (converted in memory; needs torch)."""
     if not path or not os.path.exists(path):
         raise FileNotFoundError(f"Inception weights not found at {path!r}. {_MISSING_WEIGHTS_HELP}")
-    from nag_jax.convert import inception as convert_inception
-
     if os.path.isdir(path):
-        import orbax.checkpoint as ocp
-
-        tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
-        tree = tree.get("params", tree)
-        flat = convert_inception.flatten(tree)
+        flat = traverse_util.flatten_dict(weights.load_params(path)[0], sep="/")
     elif path.endswith(".npz"):
         with np.load(path) as data:
             flat = {k: np.asarray(data[k]) for k in data.files}
     else:
-        flat = convert_inception.convert_state_dict(convert_inception.load_torch_state_dict(path))
-    convert_inception.check_flat_params(flat, source=path)
-    return convert_inception.unflatten(flat)
+        flat = params_from_state_dict(read_torch_state_dict(path))
+    check_flat_params(flat, source=path)
+    return flat
+
+
+def load_inception_params(path: str) -> dict:
+    """FID Inception params (nested dict) from ``path``; see :func:`read_flat_params`."""
+    return traverse_util.unflatten_dict(read_flat_params(path), sep="/")
 
 
 def features(
@@ -429,7 +515,9 @@ __all__: Sequence[str] = (
     "preprocess",
     "bilinear_resize_matrix",
     "tf1_resize_matrix",
-    "load_params",
+    "load_inception_params",
+    "read_flat_params",
+    "params_from_state_dict",
     "init_random_params",
     "inception_apply_fn",
     "features",

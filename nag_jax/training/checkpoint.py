@@ -9,6 +9,9 @@ Layout of a workdir:
 Writes are async and atomic (Orbax writes a tmp dir and renames it when complete), so a killed
 process leaves the previous complete checkpoint intact; unfinished tmp dirs are cleaned on start.
 Retention: the last ``keep`` plus every ``keep_every``-th step (Orbax preservation policies).
+
+Sampling, evaluation and fine-tuning read these checkpoints' params (latest EMA by default)
+through the one weights loader, ``nag_jax.weights.load_params``.
 """
 
 from __future__ import annotations
@@ -17,13 +20,12 @@ import json
 import os
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from nag_jax.parallel import path_str
 from nag_jax.training.state import TrainState
+from nag_jax.weights import check_params_match, write_json
 
 CONFIG_FILE = "config.json"
 TREE_ITEMS = ("params", "ema_params", "opt_state", "meta")
@@ -82,37 +84,6 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, data_iter=None, *, forc
 
 def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def _flat_shapes(tree) -> dict[str, tuple]:
-    return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def param_mismatch(expected, found) -> list[str]:
-    """Human-readable differences between two param trees' paths and shapes."""
-    exp, got = _flat_shapes(expected), _flat_shapes(found)
-    out = [f"missing in checkpoint: {k} {exp[k]}" for k in sorted(set(exp) - set(got))]
-    out += [f"unexpected in checkpoint: {k} {got[k]}" for k in sorted(set(got) - set(exp))]
-    out += [
-        f"shape of {k}: checkpoint {got[k]} vs model {exp[k]}"
-        for k in sorted(set(exp) & set(got))
-        if exp[k] != got[k]
-    ]
-    return out
-
-
-def check_params_match(
-    expected, found, *, source: str, hint: str = "Use the config that wrote it, or a new workdir."
-) -> None:
-    """Raises ValueError naming mismatched params when ``found`` does not fit ``expected``."""
-    diffs = param_mismatch(expected, found)
-    if diffs:
-        shown = "\n  ".join(diffs[:30])
-        more = f"\n  ... {len(diffs) - 30} more" if len(diffs) > 30 else ""
-        raise ValueError(
-            f"The checkpoint at {source} was written for a different model ({len(diffs)} "
-            f"mismatched params):\n  {shown}{more}\n{hint}"
-        )
 
 
 def restore(
@@ -199,39 +170,4 @@ def check_or_write_config(config, workdir: str) -> None:
             logging.warning("Resuming %s with changed config sections: %s", workdir, changed)
         return
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(new, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-
-
-def load_params(path: str):
-    """Reads model params as numpy arrays from any checkpoint layout of the project.
-
-    The one loader behind fine-tuning (``train.init_from``), sampling and evaluation. Accepts:
-    - a converted checkpoint (``python -m nag_jax.convert to-orbax``: ``params`` + ``metadata``
-      items), read through ``nag_jax.convert.common.load_params``;
-    - a training ``checkpoints/`` directory of this module (its latest step's EMA params);
-    - a bare params tree or a ``{"params": tree}`` wrapper saved with Orbax.
-    """
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"Checkpoint {path} does not exist; convert a release first with "
-            "`python -m nag_jax.convert to-orbax SRC DEST --family SiT|DiT` or point at a training "
-            "workdir's checkpoints/ directory."
-        )
-    if os.path.isdir(os.path.join(path, "params")) and os.path.isdir(
-        os.path.join(path, "metadata")
-    ):
-        from nag_jax.convert.common import load_params as load_converted
-
-        return load_converted(path)[0]
-    steps = [d for d in os.listdir(path) if d.isdigit()]
-    if steps and os.path.isdir(os.path.join(path, max(steps, key=int), "ema_params")):
-        path = os.path.join(path, max(steps, key=int), "ema_params")
-    tree = ocp.StandardCheckpointer().restore(path)
-    if isinstance(tree, dict) and set(tree) == {"params"}:
-        tree = tree["params"]
-    return jax.tree.map(np.asarray, tree)
+        write_json(path, new)

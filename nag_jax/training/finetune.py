@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nag_jax.training.checkpoint import check_params_match, load_params
+from nag_jax.weights import check_params_match, load_params
 
 NULL_TOKEN = "null_noise_token"
 
@@ -77,7 +77,7 @@ def params_from_checkpoint(path: str, model, template, key, *, config, process=N
 
     from flax import traverse_util
 
-    loaded = traverse_util.flatten_dict(load_params(path), sep="/")
+    loaded = traverse_util.flatten_dict(load_params(path)[0], sep="/")
     fresh = traverse_util.flatten_dict(dict(template), sep="/")
     redo = {k for k in fresh if reinit and re.search(reinit, k)}
     needs_token = NULL_TOKEN in fresh and NULL_TOKEN not in loaded

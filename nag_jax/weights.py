@@ -1,0 +1,290 @@
+"""Weights I/O: the one on-disk layout for model params, the one loader, the one atomic publish.
+
+Every job reads weights through :func:`load_params` (as the DiT release's ``find_model`` accepts
+every checkpoint it knows). It returns ``(params, metadata)`` for each layout the project writes:
+
+    DEST/params/ + DEST/metadata/   a converted checkpoint (``python -m nag_jax.convert
+                                    to-orbax`` or :func:`save_params`): an Orbax composite
+                                    checkpoint; ``params`` a float32 tree, ``metadata`` JSON
+                                    (family, model, input_size, ..., see nag_jax.convert.common)
+    DIR/<step>/ema_params/          a training run's ``checkpoints/`` directory (or the workdir
+                                    above it, or one ``<step>/``): the latest step's EMA params
+                                    (``item="params"`` for the raw ones); metadata {}
+    DIR/params/ (no metadata/)      a params tree beside other files, e.g. a converted VAE
+                                    (``config.json`` + ``params/``); metadata {}
+    DIR/                            a bare Orbax params tree, or a ``{"params": tree}`` wrapper
+                                    (Orbax Inception weights of earlier versions); metadata {}
+
+Arrays come back as numpy on the host CPU (also on GPU/TPU machines) unless an abstract
+``target`` (``jax.ShapeDtypeStruct`` leaves with shardings) asks for device arrays.
+
+Writes go through :func:`atomic_publish`: the output is built under a temporary sibling name and
+renamed into place, so a killed or failing write never leaves a partial checkpoint at ``dest``.
+
+Param trees are nested dicts; paths are flattened with ``flax.traverse_util.flatten_dict`` (tuple
+keys, or ``sep="/"`` for ``"blocks_0/attn/qkv/kernel"`` strings) everywhere in the project.
+No time convention enters here (weights only). The runtime reads weights through this module and
+never imports ``nag_jax.convert`` (the PyTorch side).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from flax import traverse_util
+
+FORMAT_VERSION = 1
+PARAMS_ITEM = "params"
+METADATA_ITEM = "metadata"
+TRAINING_ITEMS = ("ema_params", "params")
+
+
+class CheckpointError(ValueError):
+    """Bad weights input or destination: the message names the value, what was expected and the
+    fix. (``nag_jax.convert`` raises it too, as ``ConversionError``.)"""
+
+
+class DestinationExistsError(CheckpointError, FileExistsError):
+    """The destination of a write exists and ``force`` was not given."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic publish
+
+
+def check_destination(dest: str, force: bool) -> None:
+    """Raises DestinationExistsError when ``dest`` exists and ``force`` is False."""
+    if os.path.lexists(dest) and not force:
+        raise DestinationExistsError(
+            f"destination {dest} already exists; pass --force to replace it (the old one is "
+            "removed only after the new one is complete) or choose another path."
+        )
+
+
+def atomic_publish(write_fn: Callable[[str], None], dest: str, force: bool = False) -> str:
+    """Runs ``write_fn(tmp_path)`` on a temporary sibling of ``dest``, then renames it into place.
+
+    ``write_fn`` creates ``tmp_path`` (a file or a directory). With ``force`` an existing ``dest``
+    is first renamed aside and deleted only after the new one is in place; on any failure the
+    temporary output is removed and ``dest`` is left untouched. Returns the absolute ``dest``.
+    """
+    dest = os.path.abspath(os.path.expanduser(dest))
+    check_destination(dest, force)
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    tmp_root = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.tmp-", dir=parent)
+    tmp = os.path.join(tmp_root, "out")
+    old = None
+    try:
+        write_fn(tmp)
+        if os.path.lexists(dest):
+            old = os.path.join(tmp_root, "old")
+            os.rename(dest, old)
+        try:
+            os.rename(tmp, dest)
+        except BaseException:
+            if old is not None:
+                os.rename(old, dest)  # put the previous one back
+            raise
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return dest
+
+
+def write_json(path: str, obj, *, force: bool = False) -> str:
+    """Writes ``obj`` as indented, key-sorted JSON at ``path`` through :func:`atomic_publish`."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+
+    return atomic_publish(write, path, force)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def save_tree(directory: str, tree: Mapping) -> None:
+    """Writes a params tree as a bare Orbax (StandardSave) checkpoint at a NEW ``directory``
+    (a building block for a write function of :func:`atomic_publish`)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(directory), tree)
+        ckptr.wait_until_finished()
+
+
+def save_params(directory: str, params: Mapping, metadata: Mapping, *, force: bool = False):
+    """Writes ``params`` (nested dict of arrays) + JSON ``metadata`` as an Orbax composite
+    checkpoint at ``directory`` (items ``params`` and ``metadata``), atomically; refuses an
+    existing directory unless ``force``."""
+    import orbax.checkpoint as ocp
+
+    meta = dict(metadata)
+    meta.setdefault("format_version", FORMAT_VERSION)
+
+    def write(tmp):
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
+            ckpt.save(
+                tmp,
+                ocp.args.Composite(
+                    **{
+                        PARAMS_ITEM: ocp.args.StandardSave(params),
+                        METADATA_ITEM: ocp.args.JsonSave(meta),
+                    }
+                ),
+            )
+
+    atomic_publish(write, directory, force)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def _is_tree(directory: str) -> bool:
+    """True for a directory holding one Orbax tree (StandardSave / PyTreeSave)."""
+    return os.path.isfile(os.path.join(directory, "_METADATA"))
+
+
+def _latest_step(directory: str, item: str) -> str | None:
+    steps = [d for d in os.listdir(directory) if d.isdigit()]
+    steps = [d for d in steps if os.path.isdir(os.path.join(directory, d, item))]
+    return max(steps, key=int) if steps else None
+
+
+def resolve(path: str, item: str = "ema_params") -> tuple[str, str]:
+    """-> (directory of the params tree, layout name) for any layout :func:`load_params` reads.
+
+    ``item``: which tree of a training checkpoint ("ema_params" or "params"). Raises
+    FileNotFoundError for a missing path and CheckpointError for a directory of no known layout.
+    """
+    if item not in TRAINING_ITEMS:
+        raise CheckpointError(f"item={item!r}; expected one of {TRAINING_ITEMS}.")
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Checkpoint {path} does not exist; convert a release first with "
+            "`python -m nag_jax.convert to-orbax SRC DEST --family SiT|DiT` or point at a training "
+            "workdir (or its checkpoints/ directory)."
+        )
+    params_dir = os.path.join(path, PARAMS_ITEM)
+    if os.path.isdir(params_dir) and os.path.isdir(os.path.join(path, METADATA_ITEM)):
+        return params_dir, "converted"
+    if os.path.isdir(os.path.join(path, item)) and _is_tree(os.path.join(path, item)):
+        return os.path.join(path, item), "training"  # one step of a training checkpoint
+    for root in (path, os.path.join(path, "checkpoints")):
+        if os.path.isdir(root) and (step := _latest_step(root, item)) is not None:
+            return os.path.join(root, step, item), "training"
+    if os.path.isdir(params_dir) and _is_tree(params_dir):
+        return params_dir, "params_dir"
+    if os.path.isdir(path) and _is_tree(path):
+        return path, "tree"
+    found = sorted(os.listdir(path))[:10] if os.path.isdir(path) else "(a file)"
+    raise CheckpointError(
+        f"{path} is not a converted checkpoint (params/ + metadata/), a training checkpoints/ "
+        f"directory (<step>/{item}/) or an Orbax params tree (found: {found}); create one with "
+        "`python -m nag_jax.convert to-orbax SRC DEST --family SiT`."
+    )
+
+
+def params_tree_metadata(path: str):
+    """Nested dict of Orbax ArrayMetadata (shape, dtype) of the params at ``path`` (any layout of
+    :func:`load_params`); no arrays are read."""
+    import orbax.checkpoint as ocp
+
+    tree = ocp.StandardCheckpointer().metadata(resolve(path)[0])
+    tree = getattr(tree, "item_metadata", tree)
+    return getattr(tree, "tree", tree)
+
+
+def read_metadata(path: str) -> dict:
+    """The JSON metadata of a converted checkpoint (cheap: no arrays are read); {} for layouts
+    without metadata."""
+    meta_file = os.path.join(os.path.abspath(path), METADATA_ITEM, METADATA_ITEM)
+    if resolve(path)[1] != "converted" or not os.path.exists(meta_file):
+        return {}
+    with open(meta_file) as f:
+        return json.load(f)
+
+
+def load_params(path: str, *, target=None, item: str = "ema_params") -> tuple[dict, dict]:
+    """Reads model params from any layout of the project -> ``(params, metadata)``.
+
+    Args:
+      path: a converted checkpoint, a training workdir or its ``checkpoints/`` directory, a
+        directory with a ``params/`` tree, or a bare Orbax params tree (see the module doc).
+      target: optional abstract tree (``jax.ShapeDtypeStruct`` leaves with shardings) to restore
+        sharded on devices; by default the params are restored onto the host CPU and returned as
+        (read-only) numpy arrays, also on GPU/TPU machines.
+      item: for a training checkpoint, "ema_params" (default: the weights to sample with) or
+        "params".
+    Returns:
+      params: nested dict (a ``{"params": tree}`` wrapper is removed).
+      metadata: the converter's metadata dict; {} for layouts that carry none.
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    tree_dir, _ = resolve(path, item)
+    metadata = read_metadata(path)
+    abstract = params_tree_metadata(tree_dir)
+    wrapped = isinstance(abstract, Mapping) and set(abstract) == {PARAMS_ITEM}
+    host = target is None
+    if host:
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), abstract
+        )
+    elif wrapped:
+        target = {PARAMS_ITEM: target}
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(tree_dir, target)
+    if wrapped:
+        tree = tree[PARAMS_ITEM]
+    params = jax.tree.map(np.asarray, dict(tree)) if host else dict(tree)
+    return params, metadata
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking a tree against the model's
+
+
+def param_mismatch(expected: Mapping, found: Mapping) -> list[str]:
+    """Human-readable differences between two param trees' paths and shapes (nested or
+    '/'-flattened dicts; leaves are arrays, ShapeDtypeStructs or Orbax ArrayMetadata)."""
+    exp = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(expected, sep="/").items()}
+    got = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(found, sep="/").items()}
+    out = [f"missing in checkpoint: {k} {exp[k]}" for k in sorted(set(exp) - set(got))]
+    out += [f"unexpected in checkpoint: {k} {got[k]}" for k in sorted(set(got) - set(exp))]
+    out += [
+        f"shape of {k}: checkpoint {got[k]} vs model {exp[k]}"
+        for k in sorted(set(exp) & set(got))
+        if exp[k] != got[k]
+    ]
+    return out
+
+
+def check_params_match(
+    expected: Mapping,
+    found: Mapping,
+    *,
+    source: str,
+    hint: str = "Use the config that wrote it, or a new workdir.",
+    error: type[Exception] = ValueError,
+) -> None:
+    """Raises ``error`` naming every mismatched param when ``found`` does not fit ``expected``."""
+    diffs = param_mismatch(expected, found)
+    if diffs:
+        shown = "\n  ".join(diffs[:30])
+        more = f"\n  ... {len(diffs) - 30} more" if len(diffs) > 30 else ""
+        raise error(
+            f"The checkpoint at {source} was written for a different model ({len(diffs)} "
+            f"mismatched params):\n  {shown}{more}\n{hint}"
+        )
