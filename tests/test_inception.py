@@ -147,6 +147,24 @@ def test_converter_roundtrip_and_loader(tmp_path, torch_model, flax_params):
     np.testing.assert_array_equal(a["Mixed_6b/branch7x7_2/conv/kernel"], w.transpose(2, 3, 1, 0))
 
 
+def test_params_directory_output_and_legacy_orbax_tree_load(tmp_path, torch_model, flax_params):
+    """A non-.npz --dst is a params directory in the one layout (nag_jax.weights); the
+    {"params": tree} Orbax directories of earlier versions still load."""
+    import orbax.checkpoint as ocp
+
+    src = tmp_path / "pt_inception.pth"
+    torch.save(torch_model.state_dict(), src)
+    conv.convert(str(src), str(tmp_path / "fid_dir"))
+    legacy = str(tmp_path / "legacy")
+    ocp.PyTreeCheckpointer().save(legacy, {"params": flax_params})
+    want = traverse_util.flatten_dict(flax_params, sep="/")
+    for path in (tmp_path / "fid_dir", legacy, src):  # the .pth itself is read directly too
+        got = traverse_util.flatten_dict(inception.load_inception_params(str(path)), sep="/")
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{path}: {k}")
+
+
 def test_converter_rejects_wrong_files(tmp_path, torch_model):
     # a DiT-like checkpoint
     dit = tmp_path / "dit.pt"
