@@ -61,3 +61,17 @@ def conv_batch_sizes(fn, *args) -> list[int]:
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def linear_em_reference(velocity, x_init, noise, n_steps, last_step_size=0.04):
+    """The release's Euler-Maruyama on the Linear path, written out in float64 numpy: grid
+    linspace(0, 1 - h, n_steps), 'sigma' diffusion w = 1 - t, so drift = v + w score =
+    (1 + t) v - x; then the deterministic 'Mean' last step of size h. ``velocity(x, t)`` numpy."""
+    ts = np.linspace(0.0, 1.0 - last_step_size, n_steps)
+    dt = ts[1] - ts[0]
+    x = np.asarray(x_init, np.float64)
+    for i, t in enumerate(ts[:-1]):
+        drift = (1 + t) * velocity(x, t) - x  # v + (1 - t) * (t v - x) / (1 - t)
+        x = x + drift * dt + np.sqrt(2 * (1 - t)) * np.sqrt(dt) * np.asarray(noise[i], np.float64)
+    t = ts[-1]
+    return x + last_step_size * ((1 + t) * velocity(x, t) - x)

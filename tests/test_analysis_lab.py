@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nag_jax.analysis import lab
+from nag_jax.analysis.lab import common
 
 _CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -20,10 +21,10 @@ def _load_config(name):
 
 
 def test_subsample_steps_keeps_both_ends_and_is_sorted():
-    idx = lab.subsample_steps(51, 11)
+    idx = common.subsample_steps(51, 11)
     assert idx[0] == 0 and idx[-1] == 50 and len(idx) == 11
     assert np.all(np.diff(idx) > 0)
-    np.testing.assert_array_equal(lab.subsample_steps(5, 26), np.arange(5))
+    np.testing.assert_array_equal(common.subsample_steps(5, 26), np.arange(5))
 
 
 @pytest.mark.parametrize("name", ["lab_gmm", "lab_shapes"])

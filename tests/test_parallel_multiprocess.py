@@ -20,7 +20,8 @@ TIMEOUT = 300
 
 @pytest.mark.multiprocess
 def test_two_processes_train_and_agree(tmp_path):
-    portpicker = pytest.importorskip("portpicker")
+    import portpicker
+
     port = portpicker.pick_unused_port()
     procs = []
     for pid in range(2):

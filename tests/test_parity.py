@@ -17,8 +17,10 @@ import pytest
 import torch
 import torch_reference as R
 
+from nag_jax import sampling
 from nag_jax.convert import create_model_from_metadata
 from nag_jax.convert import torch_to_orbax as T
+from nag_jax.diffusion import gaussian
 from nag_jax.guidance import GuidanceConfig, guided_prediction
 
 TINY = dict(input_size=8, hidden_size=32, depth=2, num_heads=4, num_classes=10)
@@ -236,11 +238,6 @@ def test_sit_euler_maruyama_with_injected_noise_matches(case):
 
 @pytest.mark.parametrize("case", ["none", "cfg3"])
 def test_dit_ddpm_with_injected_noise_matches(case):
-    gaussian = pytest.importorskip("nag_jax.diffusion.gaussian")
-    from nag_jax import sampling
-
-    if not hasattr(sampling, "sample_ddpm"):
-        pytest.skip("nag_jax.sampling.sample_ddpm not written yet")
     tg, jg = GUIDANCE_CASES[case]
     tm, fm, params = pair("DiT", seed=10)
     x0, _, y = inputs(seed=11, family="DiT")

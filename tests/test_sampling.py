@@ -22,6 +22,7 @@ import pytest
 from nag_jax.diffusion.gaussian import create_diffusion, space_timesteps
 from nag_jax.diffusion.transport import Transport
 from nag_jax.sampling import sample_ddim, sample_ddpm, sample_ode, sample_sde, sde_grid
+from tests.helpers import linear_em_reference
 
 MU, S = 0.5, 0.6
 
@@ -152,6 +153,12 @@ def test_sde_grid_matches_release_layout():
         sde_grid(tr, 10, diffusion_form="SBDM")
 
 
+def linear_gaussian_velocity(x, t, mu=MU, s=S):
+    """The exact velocity of the Linear path (alpha = t, sigma = 1 - t) for N(mu, s^2) data,
+    numpy: mu + (t s^2 - (1 - t)) / (t^2 s^2 + (1 - t)^2) (x - t mu)."""
+    return mu + (t * s**2 - (1 - t)) / (t**2 * s**2 + (1 - t) ** 2) * (x - t * mu)
+
+
 def test_sde_one_prediction_call_per_euler_step_and_injected_noise():
     """Euler-Maruyama traces pred_fn once per scan step (+1 last step); injected noise
     reproduces a hand-rolled loop of the release's definition."""
@@ -173,17 +180,8 @@ def test_sde_one_prediction_call_per_euler_step_and_injected_noise():
     )
     out, traj = fn(x_init, y, noise)
     assert len(calls) == 2  # one in the scanned step body, one for the last step
-    # Hand-rolled reference from the release's definition (float64 numpy).
-    ts = np.linspace(0.0, 0.96, n_steps)
-    dt = ts[1] - ts[0]
-    x = np.asarray(x_init, np.float64)
     yy = np.asarray(y, np.float64)[:, None, None, None]
-    for i, t in enumerate(ts[:-1]):
-        v = 0.3 * x - 0.1 * yy + t
-        drift = (1 + t) * v - x  # v + (1 - t) * (t v - x) / (1 - t)
-        x = x + drift * dt + np.sqrt(2 * (1 - t)) * np.sqrt(dt) * np.asarray(noise[i])
-    t = ts[-1]
-    x = x + 0.04 * ((1 + t) * (0.3 * x - 0.1 * yy + t) - x)
+    x = linear_em_reference(lambda x, t: 0.3 * x - 0.1 * yy + t, x_init, noise, n_steps)
     np.testing.assert_allclose(np.asarray(out), x, rtol=1e-4, atol=1e-5)
     assert traj["x"].shape == (n_steps + 1,) + shape
     np.testing.assert_allclose(traj["x"][-1], out)
@@ -193,21 +191,38 @@ def test_sde_one_prediction_call_per_euler_step_and_injected_noise():
 
 
 @pytest.mark.parametrize("kind", ["ode", "sde"])
-def test_same_key_same_samples(kind):
+def test_key_determines_the_samples_as_documented(kind):
+    """The samples of a key equal a float64 numpy loop fed with the draws the key stands for:
+    the start noise normal(key), and for the SDE step k's noise normal(split(key_sde, S)[k])
+    (S = num_steps - 1 stochastic steps, as nag_jax.sampling documents). Another key differs."""
     tr = Transport("linear", "velocity")
     pf = exact_pred_fn(tr)
+    shape, n_steps = (4, 4, 4, 2), 10
 
     def run(key):
-        x_init = jax.random.normal(key, (4, 4, 4, 2))
+        x_init = jax.random.normal(key, shape)
         if kind == "ode":
-            return sample_ode(pf, x_init, None, transport=tr, num_steps=10, method="heun")
-        return sample_sde(pf, jax.random.fold_in(key, 1), x_init, None, transport=tr, num_steps=10)
+            return sample_ode(pf, x_init, None, transport=tr, num_steps=n_steps, method="heun")
+        return sample_sde(
+            pf, jax.random.fold_in(key, 1), x_init, None, transport=tr, num_steps=n_steps
+        )
 
     fn = jax.jit(run)
-    a, b = fn(jax.random.key(7)), fn(jax.random.key(7))
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    c = fn(jax.random.key(8))
-    assert not np.allclose(np.asarray(a), np.asarray(c))
+    key = jax.random.key(7)
+    x_init = np.asarray(jax.random.normal(key, shape), np.float64)
+    if kind == "ode":  # Heun on linspace(0, 1, n_steps + 1)
+        ts = np.linspace(0.0, 1.0, n_steps + 1)
+        x = x_init
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            dt = t_next - t
+            k1 = linear_gaussian_velocity(x, t)
+            x = x + 0.5 * dt * (k1 + linear_gaussian_velocity(x + dt * k1, t_next))
+    else:
+        step_keys = jax.random.split(jax.random.fold_in(key, 1), n_steps - 1)
+        noise = [np.asarray(jax.random.normal(k, shape)) for k in step_keys]
+        x = linear_em_reference(linear_gaussian_velocity, x_init, noise, n_steps)
+    np.testing.assert_allclose(np.asarray(fn(key)), x, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(np.asarray(fn(key)), np.asarray(fn(jax.random.key(8))))
 
 
 # --------------------------------------------------------------------------------------- DiT
@@ -283,34 +298,17 @@ def test_ddim_deterministic_converges_to_exact_flow_first_order():
     assert errs[-1] < 0.07
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim_eta"])
-def test_ddpm_ddim_hand_rolled_reference_with_injected_noise(sampler):
-    """One step of the release's loop in float64 numpy, with the same injected noise; the
-    pred_fn depends on t, so a wrong (respaced instead of original) step is caught."""
-    respacing, eta = "10", 0.7
-    d = create_diffusion(respacing)
-    r = _ref_respaced(respacing)
-    shape = (2, 3, 3, 2)
-    x_init = jax.random.normal(jax.random.key(0), shape)
-    noise = jax.random.normal(jax.random.key(1), (10,) + shape)
-    seen = []
+def toy_ddpm_pred_fn(x, t, y):
+    """eps = 0.2 x + 1e-3 t and a variance value v = tanh(0.5 x - 2e-3 t): depends on t, so a
+    wrong (respaced instead of original) step is caught."""
+    del y
+    return jnp.concatenate([0.2 * x + 1e-3 * t, jnp.tanh(0.5 * x - 2e-3 * t)], -1)
 
-    def pf(x, t, y):
-        seen.append(t.shape)
-        eps = 0.2 * x + 1e-3 * t
-        v = jnp.tanh(0.5 * x - 2e-3 * t)
-        return jnp.concatenate([eps, v], -1)
 
-    if sampler == "ddpm":
-        fn = lambda x, z: sample_ddpm(
-            pf, None, x, None, diffusion=d, noise=z, return_trajectory=True
-        )
-    else:
-        fn = lambda x, z: sample_ddim(
-            pf, x, None, diffusion=d, eta=eta, noise=z, return_trajectory=True
-        )
-    out, traj = jax.jit(fn)(x_init, noise)
-    assert seen == [()]  # scalar t, traced once in the scan body
+def toy_ddpm_reference(r, x_init, noise, sampler, eta=0.0):
+    """The release's DDPM ("ddpm") or DDIM ("ddim_eta") loop over the 10 respaced steps of
+    ``r = _ref_respaced("10")`` with ``toy_ddpm_pred_fn``, float64 numpy; ``noise[k]`` is used
+    at the k-th step of the loop (respaced index 9 - k)."""
     x = np.asarray(x_init, np.float64)
     for k, i in enumerate(range(9, -1, -1)):
         t = float(r["keep"][i])
@@ -327,23 +325,62 @@ def test_ddpm_ddim_hand_rolled_reference_with_injected_noise(sampler):
             a, ap = r["ac"][i], r["ac_prev"][i]
             sig = eta * np.sqrt((1 - ap) / (1 - a)) * np.sqrt(1 - a / ap)
             x = x0 * np.sqrt(ap) + np.sqrt(1 - ap - sig**2) * eps + (i != 0) * sig * z
+    return x
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim_eta"])
+def test_ddpm_ddim_hand_rolled_reference_with_injected_noise(sampler):
+    """One step of the release's loop in float64 numpy, with the same injected noise; the
+    pred_fn depends on t, so a wrong (respaced instead of original) step is caught."""
+    respacing, eta = "10", 0.7
+    d = create_diffusion(respacing)
+    r = _ref_respaced(respacing)
+    shape = (2, 3, 3, 2)
+    x_init = jax.random.normal(jax.random.key(0), shape)
+    noise = jax.random.normal(jax.random.key(1), (10,) + shape)
+    seen = []
+
+    def pf(x, t, y):
+        seen.append(t.shape)
+        return toy_ddpm_pred_fn(x, t, y)
+
+    if sampler == "ddpm":
+        fn = lambda x, z: sample_ddpm(
+            pf, None, x, None, diffusion=d, noise=z, return_trajectory=True
+        )
+    else:
+        fn = lambda x, z: sample_ddim(
+            pf, x, None, diffusion=d, eta=eta, noise=z, return_trajectory=True
+        )
+    out, traj = jax.jit(fn)(x_init, noise)
+    assert seen == [()]  # scalar t, traced once in the scan body
+    x = toy_ddpm_reference(r, x_init, noise, sampler, eta)
     np.testing.assert_allclose(np.asarray(out), x, rtol=1e-4, atol=1e-4)
     assert traj["x"].shape == (11,) + shape
     np.testing.assert_array_equal(traj["t"], np.append(r["keep"][::-1], -1.0).astype(np.float32))
 
 
-def test_ddpm_same_key_same_samples():
+def test_ddpm_key_determines_the_samples_as_documented():
+    """sample_ddpm with a key equals the numpy loop fed normal(split(key, T')[k]) at step k (as
+    nag_jax.sampling documents); another key differs; injected noise of a wrong shape is named."""
     d = create_diffusion("10")
-    pf = ddpm_exact_pred_fn("10")
+    shape = (2, 4, 4, 1)
     fn = jax.jit(
-        lambda k: sample_ddpm(pf, k, jax.random.normal(k, (2, 4, 4, 1)), None, diffusion=d)
+        lambda k: sample_ddpm(toy_ddpm_pred_fn, k, jax.random.normal(k, shape), None, diffusion=d)
     )
-    a, b, c = fn(jax.random.key(3)), fn(jax.random.key(3)), fn(jax.random.key(4))
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert not np.allclose(np.asarray(a), np.asarray(c))
+    key = jax.random.key(3)
+    noise = [np.asarray(jax.random.normal(k, shape)) for k in jax.random.split(key, 10)]
+    expected = toy_ddpm_reference(_ref_respaced("10"), jax.random.normal(key, shape), noise, "ddpm")
+    np.testing.assert_allclose(np.asarray(fn(key)), expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(np.asarray(fn(key)), np.asarray(fn(jax.random.key(4))))
     with pytest.raises(ValueError, match="noise has shape"):
         sample_ddpm(
-            pf, None, jnp.zeros((2, 4, 4, 1)), None, diffusion=d, noise=jnp.zeros((9, 2, 4, 4, 1))
+            toy_ddpm_pred_fn,
+            None,
+            jnp.zeros(shape),
+            None,
+            diffusion=d,
+            noise=jnp.zeros((9,) + shape),
         )
 
 
