@@ -116,7 +116,7 @@ def _torch_decode(params, z, jax_out, args) -> dict:
     import numpy as np
     import torch
 
-    from nag_jax.convert.vae import state_dict_from_params
+    from nag_jax.vae import state_dict_from_params
 
     try:
         from diffusers import AutoencoderKL as TorchVAE

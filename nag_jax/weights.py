@@ -207,8 +207,9 @@ def params_tree_metadata(path: str):
 def read_metadata(path: str) -> dict:
     """The JSON metadata of a converted checkpoint (cheap: no arrays are read); {} for layouts
     without metadata."""
-    meta_file = os.path.join(os.path.abspath(path), METADATA_ITEM, METADATA_ITEM)
-    if resolve(path)[1] != "converted" or not os.path.exists(meta_file):
+    tree_dir, layout = resolve(path)
+    meta_file = os.path.join(os.path.dirname(tree_dir), METADATA_ITEM, METADATA_ITEM)
+    if layout != "converted" or not os.path.exists(meta_file):
         return {}
     with open(meta_file) as f:
         return json.load(f)
