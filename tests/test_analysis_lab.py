@@ -59,3 +59,16 @@ def test_gmm_lab_runs_end_to_end(tmp_path):
     assert rows == {"exact velocity", "none", "CFG", "NAG", "CFG+NAG", "cls-NAG"}
     assert all(all(r["finite"]) for r in res["runs"])
     json.loads((tmp_path / "results.json").read_text())
+
+
+def test_lab_process_comes_from_builders_for_the_mlp_name_and_refuses_dit():
+    c = _load_config("lab_gmm")  # model.name "SiT-MLP": no registry name, SiT-style
+    c.process.path, c.process.prediction = "gvp", "score"
+    tr = common.build_transport(c)
+    assert (tr.path, tr.prediction) == ("gvp", "score")
+    # the GVP path: alpha = sin(pi t / 2), sigma = cos(pi t / 2)
+    a, s = (float(v) for v in tr.alpha_sigma(0.5)[:2])
+    assert a == pytest.approx(np.sin(np.pi / 4)) and s == pytest.approx(np.cos(np.pi / 4))
+    c.model.name = "DiT-S/2"
+    with pytest.raises(ValueError, match="SiT-style"):
+        common.build_transport(c)
