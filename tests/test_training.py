@@ -10,7 +10,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -97,8 +96,18 @@ def test_trainable_regex_and_schedule():
     cfg.optim.warmup_steps = 10
     sched = learning_rate_schedule(cfg.optim)
     assert [float(sched(i)) for i in (0, 5, 10, 50)] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
-    tx = create_optimizer(cfg.optim, {"w": jnp.zeros(3)})
-    assert isinstance(tx, optax.GradientTransformation)
+    # The optimizer follows the schedule: with b1 = b2 = 0 and eps = 0 AdamW's update is
+    # -lr_k * g / |g| (hand calc), so a constant gradient shows lr_k step by step.
+    cfg.optim.update(b1=0.0, b2=0.0, eps=0.0)
+    params = {"w": jnp.zeros(3)}
+    grads = {"w": jnp.array([2.0, -0.5, 1.0])}
+    tx = create_optimizer(cfg.optim, params)
+    opt_state = tx.init(params)
+    for k in range(12):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        np.testing.assert_allclose(
+            updates["w"], -min(k, 10) * 1e-4 * np.sign(grads["w"]), rtol=1e-5, atol=1e-12
+        )
 
 
 def test_grad_clip_bounds_the_update():
@@ -199,7 +208,7 @@ def test_finetune_from_converted_release_creates_mean_t_embedding_token(tmp_path
     got = mean_time_embedding(model, release, times)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
-    cfg.train.init_from = str(tmp_path / "release")
+    cfg.model.weights = str(tmp_path / "release")
     state = run(cfg, str(tmp_path / "wd"), model=model, loss_fn=standin_loss)
     final = jax.device_get(state.params)
     assert int(state.step) == 2
@@ -213,7 +222,7 @@ def test_finetune_from_converted_release_creates_mean_t_embedding_token(tmp_path
 
     cfg2 = tiny_config()
     cfg2.model.hidden_size = 64
-    cfg2.train.init_from = str(tmp_path / "release")
+    cfg2.model.weights = str(tmp_path / "release")
     with pytest.raises(ValueError, match=r"(?s)different model.*t_embedder/mlp_2/kernel"):
         run(cfg2, str(tmp_path / "wd2"), model=tiny_model(cfg2), loss_fn=standin_loss)
 
@@ -251,12 +260,12 @@ def test_transfer_to_new_label_set_reinitialises_only_the_label_table(tmp_path):
     new = tiny_config(num_steps=1, checkpoint_every=0, log_every=1)
     new.model.num_classes = 6
     new.optim.lr = 0.0  # keep the starting point visible after one step
-    new.train.init_from = str(tmp_path / "release")
+    new.model.weights = str(tmp_path / "release")
     with pytest.raises(
         ValueError, match=r"y_embedder/embedding_table/embedding: checkpoint \(5, 32\)"
     ):
         run(new, str(tmp_path / "a"), model=tiny_model(new), loss_fn=standin_loss)
-    new.train.init_from_reinit = r"^y_embedder/"
+    new.train.reinit = r"^y_embedder/"
     state = run(new, str(tmp_path / "b"), model=tiny_model(new), loss_fn=standin_loss)
     params = jax.device_get(state.params)
     assert params["y_embedder"]["embedding_table"]["embedding"].shape == (7, 32)
@@ -298,3 +307,26 @@ def test_retention_keeps_last_n_plus_every_k(tmp_path):
     restored = ckpt.restore(mngr, state, step=4)
     np.testing.assert_array_equal(restored.params["w"], [4.0, 4.0])
     assert int(restored.step) == 4
+
+
+@pytest.mark.parametrize("p_noise_drop", [0.0, 0.5])
+def test_real_nag_loss_end_to_end_trains_the_null_token_only_with_noise_dropout(
+    tmp_path, p_noise_drop
+):
+    """train.run with no stand-ins: builders' model and process, make_nag_loss, the synthetic
+    data pipeline. The null noise token enters the network only for noise-dropped examples, so
+    it moves iff p_noise_drop > 0 (AdamW with zero gradients and no weight decay leaves a param
+    exactly as it was); every other weight trains either way."""
+    cfg = tiny_config(num_steps=4, checkpoint_every=0, log_every=1)
+    cfg.objective.p_noise_drop = p_noise_drop
+    model = tiny_model(cfg)
+    mesh = parallel.create_mesh(cfg.parallel)
+    init = jax.device_get(setup_state(cfg, model, mesh)[0].params)  # run's own start (seed)
+    state = run(cfg, str(tmp_path))
+    final = jax.device_get(state.params)
+    assert int(state.step) == 4
+    moved = not np.array_equal(final["null_noise_token"], init["null_noise_token"])
+    assert moved == (p_noise_drop > 0)
+    assert not np.array_equal(
+        final["final_layer"]["linear"]["kernel"], init["final_layer"]["linear"]["kernel"]
+    )
