@@ -45,21 +45,10 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
 
 
 def tiny_model(config):
-    from nag_jax.models import create_model
+    """The backbone of ``config.model`` (nag_jax.builders.build_model)."""
+    from nag_jax.builders import build_model
 
-    m = config.model
-    return create_model(
-        m.name,
-        input_size=m.input_size,
-        in_channels=m.in_channels,
-        num_classes=m.num_classes,
-        learn_sigma=m.learn_sigma,
-        null_noise=m.null_noise,
-        dtype=m.dtype,
-        hidden_size=m.hidden_size,
-        depth=m.depth,
-        num_heads=m.num_heads,
-    )
+    return build_model(config.model)
 
 
 def standin_loss(apply_fn, params, x1, y, key, *, p_class_drop=0.1, p_noise_drop=0.1):
