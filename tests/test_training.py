@@ -330,3 +330,27 @@ def test_real_nag_loss_end_to_end_trains_the_null_token_only_with_noise_dropout(
     assert not np.array_equal(
         final["final_layer"]["linear"]["kernel"], init["final_layer"]["linear"]["kernel"]
     )
+
+
+def test_trainer_calls_the_evaluators_it_is_given_every_eval_every_steps(tmp_path):
+    """Evaluation is injected (nag_jax.main passes evaluation.evaluators.from_config): built once
+    at the first evaluation, called on the EMA params every eval_every steps, logged."""
+    cfg = tiny_config(num_steps=6, checkpoint_every=0, log_every=100, eval_every=2)
+    made, seen = [], []
+
+    def make_evaluators(model, mesh):
+        made.append((model, mesh.shape))
+        return {"probe": lambda params: seen.append(params) or {"eval/probe": float(len(seen))}}
+
+    state = run(
+        cfg,
+        str(tmp_path),
+        model=tiny_model(cfg),
+        loss_fn=standin_loss,
+        make_evaluators=make_evaluators,
+    )
+    assert len(made) == 1 and len(seen) == 3  # steps 2, 4, 6
+    final_ema = jax.device_get(state.ema_params)
+    np.testing.assert_array_equal(
+        jax.device_get(seen[-1])["null_noise_token"], final_ema["null_noise_token"]
+    )
