@@ -63,8 +63,8 @@ def reconcile_model_config(config, meta: dict, params: dict) -> list[str]:
         with mc.unlocked():
             for k in ("name",) + ARCH_FIELDS + SIZE_FIELDS:
                 new = meta["model"] if k == "name" else meta[k]
-                if mc.get(k) is not None and mc.get(k) != new:
-                    notes.append(f"model.{k}: {mc.get(k)} -> {new} (from the checkpoint)")
+                if mc[k] is not None and mc[k] != new:
+                    notes.append(f"model.{k}: {mc[k]} -> {new} (from the checkpoint)")
                 mc[k] = new
     nag = float(config.sample.nag_scale) != 0.0
     with mc.unlocked():
