@@ -1,7 +1,8 @@
 """Train state, optimizer selection, EMA, NaN stop, clear errors, NAG fine-tuning from a release.
 
-Tiny SiT (hidden 32, depth 1, 8x8x3) with a stand-in flow-matching loss
-(nag_jax.training.testing), so these tests pin the training machinery, not the objective.
+Tiny SiT (hidden 32, depth 1, 8x8x3). Most tests use a stand-in flow-matching loss
+(nag_jax.training.testing) to pin the training machinery; one runs the real NAG objective end to
+end (train.run -> make_nag_loss on the synthetic pipeline).
 """
 
 import functools
@@ -354,3 +355,34 @@ def test_trainer_calls_the_evaluators_it_is_given_every_eval_every_steps(tmp_pat
     np.testing.assert_array_equal(
         jax.device_get(seen[-1])["null_noise_token"], final_ema["null_noise_token"]
     )
+
+
+def test_training_grid_draws_images_0_to_n_of_the_seed_like_sample_and_eval(tmp_path):
+    """The periodic grid is images 0..N-1 of config.seed (nag_jax.generate), labels 0, 1, ...:
+    the same images the sharded batch sampler of sample / eval mode draws for those labels."""
+    from nag_jax import generate
+    from nag_jax.training.train import make_grid_sampler, write_grid
+    from nag_jax.utils import to_uint8
+
+    cfg = tiny_config()
+    cfg.seed = 5
+    _, state, _, _ = _one_device_setup(cfg)  # re-randomised params: images depend on them
+    params = jax.device_get(state.params)
+    mesh = parallel.create_mesh(cfg.parallel)
+    grid = make_grid_sampler(cfg, tiny_model(cfg), mesh)(params)
+    assert grid.shape == (4, 8, 8, 3)
+    cfg.sample.labels = (0, 1, 2, 3)
+    run_batch = generate.make_batch_sampler(cfg, tiny_model(cfg), params, mesh)
+    images, labels = run_batch(params, np.arange(8))  # 8 = a multiple of the 8 devices
+    np.testing.assert_array_equal(labels[:4], [0, 1, 2, 3])
+    assert np.abs(to_uint8(grid).astype(int) - images[:4].astype(int)).max() <= 1
+    assert len(np.unique(images[:4].reshape(4, -1), axis=0)) == 4
+
+    class _Writer:
+        def write_images(self, step, images):
+            self.images = images
+
+    w = _Writer()
+    path = write_grid(str(tmp_path), w, 3, grid)
+    assert path.endswith("step_00000003.png") and os.path.exists(path)
+    assert w.images["samples"].shape[0] == 1 and w.images["samples"].shape[-1] == 3
