@@ -263,7 +263,8 @@ def validate(config) -> None:
     """Raises ValueError if a schema key is missing or an enumerated value is not allowed.
 
     Checked: every key of ``base_config()`` is present; every ``CHOICES`` key holds one of its
-    values; ``optim.trainable`` is "all", "null_token" or a valid regex.
+    values; ``sample.sampler`` is one of the model family's (nag_jax.diffusion.family);
+    ``optim.trainable`` is "all", "null_token" or a valid regex.
     """
     missing = _missing(base_config(), config)
     if missing:
@@ -278,6 +279,17 @@ def validate(config) -> None:
             raise ValueError(
                 f"config.{dotted}={value!r} is not allowed; expected one of {allowed}."
             )
+    from nag_jax.diffusion.family import family_for  # jax: only when a job validates
+
+    try:
+        family = family_for(config.model.name)
+    except ValueError:  # not a registry name (the lab's MLP denoiser): built by its own job
+        family = None
+    if family is not None and config.sample.sampler not in family.samplers:
+        raise ValueError(
+            f"config.sample.sampler={config.sample.sampler!r} does not apply to "
+            f"{config.model.name}; {family.name} models sample with one of {family.samplers}."
+        )
     trainable = config.optim.trainable
     if trainable not in ("all", "null_token"):
         try:

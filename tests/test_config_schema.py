@@ -78,6 +78,13 @@ def test_main_validates_before_any_job_runs(tmp_path):
     assert not os.listdir(tmp_path)  # nothing started
 
 
+def test_a_sampler_of_the_other_family_fails_at_validation():
+    c = _config("dit_xl.py")
+    c.sample.sampler = "sde"  # a SiT sampler
+    with pytest.raises(ValueError, match=r"sampler='sde' does not apply to DiT-XL/2.*'ddpm'"):
+        config_schema.validate(c)
+
+
 def test_trainable_must_be_all_null_token_or_a_regex():
     c = tiny_config()
     c.optim.trainable = "t_embedder|null"
