@@ -12,15 +12,14 @@ and sampling images/s). Under 10 minutes on a 2-core CPU; progress (steps/s, ETA
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise levels (1 = noise).
 """
 
-import ml_collections
-from ml_collections.config_dict import placeholder
+from nag_jax.config_schema import base_config
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
+    c = base_config()  # every schema key; the values below are the demo's
     c.mode = "demo"
     c.seed = 0
-    c.model = dict(
+    c.model.update(
         name="SiT-S/2",
         input_size=16,
         in_channels=3,
@@ -31,26 +30,21 @@ def get_config():
         hidden_size=128,
         depth=4,
         num_heads=4,
-        patch_size=placeholder(int),
-        attention_impl=placeholder(str),
         remat=False,
     )
-    c.process = dict(
+    c.process.update(
         path="linear",
         prediction="velocity",
-        train_eps=placeholder(float),
-        sample_eps=placeholder(float),
     )
-    c.objective = dict(p_class_drop=0.1, p_noise_drop=0.1)
-    c.data = dict(
+    c.objective.update(p_class_drop=0.1, p_noise_drop=0.1)
+    c.data.update(
         name="synthetic_shapes",
-        data_dir=placeholder(str),
         image_size=16,
         num_classes=16,
         global_batch_size=64,
         num_workers=0,
     )
-    c.optim = dict(
+    c.optim.update(
         lr=1e-3,
         weight_decay=0.0,
         b1=0.9,
@@ -61,19 +55,17 @@ def get_config():
         ema_decay=0.995,
         trainable="all",
     )
-    c.train = dict(
+    c.train.update(
         num_steps=1000,
         log_every=100,
         checkpoint_every=500,
         keep=2,
-        keep_every=placeholder(int),
         sample_every=0,
         eval_every=0,
-        init_from=placeholder(str),
         null_token_init="random",
         tensorboard=False,
     )
-    c.sample = dict(
+    c.sample.update(
         sampler="sde",
         num_steps=40,
         method="euler",
@@ -84,10 +76,8 @@ def get_config():
         nag_scale=0.0,
         cfg_interval=(0.0, 1.0),
         nag_interval=(0.0, 1.0),
-        cfg_channels=placeholder(int),
         num_images=16,
         batch_size=256,
-        labels=placeholder(tuple),
         return_trajectory=False,
     )
     # The four settings the demo compares (the same classes and seeds for each).
@@ -102,5 +92,5 @@ def get_config():
         eval_images_per_class=16,
         proxy_seed=0,
     )
-    c.parallel = dict(fsdp=False, mesh=dict(data=-1, fsdp=1, tensor=1), fsdp_min_size=2**16)
+    c.parallel.update(fsdp=False, mesh=dict(data=-1, fsdp=1, tensor=1), fsdp_min_size=2**16)
     return c

@@ -6,7 +6,7 @@
 First, once, encode ImageNet (tfds imagenet2012 prepared in DATA) with the SD-VAE:
 
     python -m nag_jax.main --config=configs/dit_xl.py:encode --workdir=runs/encode_in256 \
-        --config.encode.image_data_dir=DATA --config.encode.vae_path=ckpt/sd-vae-ft-ema \
+        --config.encode.image_data_dir=DATA --config.vae.path=ckpt/sd-vae-ft-ema \
         --config.encode.out_dir=data/imagenet256_latents
 
 Variants (``:VARIANT``): a model size/patch such as ``B/2`` (default ``XL/2``), or ``encode``.

@@ -1,7 +1,7 @@
 """NAG fine-tuning of the released DiT-XL/2 (256px): ~10 epochs with noise-condition dropout.
 
     python -m nag_jax.main --config=configs/dit_xl_nag_finetune.py --workdir=runs/dit_xl_nag \
-        --config.train.init_from=ckpt/dit_xl2_256 --config.data.data_dir=data/imagenet256_latents
+        --config.model.weights=ckpt/dit_xl2_256 --config.data.data_dir=data/imagenet256_latents
 
 ckpt/dit_xl2_256 is the release converted to Orbax (params only, no null noise token):
     python -m nag_jax.convert to-orbax DiT-XL-2-256x256.pt ckpt/dit_xl2_256 --family DiT
@@ -16,7 +16,8 @@ Sample afterwards with configs/eval_dit_xl.py and --config.sample.nag_scale.
 Time convention: DiT, integer step 0..999 (0 = least noise); noise level = (step + 1) / 1000.
 """
 
-from nag_jax.training.defaults import release_config, steps_for_epochs
+from nag_jax.config_schema import steps_for_epochs
+from nag_jax.training.defaults import release_config
 
 
 def get_config(arg: str = "all"):

@@ -1,7 +1,7 @@
 """Evaluate the pixel-space synthetic-shapes demo model with a proxy feature extractor.
 
     python -m nag_jax.main --config=configs/eval_demo.py --workdir=runs/demo_eval \
-        --config.eval.checkpoint=runs/demo/checkpoints \
+        --config.model.weights=runs/demo/checkpoints \
         --config.eval.proxy_path=runs/demo/proxy_classifier_cnn4-800.npz --config.sample.nag_scale=1.0
 
 The FID Inception weights are not available here, so the features come from the demo's small
@@ -19,10 +19,7 @@ Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level
 import importlib.util
 import os
 
-import ml_collections
-from ml_collections.config_dict import placeholder
-
-# Optional fields are typed placeholders (value None) so that --config.x.y=... can set them.
+from nag_jax.config_schema import base_config
 
 
 def _demo_config():
@@ -34,7 +31,7 @@ def _demo_config():
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
+    config = base_config()  # every schema key; the values below are the demo evaluation's
     config.mode = "eval"
     config.seed = 0
     # Model, process, objective and data come from the demo's own config, so they always match
@@ -45,75 +42,54 @@ def get_config():
     config.objective = demo.objective
     config.data = demo.data
     config.data.global_batch_size = 256
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            lr=1e-4,
-            weight_decay=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            grad_clip=placeholder(float),
-            warmup_steps=0,
-            ema_decay=0.999,
-            trainable="all",
-        )
+    config.optim.update(
+        lr=1e-4,
+        weight_decay=0.0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        warmup_steps=0,
+        ema_decay=0.999,
+        trainable="all",
     )
-    config.train = ml_collections.ConfigDict(
-        dict(
-            num_steps=0,
-            log_every=100,
-            checkpoint_every=0,
-            keep=1,
-            keep_every=0,
-            sample_every=0,
-            eval_every=0,
-            init_from=placeholder(str),
-        )
+    config.train.update(
+        num_steps=0,
+        log_every=100,
+        checkpoint_every=0,
+        keep=1,
+        keep_every=0,
+        sample_every=0,
+        eval_every=0,
     )
-    config.sample = ml_collections.ConfigDict(
-        dict(
-            sampler="ode",
-            num_steps=16,
-            method="heun",
-            cfg_scale=1.0,
-            nag_scale=0.0,
-            cfg_interval=(0.0, 1.0),
-            nag_interval=(0.0, 1.0),
-            cfg_channels=placeholder(int),
-            num_images=1000,
-            batch_size=200,
-            labels=placeholder(tuple),
-            return_trajectory=False,
-        )
+    config.sample.update(
+        sampler="ode",
+        num_steps=16,
+        method="heun",
+        cfg_scale=1.0,
+        nag_scale=0.0,
+        cfg_interval=(0.0, 1.0),
+        nag_interval=(0.0, 1.0),
+        num_images=1000,
+        batch_size=200,
+        return_trajectory=False,
     )
-    config.parallel = ml_collections.ConfigDict(
-        dict(fsdp=False, mesh=dict(data=-1, fsdp=1, tensor=1))
-    )
-    config.eval = ml_collections.ConfigDict(
-        dict(
-            checkpoint=placeholder(
-                str
-            ),  # the demo's training workdir checkpoints/ (latest EMA params)
-            vae=placeholder(str),  # pixel space: no VAE
-            num_images=1000,
-            batch_size=200,
-            extractor="proxy",
-            proxy_path=placeholder(str),  # e.g. runs/demo/proxy_classifier_cnn4-800.npz
-            proxy_seed=0,  # "random_inception" only to test plumbing (not a quality metric)
-            inception_path=placeholder(str),
-            inception_preprocess="pytorch_fid",
-            reference_stats="images",
-            reference="dataset",
-            reference_num_images=5000,
-            reference_seed=0,
-            cache_dir=placeholder(str),
-            feature_batch_size=500,
-            pr_k=3,
-            pr_block_size=10000,
-            is_splits=10,
-            samples=placeholder(str),  # an existing ADM .npz to score instead of sampling
-            results_file=placeholder(str),
-            train_num_images=500,
-        )
+    config.parallel.update(dict(fsdp=False, mesh=dict(data=-1, fsdp=1, tensor=1)))
+    # config.model.weights: the demo's training workdir checkpoints/ (latest EMA params);
+    # config.eval.proxy_path: e.g. runs/demo/proxy_classifier_cnn4-800.npz; pixel space: no VAE.
+    config.eval.update(
+        num_images=1000,
+        batch_size=200,
+        extractor="proxy",
+        proxy_seed=0,  # "random_inception" only to test plumbing (not a quality metric)
+        inception_preprocess="pytorch_fid",
+        reference_stats="images",
+        reference="dataset",
+        reference_num_images=5000,
+        reference_seed=0,
+        feature_batch_size=500,
+        pr_k=3,
+        pr_block_size=10000,
+        is_splits=10,
+        train_num_images=500,
     )
     return config

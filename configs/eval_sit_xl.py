@@ -1,7 +1,7 @@
 """Sample 50k images from a SiT-XL/2 (256px) checkpoint and score them (FID/sFID/IS/P/R).
 
     python -m nag_jax.main --config=configs/eval_sit_xl.py --workdir=runs/eval_sit_xl \
-        --config.eval.checkpoint=ckpt/sit_xl2_256_nag --config.eval.vae=sd-vae-ft-ema \
+        --config.model.weights=ckpt/sit_xl2_256_nag --config.vae.path=sd-vae-ft-ema \
         --config.eval.inception_path=fid_inception.npz \
         --config.eval.reference=VIRTUAL_imagenet256_labeled.npz --config.sample.nag_scale=1.5
 
@@ -22,97 +22,21 @@ Output: <workdir>/eval/<key>/samples_50000.npz (ADM format, arr_0 uint8) and one
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level (1 = noise).
 """
 
-import ml_collections
-from ml_collections.config_dict import placeholder
-
-from nag_jax.evaluation.protocol import adm_eval_config
-
-# Optional fields are typed placeholders (value None) so that --config.x.y=... can set them.
+from nag_jax.evaluation.protocol import ADM_EVAL
+from nag_jax.training.defaults import release_config
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    config.mode = "eval"
-    config.seed = 0
-    config.model = ml_collections.ConfigDict(
-        dict(
-            name="SiT-XL/2",
-            input_size=32,
-            in_channels=4,
-            num_classes=1000,
-            learn_sigma=True,
-            null_noise="learned",
-            dtype="bfloat16",
-            hidden_size=placeholder(int),
-            depth=placeholder(int),
-            num_heads=placeholder(int),
-        )
-    )
-    config.process = ml_collections.ConfigDict(
-        dict(
-            path="linear",
-            prediction="velocity",
-            train_eps=placeholder(float),
-            sample_eps=placeholder(float),
-        )
-    )
-    config.objective = ml_collections.ConfigDict(dict(p_class_drop=0.1, p_noise_drop=0.1))
-    config.data = ml_collections.ConfigDict(
-        dict(
-            name="imagenet2012",
-            data_dir=placeholder(str),
-            image_size=256,
-            global_batch_size=256,
-            num_workers=0,
-        )
-    )
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            lr=1e-4,
-            weight_decay=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            grad_clip=placeholder(float),
-            warmup_steps=0,
-            ema_decay=0.9999,
-            trainable="all",
-        )
-    )
-    config.train = ml_collections.ConfigDict(
-        dict(
-            num_steps=0,
-            log_every=100,
-            checkpoint_every=0,
-            keep=1,
-            keep_every=0,
-            sample_every=0,
-            eval_every=0,
-            init_from=placeholder(str),
-        )
-    )
+    c = release_config("SiT-XL/2")  # the release's model and process, every schema key
+    c.mode = "eval"
+    c.data.update(name="imagenet2012", num_workers=0)  # eval.reference="dataset" reads it
     # SiT's FID setting: Euler-Maruyama SDE, 250 steps, "sigma" diffusion, Mean last step.
-    config.sample = ml_collections.ConfigDict(
-        dict(
-            sampler="sde",
-            num_steps=250,
-            method="euler",
-            diffusion_form="sigma",
-            last_step="Mean",
-            last_step_size=0.04,
-            cfg_scale=1.0,
-            nag_scale=0.0,
-            cfg_interval=(0.0, 1.0),
-            nag_interval=(0.0, 1.0),
-            cfg_channels=placeholder(int),
-            num_images=50_000,
-            batch_size=256,
-            labels=placeholder(tuple),
-            return_trajectory=False,
-        )
-    )
-    config.parallel = ml_collections.ConfigDict(
-        dict(fsdp=False, mesh=dict(data=-1, fsdp=1, tensor=1))
-    )
-    config.eval = adm_eval_config()
-    return config
+    c.sample.update(sampler="sde", num_steps=250, method="euler", diffusion_form="sigma")
+    c.sample.update(last_step="Mean", last_step_size=0.04)
+    c.sample.update(num_images=50_000, batch_size=256)
+    c.parallel.update(fsdp=False)
+    c.parallel.mesh.fsdp = 1
+    c.eval.update(ADM_EVAL)
+    # config.model.weights, config.vae.path, config.eval.inception_path and
+    # config.eval.reference are set on the command line (nag_jax.config_schema documents them).
+    return c

@@ -1,7 +1,7 @@
 """DiT-XL/2 (ImageNet 256px release) fine-tuned on a fine-grained dataset, with or without NAG.
 
     python -m nag_jax.main --config=configs/finetune_fine_grained.py:food101 \
-        --workdir=runs/ft_food101 --config.train.init_from=ckpt/dit_xl2_256 \
+        --workdir=runs/ft_food101 --config.model.weights=ckpt/dit_xl2_256 \
         --config.data.data_dir=data/latents/food101
 
 First, once per dataset, encode its training images with the SD-VAE (tfds data in TFDS_DIR, or
@@ -9,7 +9,7 @@ an image folder root/<class>/*.jpg for df20m / artbench):
 
     python -m nag_jax.main --config=configs/finetune_fine_grained.py:food101,encode \
         --workdir=runs/encode_food101 --config.encode.image_data_dir=TFDS_DIR \
-        --config.encode.vae_path=ckpt/sd-vae-ft-ema --config.encode.out_dir=data/latents/food101
+        --config.vae.path=ckpt/sd-vae-ft-ema --config.encode.out_dir=data/latents/food101
 
 Variant ``DATASET[,nonag][,encode]``; DATASET is one of the paper's seven:
   food101 (tfds "food101", 101 classes)      sun397 (tfds "sun397", 397)
@@ -19,7 +19,7 @@ Variant ``DATASET[,nonag][,encode]``; DATASET is one of the paper's seven:
 ``nonag`` is the paper's baseline (no noise-condition dropout: p_noise_drop 0); the default
 trains with p_noise_drop 0.1 and a learned null noise token (mean-t-embedding init).
 
-The ImageNet label table does not fit the new classes: ``train.init_from_reinit`` re-initialises
+The ImageNet label table does not fit the new classes: ``train.reinit`` re-initialises
 ``y_embedder`` (N(0, 0.02), null row included); every other weight starts from the release.
 Schedule (an assumption following Domain Guidance's fine-tuning protocol, which the paper's
 ablation builds on): 24k steps at global batch 32, AdamW lr 1e-4, wd 0, EMA 0.9999.
@@ -61,6 +61,6 @@ def get_config(arg: str = "food101"):
     c.train.num_steps = 24_000
     c.train.checkpoint_every = 2_000
     c.train.sample_every = 2_000
-    c.train.init_from_reinit = r"^y_embedder/"
+    c.train.reinit = r"^y_embedder/"
     c.sample.num_images = 16
     return encode_variant(c) if "encode" in flags else c

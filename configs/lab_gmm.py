@@ -14,6 +14,8 @@ report and every interval use the noise level lambda = 1 - t (1 = pure noise).
 
 import ml_collections
 
+from nag_jax.config_schema import base_config
+
 
 def _row(name, cfg=1.0, nag=0.0, cls_nag=0.0, nag_interval=(0.0, 1.0), cls_interval=(0.0, 0.6)):
     return ml_collections.ConfigDict(
@@ -29,11 +31,11 @@ def _row(name, cfg=1.0, nag=0.0, cls_nag=0.0, nag_interval=(0.0, 1.0), cls_inter
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
+    config = base_config()  # every schema key; the values below are the lab's
     config.mode = "lab"
     config.seed = 0
 
-    config.model = ml_collections.ConfigDict(
+    config.model.update(
         dict(
             name="SiT-MLP",  # the lab's MLPDenoiser (nag_jax.analysis.networks), SiT transport
             input_size=None,
@@ -47,14 +49,14 @@ def get_config():
             num_heads=None,
         )
     )
-    config.process = ml_collections.ConfigDict(
+    config.process.update(
         dict(path="linear", prediction="velocity", train_eps=None, sample_eps=None)
     )
-    config.objective = ml_collections.ConfigDict(dict(p_class_drop=0.1, p_noise_drop=0.1))
-    config.data = ml_collections.ConfigDict(
+    config.objective.update(dict(p_class_drop=0.1, p_noise_drop=0.1))
+    config.data.update(
         dict(name="gmm", data_dir=None, image_size=None, global_batch_size=256, num_workers=0)
     )
-    config.optim = ml_collections.ConfigDict(
+    config.optim.update(
         dict(
             lr=2e-3,
             weight_decay=0.0,
@@ -67,7 +69,7 @@ def get_config():
             trainable="all",
         )
     )
-    config.train = ml_collections.ConfigDict(
+    config.train.update(
         dict(
             num_steps=1500,
             log_every=500,
@@ -76,10 +78,9 @@ def get_config():
             keep_every=0,
             sample_every=0,
             eval_every=0,
-            init_from=None,
         )
     )
-    config.sample = ml_collections.ConfigDict(
+    config.sample.update(
         dict(
             sampler="ode",
             num_steps=25,
@@ -95,7 +96,7 @@ def get_config():
             return_trajectory=True,
         )
     )
-    config.parallel = ml_collections.ConfigDict(
+    config.parallel.update(
         dict(fsdp=False, mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
     )
 

@@ -13,6 +13,8 @@ Time convention: SiT, t = 0 noise, t = 1 data; reported levels are lambda = 1 - 
 
 import ml_collections
 
+from nag_jax.config_schema import base_config
+
 
 def _row(name, cfg=1.0, nag=0.0, cls_nag=0.0):
     return ml_collections.ConfigDict(
@@ -21,10 +23,10 @@ def _row(name, cfg=1.0, nag=0.0, cls_nag=0.0):
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
+    c = base_config()  # every schema key; the values below are the lab's
     c.mode = "lab"
     c.seed = 0
-    c.model = ml_collections.ConfigDict(
+    c.model.update(
         dict(
             name="SiT-S/4",
             input_size=32,
@@ -39,11 +41,9 @@ def get_config():
             patch_size=None,
         )
     )
-    c.process = ml_collections.ConfigDict(
-        dict(path="linear", prediction="velocity", train_eps=None, sample_eps=None)
-    )
-    c.objective = ml_collections.ConfigDict(dict(p_class_drop=0.1, p_noise_drop=0.1))
-    c.data = ml_collections.ConfigDict(
+    c.process.update(dict(path="linear", prediction="velocity", train_eps=None, sample_eps=None))
+    c.objective.update(dict(p_class_drop=0.1, p_noise_drop=0.1))
+    c.data.update(
         dict(
             name="synthetic_shapes",
             data_dir=None,
@@ -52,7 +52,7 @@ def get_config():
             num_workers=0,
         )
     )
-    c.optim = ml_collections.ConfigDict(
+    c.optim.update(
         dict(
             lr=1e-3,
             weight_decay=0.0,
@@ -65,7 +65,7 @@ def get_config():
             trainable="all",
         )
     )
-    c.train = ml_collections.ConfigDict(
+    c.train.update(
         dict(
             num_steps=1000,
             log_every=100,
@@ -74,10 +74,9 @@ def get_config():
             keep_every=0,
             sample_every=0,
             eval_every=0,
-            init_from=None,
         )
     )
-    c.sample = ml_collections.ConfigDict(
+    c.sample.update(
         dict(
             sampler="sde",
             num_steps=25,
@@ -93,7 +92,7 @@ def get_config():
             return_trajectory=True,
         )
     )
-    c.parallel = ml_collections.ConfigDict(
+    c.parallel.update(
         dict(fsdp=False, mesh=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
     )
     lab = ml_collections.ConfigDict()

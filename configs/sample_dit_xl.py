@@ -1,7 +1,7 @@
 """Sample a grid + .npz from a converted DiT-XL/2 checkpoint (mode "sample").
 
     python -m nag_jax.main --config=configs/sample_dit_xl.py --workdir=runs/sample_dit_xl \
-        --config.sample.checkpoint=ckpt/dit_xl2_256 --config.sample.vae=ckpt/sd-vae-ft-ema
+        --config.model.weights=ckpt/dit_xl2_256 --config.vae.path=ckpt/sd-vae-ft-ema
 
 Prerequisites (local files, nothing is downloaded):
   python -m nag_jax.convert to-orbax DiT-XL-2-256x256.pt ckpt/dit_xl2_256 --family DiT
@@ -21,8 +21,6 @@ Time convention: DiT, integer step 0..999 (0 = least noise), respaced to num_ste
 intervals in noise level (1 = noise).
 """
 
-from ml_collections.config_dict import placeholder
-
 from nag_jax.training.defaults import release_config
 
 
@@ -39,10 +37,6 @@ def get_config(arg: str = ""):
     c.sample.labels = (207, 360, 387, 974, 88, 979, 417, 279)  # sample.py's classes
     c.sample.num_images = 8
     c.sample.batch_size = 8
-    with c.sample.unlocked():
-        c.sample.checkpoint = placeholder(str)  # python -m nag_jax.convert to-orbax output
-        c.sample.vae = placeholder(str)  # SD-VAE folder or converted Orbax dir
-        c.sample.vae_chunk_size = 8
-        c.sample.grid_images = 64
-        c.sample.grid_cols = 0  # 0 = square-ish
+    # config.model.weights: a `python -m nag_jax.convert to-orbax` output; config.vae.path: the
+    # SD-VAE folder or its converted Orbax dir (the schema's defaults: nag_jax.config_schema).
     return c

@@ -1,7 +1,7 @@
 """NAG fine-tuning of the released SiT-XL/2 (256px): ~10 epochs with noise-condition dropout.
 
     python -m nag_jax.main --config=configs/sit_xl_nag_finetune.py --workdir=runs/sit_xl_nag \
-        --config.train.init_from=ckpt/sit_xl2_256 --config.data.data_dir=data/imagenet256_latents
+        --config.model.weights=ckpt/sit_xl2_256 --config.data.data_dir=data/imagenet256_latents
 
 ckpt/sit_xl2_256 is the release converted to Orbax (params only, no null noise token):
     python -m nag_jax.convert to-orbax SiT-XL-2-256.pt ckpt/sit_xl2_256 --family SiT
@@ -18,7 +18,8 @@ Sample afterwards with configs/eval_sit_xl.py and --config.sample.nag_scale.
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise levels (1 = noise).
 """
 
-from nag_jax.training.defaults import release_config, steps_for_epochs
+from nag_jax.config_schema import steps_for_epochs
+from nag_jax.training.defaults import release_config
 
 
 def get_config(arg: str = "all"):

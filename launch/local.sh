@@ -5,7 +5,7 @@
 #   launch/local.sh CONFIG WORKDIR [--config.key=value ...]
 #   launch/local.sh configs/demo.py runs/demo
 #   launch/local.sh configs/sit_xl_nag_finetune.py runs/sit_xl_nag \
-#       --config.train.init_from=ckpt/sit_xl2_256 --config.data.data_dir=data/imagenet256_latents
+#       --config.model.weights=ckpt/sit_xl2_256 --config.data.data_dir=data/imagenet256_latents
 #
 # Env:
 #   CPU_DEVICES=N   fake N CPU devices (tries sharding code paths without accelerators)

@@ -7,10 +7,15 @@ original integer step 0..999 (0 = least noise). Guidance intervals are in the pa
 (1 = pure noise); the process supplies the mapping (`Transport.noise_level`,
 `GaussianDiffusion.noise_level`).
 
+The family (SiT / DiT: process, time convention, samplers, guided channels) is decided once, in
+nag_jax.diffusion.family. A hand-built partial config (notebooks, benchmarks) is completed from
+the one schema (nag_jax.config_schema.complete); job configs already hold every key.
+
 Randomness for sampling is per image: ``sample_fn(params, keys, y)`` takes ONE key per image
-(``per_image_keys(seed_key, indices)``), and the initial noise and every step's noise of image i
-derive from ``keys[i]`` alone. Image i is then the same whatever the batch it is drawn in or the
-number of devices it is sharded over (up to float reassociation in the network's matmuls).
+(``per_image_keys(seed_key, indices)``; image i of a seed: nag_jax.generate), and the initial
+noise and every step's noise of image i derive from ``keys[i]`` alone. Image i is then the same
+whatever the batch it is drawn in or the number of devices it is sharded over (up to float
+reassociation in the network's matmuls).
 """
 
 from __future__ import annotations
@@ -20,88 +25,67 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from nag_jax import sampling
-from nag_jax.diffusion import GaussianDiffusion, Transport, create_diffusion
+from nag_jax import config_schema, sampling
+from nag_jax.diffusion import GaussianDiffusion, Transport
+from nag_jax.diffusion.family import FAMILIES, Family, family_for
 from nag_jax.guidance import GuidanceConfig, guided_prediction
-from nag_jax.models import DiT, create_model, parse_model_name
-
-SAMPLERS = {"SiT": ("ode", "sde"), "DiT": ("ddpm", "ddim")}
+from nag_jax.models import DiT, create_model
 
 
-def family_of(config) -> str:
-    """'SiT' or 'DiT' from ``config.model.name``."""
-    return parse_model_name(config.model.name)[0]
+def family_of(config) -> Family:
+    """The family (nag_jax.diffusion.family) of ``config.model.name``."""
+    return family_for(config.model.name)
 
 
 def build_model(model_cfg) -> DiT:
     """``config.model`` -> the backbone (see nag_jax.models.create_model for the fields)."""
-    get = lambda k, d=None: model_cfg.get(k, d) if hasattr(model_cfg, "get") else d
+    m = config_schema.complete(model_cfg, "model")
     return create_model(
-        model_cfg.name,
-        input_size=model_cfg.input_size,
-        in_channels=model_cfg.in_channels,
-        num_classes=model_cfg.num_classes,
-        learn_sigma=get("learn_sigma", True),
-        null_noise=get("null_noise", "learned"),
-        dtype=get("dtype", "float32"),
-        attention_impl=get("attention_impl", None),
-        remat=get("remat", False),
-        hidden_size=get("hidden_size"),
-        depth=get("depth"),
-        num_heads=get("num_heads"),
-        patch_size=get("patch_size"),
+        m.name,
+        input_size=m.input_size,
+        in_channels=m.in_channels,
+        num_classes=m.num_classes,
+        learn_sigma=m.learn_sigma,
+        null_noise=m.null_noise,
+        dtype=m.dtype,
+        attention_impl=m.attention_impl,
+        remat=m.remat,
+        hidden_size=m.hidden_size,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        patch_size=m.patch_size,
     )
 
 
 def build_process(config, *, for_sampling: bool = False) -> Transport | GaussianDiffusion:
-    """The noising process of ``config``'s family.
-
-    SiT: a `Transport` from ``config.process`` (path, prediction, train_eps, sample_eps).
-    DiT: the 1000-step DDPM for training; for sampling it is respaced to ``config.sample.num_steps``
-    (``"ddimN"`` spacing for the DDIM sampler), as the release's ``create_diffusion(str(N))``.
-    """
-    family = family_of(config)
-    proc = config.get("process", {}) or {}
-    if family == "SiT":
-        return Transport(
-            path=proc.get("path", "linear"),
-            prediction=proc.get("prediction", "velocity"),
-            train_eps=proc.get("train_eps"),
-            sample_eps=proc.get("sample_eps"),
-        )
-    num_timesteps = int(proc.get("num_timesteps", 1000))
-    learn_sigma = bool(config.model.get("learn_sigma", True))
-    respacing = ""
-    if for_sampling:
-        steps = int(config.sample.num_steps)
-        respacing = f"ddim{steps}" if config.sample.sampler == "ddim" else str(steps)
-    return create_diffusion(
-        respacing,
-        num_timesteps,
-        learn_sigma,
-        beta_schedule=proc.get("beta_schedule", "linear"),
+    """The noising process of ``config``'s family (`Family.build_process`): SiT a `Transport`;
+    DiT the 1000-step DDPM for training, respaced to ``config.sample.num_steps`` for sampling."""
+    c = config_schema.complete(config)
+    return family_of(c).build_process(
+        c.process, learn_sigma=c.model.learn_sigma, sample_cfg=c.sample if for_sampling else None
     )
 
 
 def build_guidance(sample_cfg) -> GuidanceConfig:
     """``config.sample`` -> `GuidanceConfig` (cfg_scale, nag_scale, intervals, cfg_channels)."""
-    get = lambda k, d: sample_cfg.get(k, d) if sample_cfg.get(k, d) is not None else d
+    s = config_schema.complete(sample_cfg, "sample")
     return GuidanceConfig(
-        cfg_scale=float(get("cfg_scale", 1.0)),
-        nag_scale=float(get("nag_scale", 0.0)),
-        cfg_interval=tuple(get("cfg_interval", (0.0, 1.0))),
-        nag_interval=tuple(get("nag_interval", (0.0, 1.0))),
-        cfg_channels=sample_cfg.get("cfg_channels", None),
+        cfg_scale=float(s.cfg_scale),
+        nag_scale=float(s.nag_scale),
+        cfg_interval=tuple(s.cfg_interval),
+        nag_interval=tuple(s.nag_interval),
+        cfg_channels=s.cfg_channels,
     )
 
 
 def make_net_fn(model: DiT, params, family: str) -> Callable:
-    """``net_fn(x, t, y, drop_class, drop_noise)`` for guidance: SiT keeps the first C channels
-    (the learned-sigma half is discarded as in the release), DiT returns all 2C."""
+    """``net_fn(x, t, y, drop_class, drop_noise)`` for guidance: the part of the output the
+    family's process reads (`Family.net_output`: SiT the first C channels, DiT all 2C)."""
+    fam = FAMILIES[family]
 
     def net_fn(x, t, y, drop_class, drop_noise):
         out = model.apply({"params": params}, x, t, y, drop_class=drop_class, drop_noise=drop_noise)
-        return out[..., : model.in_channels] if family == "SiT" else out
+        return fam.net_output(out, model.in_channels)
 
     return net_fn
 
@@ -113,17 +97,25 @@ def guided_pred_fn(model: DiT, params, config, process=None, scales=None) -> Cal
     family = family_of(config)
     process = process if process is not None else build_process(config, for_sampling=True)
     return guided_prediction(
-        make_net_fn(model, params, family),
+        make_net_fn(model, params, family.name),
         build_guidance(config.sample),
         noise_level_fn=process.noise_level,
-        guided_channels=model.in_channels if family == "DiT" else None,
+        guided_channels=family.guided_channels(model.in_channels),
         scales=scales,
     )
 
 
 def per_image_keys(key: jax.Array, indices) -> jax.Array:
-    """One key per global image index: ``keys[j] = fold_in(key, indices[j])`` (shape (N,))."""
+    """One key per global image index: ``keys[j] = fold_in(key, indices[j])`` (shape (N,)).
+
+    The key of ``seed`` is nag_jax.generate's (`generate.image_keys`)."""
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(indices, jnp.uint32))
+
+
+def initial_noise(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """(N, *shape) float32 starting noise of the samplers: ``normal(fold_in(keys[i], 0))``;
+    every later step's noise of image i derives from ``fold_in(keys[i], 1)``."""
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(keys)
 
 
 def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Callable:
@@ -131,7 +123,7 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
 
     Args of sample_fn:
       params: the model's params.
-      keys: (N,) PRNG keys, one per image (see `per_image_keys`).
+      keys: (N,) PRNG keys, one per image (`generate.image_keys`).
       y: (N,) int32 labels.
       scales: optional (s_cfg, w_nag) arrays overriding config.sample's scales at run time (one
         compilation for a whole sweep); the branches computed are those config.sample turns on.
@@ -140,27 +132,32 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
       (N, H, W, C) float32 samples in the model's space (pixels in [-1, 1] or latents), or
       ``(samples, trajectory)`` when ``return_trajectory`` (see nag_jax.sampling).
     """
-    family = family_of(config)
-    sc = config.sample
+    c = config_schema.complete(config)
+    family, sc = family_of(c), c.sample
     kind = str(sc.sampler)
-    if kind not in SAMPLERS[family]:
+    if kind not in family.samplers:
         raise ValueError(
-            f"sample.sampler={kind!r} does not apply to {config.model.name}; {family} models "
-            f"sample with one of {SAMPLERS[family]}."
+            f"sample.sampler={kind!r} does not apply to {c.model.name}; {family.name} models "
+            f"sample with one of {family.samplers}."
         )
-    process = build_process(config, for_sampling=True)
+    process = build_process(c, for_sampling=True)
     shape = (model.input_size, model.input_size, model.in_channels)
     num_steps = int(sc.num_steps)
-    method = sc.get("method", "euler") or "euler"
 
     def sample_fn(params, keys, y, scales=None):
-        pred_fn = guided_pred_fn(model, params, config, process, scales)
-        x_init = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(keys)
+        pred_fn = guided_pred_fn(model, params, c, process, scales)
+        x_init = initial_noise(keys, shape)
         noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         common = dict(return_trajectory=return_trajectory)
         if kind == "ode":
             return sampling.sample_ode(
-                pred_fn, x_init, y, transport=process, num_steps=num_steps, method=method, **common
+                pred_fn,
+                x_init,
+                y,
+                transport=process,
+                num_steps=num_steps,
+                method=sc.method,
+                **common,
             )
         if kind == "sde":
             return sampling.sample_sde(
@@ -170,22 +167,16 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
                 y,
                 transport=process,
                 num_steps=num_steps,
-                method=method,
-                diffusion_form=sc.get("diffusion_form", "sigma") or "sigma",
-                last_step=sc.get("last_step", "Mean"),
-                last_step_size=float(sc.get("last_step_size", 0.04)),
+                method=sc.method,
+                diffusion_form=sc.diffusion_form,
+                last_step=sc.last_step,
+                last_step_size=float(sc.last_step_size),
                 **common,
             )
         if kind == "ddpm":
             return sampling.sample_ddpm(pred_fn, noise_keys, x_init, y, diffusion=process, **common)
         return sampling.sample_ddim(
-            pred_fn,
-            x_init,
-            y,
-            diffusion=process,
-            eta=float(sc.get("eta", 0.0) or 0.0),
-            key=noise_keys,
-            **common,
+            pred_fn, x_init, y, diffusion=process, eta=float(sc.eta), key=noise_keys, **common
         )
 
     return sample_fn

@@ -1,6 +1,8 @@
 """Entry point: ``python -m nag_jax.main --config=configs/NAME.py --workdir=DIR``.
 
-``config.mode`` picks the job; ``--config.a.b=value`` overrides any field (ml_collections):
+``config.mode`` picks the job (nag_jax.config_schema.MODES); ``--config.a.b=value`` overrides any
+field (ml_collections); the config is checked against the one schema (nag_jax.config_schema)
+before the job starts, so a bad value fails here, naming the key and its choices:
 
     train           train or fine-tune (nag_jax.training.train)
     demo            the built-in demo: train a small SiT on shapes, compare none/CFG/NAG/CFG+NAG
@@ -20,14 +22,7 @@ import importlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = {
-    "train": "nag_jax.training.train",
-    "demo": "nag_jax.demo",
-    "sample": "nag_jax.sample_job",
-    "eval": "nag_jax.evaluation.eval_job",
-    "lab": "nag_jax.analysis.lab",
-    "encode_latents": "nag_jax.data.encode_latents",
-}
+from nag_jax import config_schema
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file (configs/*.py).", lock_config=True
@@ -36,13 +31,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samp
 
 
 def run(config, workdir: str):
-    """Dispatches ``config.mode`` to its job's ``run(config, workdir)``."""
-    mode = config.get("mode", "train")
-    if mode not in MODES:
-        raise ValueError(
-            f"config.mode={mode!r} is not a known mode; choose one of {sorted(MODES)}."
-        )
-    module = importlib.import_module(MODES[mode])
+    """Validates ``config`` (nag_jax.config_schema) and runs ``config.mode``'s job
+    ``run(config, workdir)``. Training gets its evaluators from nag_jax.evaluation.evaluators
+    here, so training and evaluation never import each other."""
+    config_schema.validate(config)
+    module = importlib.import_module(config_schema.MODES[config.mode])
+    if config.mode == "train":
+        from nag_jax.evaluation import evaluators
+
+        return module.run(config, workdir, make_evaluators=evaluators.from_config(config, workdir))
     return module.run(config, workdir)
 
 
@@ -70,7 +67,7 @@ def main(argv):
     # Multi-host: jax.distributed must be initialised before any backend call (no-op otherwise).
     parallel.maybe_initialize_distributed()
     logging.info("JAX %s on %s", jax.__version__, jax.devices())
-    logging.info("Config (mode=%s):\n%s", _CONFIG.value.get("mode"), _CONFIG.value)
+    logging.info("Config (mode=%s):\n%s", _CONFIG.value.mode, _CONFIG.value)
     run(_CONFIG.value, _WORKDIR.value)
 
 

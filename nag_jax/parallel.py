@@ -48,21 +48,13 @@ PARAM_RULES: tuple[tuple[str, object], ...] = (
 )
 
 
-def _cfg_get(cfg, key, default=None):
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
-
-
 def mesh_shape(parallel_cfg, num_devices: int) -> tuple[int, int, int]:
     """Resolves (data, fsdp, tensor) sizes for ``num_devices``; -1 fills, fsdp off -> 1."""
-    mesh_cfg = _cfg_get(parallel_cfg, "mesh", {})
-    fsdp_on = bool(_cfg_get(parallel_cfg, "fsdp", False))
+    mesh_cfg = parallel_cfg["mesh"]
     sizes = {
-        "data": int(_cfg_get(mesh_cfg, "data", -1)),
-        "fsdp": int(_cfg_get(mesh_cfg, "fsdp", -1)) if fsdp_on else 1,
-        "tensor": int(_cfg_get(mesh_cfg, "tensor", 1)),
+        "data": int(mesh_cfg["data"]),
+        "fsdp": int(mesh_cfg["fsdp"]) if parallel_cfg["fsdp"] else 1,
+        "tensor": int(mesh_cfg["tensor"]),
     }
     if sizes["data"] == -1 and sizes["fsdp"] == -1:
         sizes["data"] = 1  # FSDP over every device is the usual choice when both fill

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from nag_jax.config_schema import base_config
 from nag_jax.data import encode_latents
 from nag_jax.data.latents import LatentsSource, read_metadata
 from nag_jax.data.pipeline import create_dataset
@@ -110,18 +111,14 @@ def test_encode_batch_not_divisible_by_devices(tmp_path):
 
 
 def test_run_uses_config(tmp_path):
-    config = ml_collections.ConfigDict(
-        dict(
-            seed=0,
-            data=dict(name="synthetic_shapes", image_size=16, num_examples=12),
-            encode=dict(batch_size=8, shard_size=8, dtype="float16", store_flips=False),
-        )
-    )
+    config = base_config()
+    config.data.update(name="synthetic_shapes", image_size=16, num_examples=12)
+    config.encode.update(batch_size=8, shard_size=8, dtype="float16", store_flips=False)
     meta = encode_latents.run(config, str(tmp_path), encode_fn=fake_encode, params=PARAMS)
     assert meta["count"] == 12 and meta["variants"] == ["image"] and meta["dtype"] == "float16"
     assert os.path.exists(tmp_path / "latents" / "metadata.json")
-    config.encode.vae_path = None
-    with pytest.raises(ValueError, match="vae_path is not set"):
+    config.vae.path = None
+    with pytest.raises(ValueError, match="vae.path is not set"):
         encode_latents.run(config, str(tmp_path / "x"))
 
 

@@ -9,12 +9,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from nag_jax import parallel
-from nag_jax.evaluation import eval_job, metrics
+from nag_jax import generate, parallel
+from nag_jax.evaluation import eval_job, evaluators, metrics, results, store
 from nag_jax.training.testing import tiny_config, tiny_model
 
 
@@ -22,24 +21,18 @@ def _config(**eval_overrides):
     c = tiny_config()
     c.mode = "eval"
     c.sample.num_steps = 3
-    c.eval = ml_collections.ConfigDict(
-        dict(
-            checkpoint=None,
-            vae=None,
-            num_images=20,
-            batch_size=8,
-            extractor="proxy",
-            reference="dataset",
-            reference_num_images=64,
-            reference_seed=0,
-            cache_dir=None,
-            feature_batch_size=16,
-            pr_k=3,
-            pr_block_size=64,
-            is_splits=4,
-            results_file=None,
-            train_num_images=16,
-        )
+    c.eval.update(
+        num_images=20,
+        batch_size=8,
+        extractor="proxy",
+        reference="dataset",
+        reference_num_images=64,
+        reference_seed=0,
+        feature_batch_size=16,
+        pr_k=3,
+        pr_block_size=64,
+        is_splits=4,
+        train_num_images=16,
     )
     c.eval.update(eval_overrides)
     return c
@@ -79,8 +72,8 @@ def test_images_depend_only_on_seed_and_index_not_devices_or_batch(model_and_par
     mesh8 = parallel.create_mesh(c.parallel)
     mesh1 = parallel.create_mesh(c.parallel, devices=jax.devices()[:1])
     assert parallel.batch_shards(mesh8) == 8 and parallel.batch_shards(mesh1) == 1
-    run8 = eval_job.make_batch_sampler(c, model, params, mesh8)
-    run1 = eval_job.make_batch_sampler(c, model, params, mesh1)
+    run8 = generate.make_batch_sampler(c, model, params, mesh8)
+    run1 = generate.make_batch_sampler(c, model, params, mesh1)
     img8, y8 = run8(params, np.arange(8))
     subset = np.array([5, 2, 7])  # other batch composition, order and size, one device
     img1, y1 = run1(params, subset)
@@ -91,7 +84,7 @@ def test_images_depend_only_on_seed_and_index_not_devices_or_batch(model_and_par
     # labels are a pure function of (seed, index); another seed changes images and labels
     c2 = _config()
     c2.seed = 1
-    img_s1, y_s1 = eval_job.make_batch_sampler(c2, model, params, mesh1)(params, subset)
+    img_s1, y_s1 = generate.make_batch_sampler(c2, model, params, mesh1)(params, subset)
     assert not np.array_equal(img_s1, img1)
 
 
@@ -111,7 +104,7 @@ def test_killed_sampling_resumes_without_duplicates_or_gaps(tmp_path, model_and_
         )
     run_dir = glob.glob(str(tmp_path / "a" / "eval" / "*"))[0]
     assert len(glob.glob(os.path.join(run_dir, "chunks", "*.npz"))) == 1
-    assert list(eval_job.covered_indices(run_dir)) == list(range(8))
+    assert list(store.covered_indices(run_dir)) == list(range(8))
     # a write interrupted mid-way leaves only a tmp file, which is ignored
     with open(os.path.join(run_dir, "chunks", "00000008.tmp-999.npz"), "wb") as f:
         f.write(b"partial")
@@ -152,7 +145,7 @@ def test_run_writes_adm_npz_metrics_and_results_rows(tmp_path, model_and_params)
     # a second evaluation reuses the samples and appends a row with the same key
     row2 = eval_job.run(c, work, model=model, params=params, extractor=ex)
     assert row2["key"] == row["key"] and row2["proxy_fd"] == pytest.approx(row["proxy_fd"])
-    lines = eval_job.read_results(os.path.join(work, "eval_results.jsonl"))
+    lines = results.read_results(os.path.join(work, "eval_results.jsonl"))
     assert len(lines) == 2 and lines[0]["key"] == row["key"]
     assert json.loads(json.dumps(lines[0]["sampling_config"]))["seed"] == 0
     with open(os.path.join(work, "eval_results.csv")) as f:
@@ -171,7 +164,7 @@ def test_run_writes_adm_npz_metrics_and_results_rows(tmp_path, model_and_params)
 def test_fid_evaluator_for_training_is_deterministic(tmp_path, model_and_params):
     model, params = model_and_params
     c = _config()
-    evaluate = eval_job.make_fid_evaluator(
+    evaluate = evaluators.make_fid_evaluator(
         c, model, str(tmp_path), num_images=12, extractor=_toy_extractor()
     )
     a = evaluate(params)
@@ -188,16 +181,16 @@ def test_fid_evaluator_for_training_is_deterministic(tmp_path, model_and_params)
 def test_errors_name_the_fix(tmp_path):
     c = _config(extractor="nope")
     with pytest.raises(ValueError, match="expected 'inception'"):
-        eval_job.build_extractor(c)
+        evaluators.build_extractor(c)
     c = _config(extractor="inception", inception_path=str(tmp_path / "missing.npz"))
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05"):
-        eval_job.build_extractor(c)
+        evaluators.build_extractor(c)
     c = _config()
-    with pytest.raises(ValueError, match="config.eval.checkpoint"):
+    with pytest.raises(ValueError, match="config.model.weights"):
         eval_job.load_sampling_params(c)
     c.model.in_channels = 4
-    with pytest.raises(ValueError, match="config.eval.vae"):
-        eval_job.build_decoder(c)
+    with pytest.raises(ValueError, match="config.vae.path"):
+        generate.load_decoder(c)
 
 
 def test_adm_npz_is_streamed_from_interleaved_chunks_and_read_back_in_batches(tmp_path):
@@ -209,9 +202,9 @@ def test_adm_npz_is_streamed_from_interleaved_chunks_and_read_back_in_batches(tm
     run_dir = str(tmp_path)
     # chunks as left by resumed runs: interleaved index sets, one duplicate index
     for idx in (np.arange(0, 8), np.array([8, 9, 20, 21]), np.arange(10, 20), np.arange(21, 30)):
-        eval_job.write_chunk(run_dir, idx, images[idx], labels[idx])
+        store.write_chunk(run_dir, idx, images[idx], labels[idx])
     out = str(tmp_path / "samples.npz")
-    eval_job.chunks_to_adm_npz(run_dir, 30, out, block=7)
+    store.chunks_to_adm_npz(run_dir, 30, out, block=7)
     with np.load(out) as z:  # a standard .npz: ADM's evaluator and np.load read it
         np.testing.assert_array_equal(z["arr_0"], images)
         np.testing.assert_array_equal(z["arr_1"], labels)
@@ -219,7 +212,7 @@ def test_adm_npz_is_streamed_from_interleaved_chunks_and_read_back_in_batches(tm
     np.testing.assert_array_equal(got, images)
     assert reference_stats.npz_array_shape(out) == ((30, 4, 4, 3), np.dtype(np.uint8))
     with pytest.raises(RuntimeError, match="missing"):
-        eval_job.chunks_to_adm_npz(run_dir, 31, str(tmp_path / "x.npz"))
+        store.chunks_to_adm_npz(run_dir, 31, str(tmp_path / "x.npz"))
 
 
 def test_run_scores_an_existing_adm_npz(tmp_path):
@@ -269,7 +262,7 @@ def test_sigkilled_sampling_process_resumes(tmp_path, model_and_params):
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     run_dir = glob.glob(os.path.join(work, "eval", "*"))[0]
-    assert list(eval_job.covered_indices(run_dir)) == list(range(8))
+    assert list(store.covered_indices(run_dir)) == list(range(8))
     model, params = model_and_params
     path, run_dir2, _ = eval_job.sample_images(
         _config(num_images=24, batch_size=8), work, model=model, params=params

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch_reference as R
 
-from nag_jax import builders, sample_job, utils
+from nag_jax import builders, generate, sample_job, utils
 from nag_jax.convert import torch_to_orbax as T
 
 TINY = dict(input_size=8, hidden_size=32, depth=2, num_heads=4, num_classes=10)
@@ -37,9 +37,10 @@ def sample_config(ckpt, **sample):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config()
-    c.sample.checkpoint = ckpt
+    c.model.weights = ckpt
     c.sample.sampler, c.sample.num_steps, c.sample.cfg_scale = "ode", 3, 2.0
     c.sample.num_images, c.sample.batch_size, c.sample.labels = 5, 4, (1, 2, 3)
+    c.vae.path = sample.pop("vae", None)
     for k, v in sample.items():
         c.sample[k] = v
     return c
@@ -53,9 +54,9 @@ def test_pixel_model_grid_npz_match_torch_reference(tmp_path):
     np.testing.assert_array_equal(data["arr_1"], [1, 2, 3, 1, 2])
     assert out["batch_size"] == 8  # padded to the 8 devices
     assert (tmp_path / "wd" / "samples" / "grid.png").exists()
-    # Independent expectation: torch reference ODE (release grid K = steps + 1) from the same x0.
-    keys = builders.per_image_keys(jax.random.fold_in(jax.random.key(0), 2), np.arange(5))
-    x0 = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (8, 8, 3)))(keys)
+    # Independent expectation: torch reference ODE (release grid K = steps + 1) from the x0 of
+    # images 0..4 of seed 0 (the public identity: generate.image_keys, builders.initial_noise).
+    x0 = builders.initial_noise(generate.image_keys(0, np.arange(5)), (8, 8, 3))
     x0 = torch.from_numpy(np.asarray(x0).transpose(0, 3, 1, 2).copy())
     ref = R.sit_euler_ode(tm, x0, torch.tensor([1, 2, 3, 1, 2]), 4, cfg_scale=2.0)
     ref = utils.to_uint8(ref.numpy().transpose(0, 2, 3, 1))
@@ -68,7 +69,7 @@ def test_pixel_model_grid_npz_match_torch_reference(tmp_path):
 
 def test_latent_model_decodes_with_vae(tmp_path, monkeypatch):
     _, ckpt = make_ckpt(tmp_path, in_channels=4)
-    with pytest.raises(ValueError, match="set --config.sample.vae"):
+    with pytest.raises(ValueError, match="set --config.vae.path"):
         sample_job.run(sample_config(ckpt), str(tmp_path / "wd"))
     import nag_jax.vae as vae_lib
 
@@ -102,3 +103,26 @@ def test_dit_checkpoint_with_sit_config_is_refused(tmp_path):
     T.convert(str(tmp_path / "d.pt"), str(tmp_path / "dckpt"), "DiT", num_heads=4)
     with pytest.raises(ValueError, match="is a SiT model but the checkpoint is DiT"):
         sample_job.run(sample_config(str(tmp_path / "dckpt")), str(tmp_path / "wd"))
+
+
+def test_sample_mode_and_eval_mode_draw_the_same_image_i(tmp_path):
+    """Image i of a seed is one thing: mode "sample" and mode "eval" give bit-identical uint8
+    images and labels for the same weights, seed and sampling settings."""
+    from nag_jax.evaluation import eval_job
+
+    _, ckpt = make_ckpt(tmp_path)
+    c = sample_config(ckpt, labels=None)
+    c.seed = 3
+    out = sample_job.run(c, str(tmp_path / "s"))  # also fits config.model to the checkpoint
+    sampled = np.load(out["npz"])
+    c.mode = "eval"
+    c.eval.update(num_images=5, batch_size=c.sample.batch_size)
+    path, _, _ = eval_job.sample_images(c, str(tmp_path / "e"))
+    evaluated = np.load(path)
+    np.testing.assert_array_equal(evaluated["arr_0"], sampled["arr_0"])
+    np.testing.assert_array_equal(evaluated["arr_1"], sampled["arr_1"])
+    # Labels drawn per index from the seed's label key (independent of the batch and count).
+    label_key = jax.random.split(jax.random.key(3))[1]
+    want = [int(jax.random.randint(jax.random.fold_in(label_key, i), (), 0, 10)) for i in range(5)]
+    np.testing.assert_array_equal(sampled["arr_1"], want)
+    assert len(np.unique(sampled["arr_0"].reshape(5, -1), axis=0)) == 5

@@ -1,7 +1,8 @@
 """Train state, optimizer selection, EMA, NaN stop, clear errors, NAG fine-tuning from a release.
 
-Tiny SiT (hidden 32, depth 1, 8x8x3) with a stand-in flow-matching loss
-(nag_jax.training.testing), so these tests pin the training machinery, not the objective.
+Tiny SiT (hidden 32, depth 1, 8x8x3). Most tests use a stand-in flow-matching loss
+(nag_jax.training.testing) to pin the training machinery; one runs the real NAG objective end to
+end (train.run -> make_nag_loss on the synthetic pipeline).
 """
 
 import functools
@@ -10,7 +11,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -97,8 +97,18 @@ def test_trainable_regex_and_schedule():
     cfg.optim.warmup_steps = 10
     sched = learning_rate_schedule(cfg.optim)
     assert [float(sched(i)) for i in (0, 5, 10, 50)] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
-    tx = create_optimizer(cfg.optim, {"w": jnp.zeros(3)})
-    assert isinstance(tx, optax.GradientTransformation)
+    # The optimizer follows the schedule: with b1 = b2 = 0 and eps = 0 AdamW's update is
+    # -lr_k * g / |g| (hand calc), so a constant gradient shows lr_k step by step.
+    cfg.optim.update(b1=0.0, b2=0.0, eps=0.0)
+    params = {"w": jnp.zeros(3)}
+    grads = {"w": jnp.array([2.0, -0.5, 1.0])}
+    tx = create_optimizer(cfg.optim, params)
+    opt_state = tx.init(params)
+    for k in range(12):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        np.testing.assert_allclose(
+            updates["w"], -min(k, 10) * 1e-4 * np.sign(grads["w"]), rtol=1e-5, atol=1e-12
+        )
 
 
 def test_grad_clip_bounds_the_update():
@@ -199,7 +209,7 @@ def test_finetune_from_converted_release_creates_mean_t_embedding_token(tmp_path
     got = mean_time_embedding(model, release, times)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
-    cfg.train.init_from = str(tmp_path / "release")
+    cfg.model.weights = str(tmp_path / "release")
     state = run(cfg, str(tmp_path / "wd"), model=model, loss_fn=standin_loss)
     final = jax.device_get(state.params)
     assert int(state.step) == 2
@@ -213,7 +223,7 @@ def test_finetune_from_converted_release_creates_mean_t_embedding_token(tmp_path
 
     cfg2 = tiny_config()
     cfg2.model.hidden_size = 64
-    cfg2.train.init_from = str(tmp_path / "release")
+    cfg2.model.weights = str(tmp_path / "release")
     with pytest.raises(ValueError, match=r"(?s)different model.*t_embedder/mlp_2/kernel"):
         run(cfg2, str(tmp_path / "wd2"), model=tiny_model(cfg2), loss_fn=standin_loss)
 
@@ -252,12 +262,12 @@ def test_transfer_to_new_label_set_reinitialises_only_the_label_table(tmp_path):
     new = tiny_config(num_steps=1, checkpoint_every=0, log_every=1)
     new.model.num_classes = 6
     new.optim.lr = 0.0  # keep the starting point visible after one step
-    new.train.init_from = str(tmp_path / "release")
+    new.model.weights = str(tmp_path / "release")
     with pytest.raises(
         ValueError, match=r"y_embedder/embedding_table/embedding: checkpoint \(5, 32\)"
     ):
         run(new, str(tmp_path / "a"), model=tiny_model(new), loss_fn=standin_loss)
-    new.train.init_from_reinit = r"^y_embedder/"
+    new.train.reinit = r"^y_embedder/"
     state = run(new, str(tmp_path / "b"), model=tiny_model(new), loss_fn=standin_loss)
     params = jax.device_get(state.params)
     assert params["y_embedder"]["embedding_table"]["embedding"].shape == (7, 32)
@@ -299,3 +309,81 @@ def test_retention_keeps_last_n_plus_every_k(tmp_path):
     restored = ckpt.restore(mngr, state, step=4)
     np.testing.assert_array_equal(restored.params["w"], [4.0, 4.0])
     assert int(restored.step) == 4
+
+
+@pytest.mark.parametrize("p_noise_drop", [0.0, 0.5])
+def test_real_nag_loss_end_to_end_trains_the_null_token_only_with_noise_dropout(
+    tmp_path, p_noise_drop
+):
+    """train.run with no stand-ins: builders' model and process, make_nag_loss, the synthetic
+    data pipeline. The null noise token enters the network only for noise-dropped examples, so
+    it moves iff p_noise_drop > 0 (AdamW with zero gradients and no weight decay leaves a param
+    exactly as it was); every other weight trains either way."""
+    cfg = tiny_config(num_steps=4, checkpoint_every=0, log_every=1)
+    cfg.objective.p_noise_drop = p_noise_drop
+    model = tiny_model(cfg)
+    mesh = parallel.create_mesh(cfg.parallel)
+    init = jax.device_get(setup_state(cfg, model, mesh)[0].params)  # run's own start (seed)
+    state = run(cfg, str(tmp_path))
+    final = jax.device_get(state.params)
+    assert int(state.step) == 4
+    moved = not np.array_equal(final["null_noise_token"], init["null_noise_token"])
+    assert moved == (p_noise_drop > 0)
+    assert not np.array_equal(
+        final["final_layer"]["linear"]["kernel"], init["final_layer"]["linear"]["kernel"]
+    )
+
+
+def test_trainer_calls_the_evaluators_it_is_given_every_eval_every_steps(tmp_path):
+    """Evaluation is injected (nag_jax.main passes evaluation.evaluators.from_config): built once
+    at the first evaluation, called on the EMA params every eval_every steps, logged."""
+    cfg = tiny_config(num_steps=6, checkpoint_every=0, log_every=100, eval_every=2)
+    made, seen = [], []
+
+    def make_evaluators(model, mesh):
+        made.append((model, mesh.shape))
+        return {"probe": lambda params: seen.append(params) or {"eval/probe": float(len(seen))}}
+
+    state = run(
+        cfg,
+        str(tmp_path),
+        model=tiny_model(cfg),
+        loss_fn=standin_loss,
+        make_evaluators=make_evaluators,
+    )
+    assert len(made) == 1 and len(seen) == 3  # steps 2, 4, 6
+    final_ema = jax.device_get(state.ema_params)
+    np.testing.assert_array_equal(
+        jax.device_get(seen[-1])["null_noise_token"], final_ema["null_noise_token"]
+    )
+
+
+def test_training_grid_draws_images_0_to_n_of_the_seed_like_sample_and_eval(tmp_path):
+    """The periodic grid is images 0..N-1 of config.seed (nag_jax.generate), labels 0, 1, ...:
+    the same images the sharded batch sampler of sample / eval mode draws for those labels."""
+    from nag_jax import generate
+    from nag_jax.training.train import make_grid_sampler, write_grid
+    from nag_jax.utils import to_uint8
+
+    cfg = tiny_config()
+    cfg.seed = 5
+    _, state, _, _ = _one_device_setup(cfg)  # re-randomised params: images depend on them
+    params = jax.device_get(state.params)
+    mesh = parallel.create_mesh(cfg.parallel)
+    grid = make_grid_sampler(cfg, tiny_model(cfg), mesh)(params)
+    assert grid.shape == (4, 8, 8, 3)
+    cfg.sample.labels = (0, 1, 2, 3)
+    run_batch = generate.make_batch_sampler(cfg, tiny_model(cfg), params, mesh)
+    images, labels = run_batch(params, np.arange(8))  # 8 = a multiple of the 8 devices
+    np.testing.assert_array_equal(labels[:4], [0, 1, 2, 3])
+    assert np.abs(to_uint8(grid).astype(int) - images[:4].astype(int)).max() <= 1
+    assert len(np.unique(images[:4].reshape(4, -1), axis=0)) == 4
+
+    class _Writer:
+        def write_images(self, step, images):
+            self.images = images
+
+    w = _Writer()
+    path = write_grid(str(tmp_path), w, 3, grid)
+    assert path.endswith("step_00000003.png") and os.path.exists(path)
+    assert w.images["samples"].shape[0] == 1 and w.images["samples"].shape[-1] == 3

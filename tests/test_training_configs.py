@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nag_jax import parallel
+from nag_jax import builders, parallel
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 FILES = [
@@ -43,7 +43,7 @@ def test_config_schema_and_docstring_command(name):
     assert c.optim.lr == 1e-4 and c.optim.weight_decay == 0.0 and c.optim.ema_decay == 0.9999
     assert c.objective.p_class_drop == 0.1
     assert c.model.dtype == "bfloat16"  # compute; params stay float32
-    c.train.init_from = "ckpt/x"  # placeholders accept overrides
+    c.model.weights = "ckpt/x"  # placeholders accept overrides
     c.train.keep_every = 5
 
 
@@ -68,8 +68,6 @@ def test_release_and_finetune_numbers():
 
 
 def test_sit_xl_param_count_and_fsdp_bytes_from_abstract_shapes():
-    from nag_jax import builders
-
     c = _load("sit_xl.py").get_config()
     model = builders.build_model(c.model)
     x = jnp.zeros((1, 32, 32, 4))

@@ -3,9 +3,9 @@
     python -m nag_jax.main --config=configs/CONFIG.py --workdir=DIR --config.mode=encode_latents
 
 ``run(config, workdir)`` reads ``config.data`` (the image source: image_folder, a tfds name or
-synthetic_shapes; ``image_size`` is the pixel size, e.g. 256) and ``config.encode``:
+synthetic_shapes; ``image_size`` is the pixel size, e.g. 256), ``config.vae.path`` (the
+diffusers / converted Orbax VAE directory, nag_jax.vae.load_vae) and ``config.encode``:
 
-    vae_path      diffusers / converted Orbax VAE directory (nag_jax.vae.load_vae)
     out_dir       output directory (default: WORKDIR/latents)
     batch_size    images per encode call over all local devices (default 64; a multiple of
                   jax.local_device_count())
@@ -45,13 +45,6 @@ import numpy as np
 
 from nag_jax.data import latents as latents_lib
 from nag_jax.data.preprocess import center_crop_arr, to_float
-
-
-def _get(cfg, key, default=None):
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 class _ImageLoader:
@@ -222,12 +215,12 @@ def _fetch(calls):
     return np.stack(arrs, axis=1)
 
 
-def _default_encoder(encode_cfg):
-    """encode_fn and params of the SD-VAE at encode_cfg.vae_path (lazy nag_jax.vae import)."""
-    vae_path = _get(encode_cfg, "vae_path")
+def _default_encoder(config):
+    """encode_fn and params of the SD-VAE at config.vae.path (lazy nag_jax.vae import)."""
+    vae_path = config.vae.path
     if not vae_path:
         raise ValueError(
-            "config.encode.vae_path is not set: expected a diffusers-format SD-VAE folder (e.g. "
+            "config.vae.path is not set: expected a diffusers-format SD-VAE folder (e.g. "
             "a local download of stabilityai/sd-vae-ft-ema) or an Orbax dir converted with "
             "`python -m nag_jax.convert vae`"
         )
@@ -235,9 +228,9 @@ def _default_encoder(encode_cfg):
 
     from nag_jax import vae as vae_lib
 
-    dtype = jnp.bfloat16 if _get(encode_cfg, "vae_dtype", "float32") == "bfloat16" else jnp.float32
+    dtype = jnp.bfloat16 if config.encode.vae_dtype == "bfloat16" else jnp.float32
     vae, params = vae_lib.load_vae(vae_path, dtype=dtype)
-    sample = bool(_get(encode_cfg, "sample", True))
+    sample = bool(config.encode.sample)
 
     def encode_fn(p, images, key):
         return vae._encode(p, images, key, sample=sample)
@@ -249,38 +242,35 @@ def run(config, workdir: str, *, encode_fn=None, params=None) -> dict | None:
     """mode="encode_latents": encodes config.data's images to latent shards (see module doc).
 
     encode_fn/params: override the VAE (tests, custom encoders); default loads
-    config.encode.vae_path with nag_jax.vae.load_vae.
+    config.vae.path with nag_jax.vae.load_vae.
     """
     import jax
 
     from nag_jax.data.pipeline import build_source
 
-    data_cfg = config.data
-    encode_cfg = _get(config, "encode", None)
-    name = _get(data_cfg, "name")
-    if name == "latents":
+    data_cfg, encode_cfg = config.data, config.encode
+    if data_cfg.name == "latents":
         raise ValueError("encode_latents needs an image source in config.data.name, got 'latents'")
     extra = {}
     if encode_fn is None:
-        encode_fn, params, extra = _default_encoder(encode_cfg)
+        encode_fn, params, extra = _default_encoder(config)
     scale = extra.pop("scale_factor", latents_lib.SD_VAE_SCALE)
     source = build_source(data_cfg)
-    out_dir = _get(encode_cfg, "out_dir") or os.path.join(workdir, "latents")
     return encode_dataset(
         source,
-        out_dir,
+        encode_cfg.out_dir or os.path.join(workdir, "latents"),
         encode_fn=encode_fn,
         params=params,
-        image_size=int(_get(data_cfg, "image_size", 256)),
-        batch_size=int(_get(encode_cfg, "batch_size", 64)),
-        shard_size=int(_get(encode_cfg, "shard_size", 10_000)),
-        dtype=_get(encode_cfg, "dtype", "float16"),
-        store_flips=bool(_get(encode_cfg, "store_flips", True)),
-        seed=int(_get(config, "seed", 0)),
-        max_examples=_get(encode_cfg, "max_examples"),
+        image_size=int(data_cfg.image_size),
+        batch_size=int(encode_cfg.batch_size),
+        shard_size=int(encode_cfg.shard_size),
+        dtype=encode_cfg.dtype,
+        store_flips=bool(encode_cfg.store_flips),
+        seed=int(config.seed),
+        max_examples=encode_cfg.max_examples,
         scaled=True,
         scale_factor=scale,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        metadata_extra={**extra, "data_name": name},
+        metadata_extra={**extra, "data_name": data_cfg.name},
     )

@@ -74,33 +74,29 @@ import sys
 
 import numpy as np
 
+from nag_jax import config_schema
 from nag_jax.data.preprocess import center_crop_arr, flip_decisions, to_float
 
 SYNTHETIC = "synthetic_shapes"
 
 
-def _get(cfg, key, default=None):
-    if cfg is None:
-        return default
-    if hasattr(cfg, "get"):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
+def _complete(data_cfg):
+    """``config.data`` with the schema's defaults for keys a hand-built dict leaves out."""
+    return config_schema.complete(data_cfg, "data")
 
 
 def build_source(data_cfg):
     """The random-access source named by ``data_cfg.name`` (see the module docstring)."""
-    name = _get(data_cfg, "name", SYNTHETIC)
-    data_dir = _get(data_cfg, "data_dir")
+    d = _complete(data_cfg)
+    name, data_dir = d.name, d.data_dir
     if name == SYNTHETIC:
         from nag_jax.data.synthetic import ShapesDataset
 
         return ShapesDataset(
-            image_size=int(_get(data_cfg, "image_size", 32)),
-            num_classes=int(_get(data_cfg, "num_classes", 16)),
-            seed=int(_get(data_cfg, "synthetic_seed", 0)),
-            size=int(_get(data_cfg, "num_examples", 100_000)),
+            image_size=int(d.image_size),
+            num_classes=int(d.num_classes),
+            seed=int(d.synthetic_seed),
+            size=int(d.num_examples),
         )
     if name == "image_folder":
         from nag_jax.data.sources import ImageFolderSource
@@ -112,12 +108,7 @@ def build_source(data_cfg):
         return LatentsSource(data_dir)
     from nag_jax.data.sources import TfdsSource
 
-    return TfdsSource(
-        name,
-        _get(data_cfg, "split", "train"),
-        data_dir,
-        prepare=bool(_get(data_cfg, "tfds_prepare", False)),
-    )
+    return TfdsSource(name, d.split, data_dir, prepare=bool(d.tfds_prepare))
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -266,15 +257,14 @@ def create_dataset(
         raise ValueError(
             f"process_index={process_index} must be in [0, process_count={process_count})"
         )
+    d = _complete(data_cfg)
     if global_batch_size is None:
-        global_batch_size = _get(data_cfg, "global_batch_size")
-        if global_batch_size is None:
-            raise ValueError("create_dataset needs global_batch_size (argument or data_cfg)")
+        global_batch_size = d.global_batch_size
     batch = local_batch_size(global_batch_size, process_count)
     seed = int(seed) % 2**32
 
-    source = build_source(data_cfg)
-    name = _get(data_cfg, "name", SYNTHETIC)
+    source = build_source(d)
+    name = d.name
     kind = {SYNTHETIC: "synthetic", "latents": "latents"}.get(name, "image")
     scale = 1.0
     if kind == "latents" and not source.metadata.get("scaled", True):
@@ -283,7 +273,7 @@ def create_dataset(
     n = len(source)
     n_even = n - n % process_count
     per_process = n_even // process_count
-    num_epochs = _get(data_cfg, "num_epochs")
+    num_epochs = d.num_epochs
     if per_process < batch:
         raise ValueError(
             f"dataset {name!r} has {n} examples: {per_process} per process "
@@ -291,27 +281,25 @@ def create_dataset(
             f"(global_batch_size={global_batch_size}); use a smaller batch or more data"
         )
 
-    keys = EpochKeys(
-        n, process_index, process_count, seed, shuffle=bool(_get(data_cfg, "shuffle", True))
-    )
+    keys = EpochKeys(n, process_index, process_count, seed, shuffle=bool(d.shuffle))
     num_batches = sys.maxsize if num_epochs is None else per_process * int(num_epochs) // batch
     load = _LoadBatch(
         source,
         kind=kind,
         seed=seed,
-        image_size=int(_get(data_cfg, "image_size", 32)),
-        random_flip=bool(_get(data_cfg, "random_flip", True)),
-        return_index=bool(_get(data_cfg, "return_index", False)),
+        image_size=int(d.image_size),
+        random_flip=bool(d.random_flip),
+        return_index=bool(d.return_index),
         scale=scale,
     )
     ds = grain.MapDataset.range(num_batches).map(_BatchOf(keys, batch, load))
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(
-            num_threads=int(_get(data_cfg, "num_threads", 1)),
-            prefetch_buffer_size=int(_get(data_cfg, "prefetch_buffer_size", 2)),
+            num_threads=int(d.num_threads),
+            prefetch_buffer_size=int(d.prefetch_buffer_size),
         )
     )
-    num_workers = int(_get(data_cfg, "num_workers", 0))
+    num_workers = int(d.num_workers)
     if num_workers > 0:
         from absl import flags
 
@@ -328,9 +316,9 @@ def dataset_info(data_cfg) -> dict:
 
     Returns {"num_examples", "num_classes", "class_names", "example_shape"} (None where unknown).
     """
-    source = build_source(data_cfg)
-    name = _get(data_cfg, "name", SYNTHETIC)
-    size = int(_get(data_cfg, "image_size", 32))
+    d = _complete(data_cfg)
+    source = build_source(d)
+    name, size = d.name, int(d.image_size)
     if name == "latents":
         shape = tuple(source.latent_shape)
         num_classes = source.metadata.get("num_classes")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from nag_jax.diffusion.family import SIT, family_of_process
 from nag_jax.diffusion.gaussian import GaussianDiffusion
 from nag_jax.diffusion.transport import Transport
 
@@ -55,26 +56,25 @@ def per_example_losses(
     """The release loss terms per example (each (N,)) for given dropout masks.
 
     SiT: ``{"loss", "mse"}`` (the transport's loss on ``out[..., :C]``); DiT: ``{"loss", "mse",
-    "vb"}`` (full 2C output when learn_sigma). ``key`` draws t and the Gaussian noise.
+    "vb"}`` (full 2C output when learn_sigma). ``key`` draws t and the Gaussian noise. The family
+    (nag_jax.diffusion.family) of ``process`` decides the time draw and the output channels.
     """
     n = x1.shape[0]
     k_t, k_noise = jax.random.split(key)
     x0 = jax.random.normal(k_noise, x1.shape, x1.dtype)
-    if isinstance(process, Transport):
+    family = family_of_process(process)
+    if family is SIT:
         t = process.sample_t(k_t, n)
         xt, _ = process.interpolate(x0, x1, t)
         out = apply_fn(params, xt, t, y, drop_class, drop_noise)
-        pred = out[..., : x1.shape[-1]].astype(jnp.float32)
+        pred = family.net_output(out, x1.shape[-1]).astype(jnp.float32)
         per = process.loss(pred, x0, x1, t)
         return {"loss": per, "mse": per}
-    if isinstance(process, GaussianDiffusion):
-        i = process.sample_t(k_t, n)
-        xt = process.q_sample(x1, i, x0)
-        out = apply_fn(params, xt, process.model_t(i), y, drop_class, drop_noise)
-        return process.training_losses(out.astype(jnp.float32), x1, xt, i, x0)
-    raise TypeError(
-        f"process is a {type(process).__name__}; expected a Transport (SiT) or a "
-        "GaussianDiffusion (DiT) from nag_jax.diffusion (see builders.build_process)."
+    i = process.sample_t(k_t, n)
+    xt = process.q_sample(x1, i, x0)
+    out = apply_fn(params, xt, process.model_t(i), y, drop_class, drop_noise)
+    return process.training_losses(
+        family.net_output(out, x1.shape[-1]).astype(jnp.float32), x1, xt, i, x0
     )
 
 

@@ -164,16 +164,16 @@ def load_or_train(
 def build_extractor(config):
     """A `FeatureExtractor` for the evaluation job: uint8 images -> pool features and logits.
 
-    Reads ``config.data.image_size`` / ``config.model.num_classes`` and the optional
-    ``config.eval.proxy_path`` / ``config.eval.proxy_seed``.
+    Reads ``config.data.image_size`` / ``config.model.num_classes`` and
+    ``config.eval.proxy_path`` (None: train it, cached) / ``config.eval.proxy_seed``.
     """
     from nag_jax.evaluation.metrics import FeatureExtractor
 
-    ec = config.get("eval") or {}
+    ec = config.eval
     size = int(config.data.image_size)
     k = int(config.model.num_classes)
-    seed = int(ec.get("proxy_seed", 0) or 0)
-    params, acc = load_or_train(size, k, seed=seed, path=ec.get("proxy_path"))
+    seed = int(ec.proxy_seed)
+    params, acc = load_or_train(size, k, seed=seed, path=ec.proxy_path)
     digest = hashlib.sha256(np.asarray(jax.tree.leaves(params)[0]).tobytes()).hexdigest()[:8]
 
     def fn(images_uint8):

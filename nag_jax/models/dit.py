@@ -228,8 +228,12 @@ class DiT(nn.Module):
     def grid_size(self) -> int:
         return self.input_size // self.patch_size
 
+    @nn.compact
     def embed_time(self, t):
-        """(N,) times -> (N, D) timestep embedding (the t_embedder MLP output), float32."""
+        """(N,) times -> (N, D) timestep embedding (the t_embedder MLP output), float32.
+
+        Callable on its own: ``model.apply({"params": params}, t, method=DiT.embed_time)``
+        (NAG fine-tuning averages it into the initial null noise token)."""
         return TimestepEmbedder(self.hidden_size, self.dtype, name="t_embedder")(t).astype(
             jnp.float32
         )

@@ -25,34 +25,26 @@ NULL_TOKEN = "null_noise_token"
 
 
 def training_times(config, process=None, num_times: int = 1000) -> np.ndarray:
-    """(num_times,) float32 times spread like the training time distribution of the family."""
-    family = config.model.name.split("-")[0]
-    if family == "DiT":
-        steps = int(config.process.get("num_timesteps", 1000) or 1000)
-        return np.arange(steps, dtype=np.float32)
-    lo, hi = (0.0, 1.0)
-    if process is not None and hasattr(process, "train_interval"):
-        lo, hi = (float(v) for v in process.train_interval())
-    return (lo + (hi - lo) * (np.arange(num_times, dtype=np.float64) + 0.5) / num_times).astype(
-        np.float32
-    )
+    """(T,) float32 times spread like the training time distribution of the config's family
+    (`Family.training_times`; ``process`` defaults to ``builders.build_process(config)``)."""
+    from nag_jax import builders
+
+    process = process if process is not None else builders.build_process(config)
+    return builders.family_of(config).training_times(process, num_times)
 
 
 def mean_time_embedding(model, params, times) -> jax.Array:
     """Mean over ``times`` of the model's timestep embedding (t_embedder output), (D,) float32."""
-    from nag_jax.models.dit import TimestepEmbedder
-
-    # The backbone's own t_embedder module on its params (DiT.embed_time is not a compact
-    # method, so it cannot be called through model.apply(method=...)).
-    embedder = TimestepEmbedder(model.hidden_size, jnp.float32)
-    emb = embedder.apply({"params": params["t_embedder"]}, jnp.asarray(times, jnp.float32))
+    t = jnp.asarray(times, jnp.float32)
+    f32 = model.clone(dtype=jnp.float32)  # the token is float32 whatever the compute dtype
+    emb = f32.apply({"params": params}, t, method=type(model).embed_time)
     return jnp.mean(emb.astype(jnp.float32), axis=0)
 
 
 def null_token_init(kind: str, model, params, key, *, config, process=None) -> jax.Array:
     """The initial null noise token (D,): "mean_t_embedding" (default), "zeros" or "random"."""
     d = model.hidden_size
-    if kind in (None, "", "mean_t_embedding", "mean"):
+    if kind == "mean_t_embedding":
         return mean_time_embedding(model, params, training_times(config, process))
     if kind == "zeros":
         return jnp.zeros((d,), jnp.float32)
@@ -92,7 +84,7 @@ def params_from_checkpoint(path: str, model, template, key, *, config, process=N
         source=path,
         hint="Set config.model (name, input_size, in_channels, num_classes, learn_sigma) to the "
         "converted model's architecture, re-initialise the differing params with "
-        "config.train.init_from_reinit (a regex), or point config.train.init_from elsewhere.",
+        "config.train.reinit (a regex), or point config.model.weights elsewhere.",
     )
     flat = {k: jnp.asarray(loaded[k], jnp.float32) for k in expected}
     flat.update({k: jnp.asarray(fresh[k], jnp.float32) for k in redo})
@@ -100,7 +92,7 @@ def params_from_checkpoint(path: str, model, template, key, *, config, process=N
         logging.info("Re-initialised (not loaded from %s): %s", path, sorted(redo))
     params = traverse_util.unflatten_dict(flat, sep="/")
     if needs_token:
-        kind = config.train.get("null_token_init", "mean_t_embedding")
+        kind = config.train.null_token_init
         params[NULL_TOKEN] = null_token_init(
             kind, model, params, key, config=config, process=process
         )

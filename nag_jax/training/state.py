@@ -64,7 +64,7 @@ def trainable_labels(params, trainable: str = "all"):
 def learning_rate_schedule(optim_cfg) -> optax.Schedule:
     """Constant ``lr`` after an optional linear warmup from 0 over ``warmup_steps``."""
     lr = float(optim_cfg.lr)
-    warmup = int(optim_cfg.get("warmup_steps", 0) or 0)
+    warmup = int(optim_cfg.warmup_steps)
     if warmup <= 0:
         return optax.constant_schedule(lr)
     return optax.linear_schedule(0.0, lr, warmup)
@@ -77,19 +77,19 @@ def create_optimizer(optim_cfg, params) -> optax.GradientTransformation:
     model keeps only its own moments).
     """
     chain = []
-    if optim_cfg.get("grad_clip"):
+    if optim_cfg.grad_clip:
         chain.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip)))
     chain.append(
         optax.adamw(
             learning_rate_schedule(optim_cfg),
-            b1=float(optim_cfg.get("b1", 0.9)),
-            b2=float(optim_cfg.get("b2", 0.999)),
-            eps=float(optim_cfg.get("eps", 1e-8)),
-            weight_decay=float(optim_cfg.get("weight_decay", 0.0) or 0.0),
+            b1=float(optim_cfg.b1),
+            b2=float(optim_cfg.b2),
+            eps=float(optim_cfg.eps),
+            weight_decay=float(optim_cfg.weight_decay),
         )
     )
     tx = optax.chain(*chain)
-    labels = trainable_labels(params, optim_cfg.get("trainable", "all"))
+    labels = trainable_labels(params, optim_cfg.trainable)
     if "freeze" not in jax.tree.leaves(labels):
         return tx
     return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)

@@ -6,93 +6,49 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from nag_jax.config_schema import base_config
+
 
 def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
-    """A seconds-fast SiT (hidden 32, depth 1, 8x8x3) on synthetic shapes, global batch 8."""
-    c = ml_collections.ConfigDict()
-    c.mode = "train"
-    c.seed = 0
-    c.model = dict(
+    """A seconds-fast SiT (hidden 32, depth 1, 8x8x3) on synthetic shapes, global batch 8.
+
+    Derived from the one schema (nag_jax.config_schema.base_config); ``train_overrides`` update
+    ``config.train``."""
+    c = base_config()
+    c.model.update(
         name="SiT-S/2",
         input_size=8,
         in_channels=3,
         num_classes=4,
         learn_sigma=False,
-        null_noise="learned",
-        dtype="float32",
         hidden_size=32,
         depth=1,
         num_heads=2,
-        patch_size=None,
     )
-    c.process = dict(path="linear", prediction="velocity", train_eps=None, sample_eps=None)
-    c.objective = dict(p_class_drop=0.1, p_noise_drop=0.1)
-    c.data = dict(
-        name="synthetic_shapes",
-        data_dir=None,
-        image_size=8,
-        num_classes=4,
-        global_batch_size=8,
-        num_workers=0,
+    c.data.update(
+        name="synthetic_shapes", image_size=8, num_classes=4, global_batch_size=8, num_workers=0
     )
-    c.optim = dict(
-        lr=1e-3,
-        weight_decay=0.0,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        grad_clip=None,
-        warmup_steps=0,
-        ema_decay=0.99,
-        trainable="all",
-    )
-    c.train = dict(
+    c.optim.update(lr=1e-3, ema_decay=0.99)
+    c.train.update(
         num_steps=6,
         log_every=2,
         checkpoint_every=2,
         keep=2,
-        keep_every=None,
         sample_every=0,
-        eval_every=0,
-        init_from=None,
-        null_token_init="mean_t_embedding",
+        preemption_sync_every=1,
         tensorboard=False,
     )
     c.train.update(train_overrides)
-    c.sample = dict(
-        sampler="ode",
-        num_steps=4,
-        method="euler",
-        cfg_scale=1.0,
-        nag_scale=0.0,
-        cfg_interval=(0.0, 1.0),
-        nag_interval=(0.0, 1.0),
-        cfg_channels=None,
-        num_images=4,
-        batch_size=4,
-        labels=None,
-        return_trajectory=False,
-    )
-    c.parallel = dict(fsdp=False, mesh=dict(data=-1, fsdp=-1, tensor=1), fsdp_min_size=256)
+    c.sample.update(sampler="ode", num_steps=4, num_images=4, batch_size=4)
+    c.parallel.update(fsdp=False, fsdp_min_size=256)
     return c
 
 
 def tiny_model(config):
-    from nag_jax.models import create_model
+    """The backbone of ``config.model`` (nag_jax.builders.build_model)."""
+    from nag_jax.builders import build_model
 
-    m = config.model
-    return create_model(
-        m.name,
-        input_size=m.input_size,
-        in_channels=m.in_channels,
-        num_classes=m.num_classes,
-        learn_sigma=m.learn_sigma,
-        null_noise=m.null_noise,
-        dtype=m.dtype,
-        hidden_size=m.hidden_size,
-        depth=m.depth,
-        num_heads=m.num_heads,
-    )
+    return build_model(config.model)
 
 
 def standin_loss(apply_fn, params, x1, y, key, *, p_class_drop=0.1, p_noise_drop=0.1):

@@ -9,12 +9,14 @@ Story of ``run(config, workdir)``:
 1. ``jax.distributed`` when multi-process; the ('data', 'fsdp', 'tensor') mesh.
 2. The workdir's config.json is written or checked (another model -> clear error).
 3. Abstract state (``jax.eval_shape``) -> shardings from the rules in ``nag_jax.parallel``.
-4. Latest checkpoint restored (state + data position), else params from ``train.init_from``
+4. Latest checkpoint restored (state + data position), else params from ``model.weights``
    (a converted release: null token created) or a fresh init, placed by one jit.
 5. Loop: one jitted, donated step per batch; NaN/Inf stops with the step number (the last good
    checkpoint stays); metrics + steps/s, examples/s, ETA every ``log_every``; sample grids every
-   ``sample_every``; FID of the EMA weights every ``eval_every`` (nag_jax.evaluation.eval_job,
-   config.eval); async checkpoints every ``checkpoint_every`` and at the end.
+   ``sample_every`` (images i = 0..N-1 of config.seed, nag_jax.generate); the evaluators given
+   by the caller on the EMA weights every ``eval_every`` (nag_jax.main passes
+   nag_jax.evaluation.evaluators.from_config: FID per config.eval); async checkpoints every
+   ``checkpoint_every`` and at the end. Training never imports the evaluation jobs.
 6. SIGTERM (preemption): a flag; at the next step boundary (all processes agree via a tiny
    all-reduce) a checkpoint is written and ``run`` returns normally (main exits 0).
 """
@@ -100,7 +102,7 @@ def setup_state(
     """Optimizer, sharded initial state and its shardings.
 
     Args:
-      params: optional initial params (e.g. from ``init_from``); None = ``model.init``.
+      params: optional initial params (e.g. from ``model.weights``); None = ``model.init``.
     Returns: (state, state_shardings, tx).
     """
     rng = jax.random.PRNGKey(int(config.seed))
@@ -110,7 +112,7 @@ def setup_state(
     tx = create_optimizer(config.optim, abstract_params)
     abstract_state = jax.eval_shape(lambda p: init_state(p, tx, state_key), abstract_params)
     if fsdp_min_size is None:
-        fsdp_min_size = int(config.parallel.get("fsdp_min_size", 2**10) or 2**10)
+        fsdp_min_size = int(config.parallel.fsdp_min_size)
     shardings = parallel.tree_shardings(abstract_state, mesh, fsdp_min_size=fsdp_min_size)
     if params is None:
         params = jax.jit(init_params, out_shardings=shardings.params)(init_key)
@@ -140,25 +142,23 @@ def _dataset_iterator(config, global_batch_size):
 
 
 def make_grid_sampler(config, model, mesh):
-    """jit-compiled ``fn(params, key) -> (N, H, W, C) numpy`` for the periodic sample grids.
+    """``fn(params) -> (N, H, W, C) numpy`` for the periodic sample grids, compiled once.
 
-    N = ``config.sample.num_images`` (labels ``config.sample.labels`` or 0, 1, 2, ...), guided as
-    ``config.sample`` says; output replicated so every process can read it.
+    Images 0..N-1 of ``config.seed`` (nag_jax.generate: the same noise at every step, so
+    successive grids differ by the weights only), N = ``config.sample.num_images``, labels
+    ``config.sample.labels`` or 0, 1, 2, ... cycled, guided as ``config.sample`` says; output
+    replicated so every process can read it.
     """
-    from nag_jax import builders
+    from nag_jax import builders, generate
 
-    n = int(config.sample.get("num_images", 16) or 16)
-    labels = config.sample.get("labels")
-    y = jnp.asarray(labels if labels else np.arange(n) % int(config.model.num_classes), jnp.int32)
+    n, k = int(config.sample.num_images), int(config.model.num_classes)
+    idx = np.arange(n)
+    keys = generate.image_keys(config.seed, idx)
+    y = generate.image_labels(config.seed, idx, k, config.sample.labels or range(k))
     sample_fn = jax.jit(
         builders.build_sampler(config, model), out_shardings=parallel.replicated(mesh)
     )
-
-    def fn(params, key):
-        keys = builders.per_image_keys(key, np.arange(len(y)))  # image i depends on keys[i] only
-        return np.asarray(sample_fn(params, keys, y).addressable_data(0))
-
-    return fn
+    return lambda params: np.asarray(sample_fn(params, keys, y).addressable_data(0))
 
 
 def write_grid(workdir, writer, step, images) -> str:
@@ -177,29 +177,45 @@ def write_grid(workdir, writer, step, images) -> str:
     return path
 
 
-def run(config, workdir: str, *, model=None, process=None, loss_fn=None, data_iter=None):
+def run(
+    config,
+    workdir: str,
+    *,
+    model=None,
+    process=None,
+    loss_fn=None,
+    data_iter=None,
+    make_evaluators=None,
+):
     """Trains (or fine-tunes) per ``config``; returns the final TrainState.
 
     Keyword overrides (tests, custom objectives): ``model``/``process`` instead of the builders,
     ``loss_fn(apply_fn, params, x1, y, key) -> (loss, aux)`` instead of NAG's objective, and
     ``data_iter`` (yields dicts with image/label) instead of ``nag_jax.data.create_dataset``.
+    ``make_evaluators(model, mesh) -> {name: evaluate(params) -> {scalar name: float}}`` is called
+    once, at the first ``train.eval_every`` step (nag_jax.main passes
+    ``nag_jax.evaluation.evaluators.from_config``); None = no evaluation.
     """
+    from nag_jax import config_schema
+
+    config_schema.validate(config)
     stop = _StopFlag().install()  # first: a preemption during start-up still checkpoints
     try:
-        return _run(config, workdir, stop, model, process, loss_fn, data_iter)
+        return _run(config, workdir, stop, model, process, loss_fn, data_iter, make_evaluators)
     finally:
         stop.uninstall()
 
 
-def _run(config, workdir, stop, model, process, loss_fn, data_iter):
+def _run(config, workdir, stop, model, process, loss_fn, data_iter, make_evaluators):
     parallel.maybe_initialize_distributed()
-    mesh = parallel.create_mesh(config.get("parallel"))
+    mesh = parallel.create_mesh(config.parallel)
     gbs = int(config.data.global_batch_size)
     parallel.check_global_batch(gbs, mesh)
     tcfg = config.train
     if model is None:
         model = _builders().build_model(config.model)
-    if process is None and (loss_fn is None or tcfg.get("init_from")):
+    weights = config.model.weights
+    if process is None and (loss_fn is None or weights):
         process = _builders().build_process(config)
     if loss_fn is None:
         loss_fn = make_nag_loss(config, process)
@@ -209,17 +225,17 @@ def _run(config, workdir, stop, model, process, loss_fn, data_iter):
     ckpt.check_or_write_config(config, workdir)
     mngr = ckpt.create_manager(
         os.path.join(workdir, "checkpoints"),
-        keep=int(tcfg.get("keep", 3) or 3),
-        keep_every=tcfg.get("keep_every"),
-        async_save=bool(tcfg.get("async_checkpoint", True)),
+        keep=int(tcfg.keep),
+        keep_every=tcfg.keep_every,
+        async_save=bool(tcfg.async_checkpoint),
     )
 
     params = None
     resuming = mngr.latest_step() is not None
-    if not resuming and tcfg.get("init_from"):
+    if not resuming and weights:
         from nag_jax.training.finetune import params_from_checkpoint
 
-        reinit = tcfg.get("init_from_reinit")
+        reinit = tcfg.reinit
         init_params = init_params_fn(config, model)
         init_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))[0]  # setup_state's
         # Fresh values are only materialised when some params are re-initialised.
@@ -228,7 +244,7 @@ def _run(config, workdir, stop, model, process, loss_fn, data_iter):
         else:
             template = jax.eval_shape(init_params, init_key)
         params = params_from_checkpoint(
-            tcfg.init_from,
+            weights,
             model,
             template,
             jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 7),
@@ -248,31 +264,33 @@ def _run(config, workdir, stop, model, process, loss_fn, data_iter):
         apply_fn=make_apply_fn(model),
         loss_fn=loss_fn,
         tx=tx,
-        ema_decay=float(config.optim.get("ema_decay", 0.9999)),
+        ema_decay=float(config.optim.ema_decay),
     )
-    state = _loop(config, workdir, model, mesh, mngr, state, train_step, data_iter, stop)
-    return state
+    return _loop(
+        config, workdir, model, mesh, mngr, state, train_step, data_iter, stop, make_evaluators
+    )
 
 
-def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, data_iter, stop):
+def _loop(
+    config, workdir, model, mesh, mngr, state: TrainState, train_step, data_iter, stop, evaluators
+):
     from nag_jax.training.metrics import Progress, create_writer
 
     tcfg = config.train
     num_steps = int(tcfg.num_steps)
-    log_every = int(tcfg.get("log_every", 100) or 100)
-    ckpt_every = int(tcfg.get("checkpoint_every", 1000) or 0)
-    sample_every = int(tcfg.get("sample_every", 0) or 0)
-    eval_every = int(tcfg.get("eval_every", 0) or 0)
-    sync_every = int(tcfg.get("preemption_sync_every", 1) or 1)
+    log_every = int(tcfg.log_every)
+    ckpt_every = int(tcfg.checkpoint_every)
+    sample_every = int(tcfg.sample_every)
+    eval_every = int(tcfg.eval_every) if evaluators is not None else 0
+    sync_every = int(tcfg.preemption_sync_every)
     gbs = int(config.data.global_batch_size)
     step = int(jax.device_get(state.step))
     writer = create_writer(
         workdir,
         just_logging=jax.process_index() > 0,
-        tensorboard=bool(tcfg.get("tensorboard", True)),
+        tensorboard=bool(tcfg.tensorboard),
     )
     progress = Progress(num_steps, gbs, start_step=step)
-    sample_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1234)
 
     def check_finite(s, metrics):
         if not bool(jax.device_get(metrics["finite"])):
@@ -285,7 +303,7 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
             )
 
     logging.info("Training from step %d to %d (global batch %d).", step, num_steps, gbs)
-    pending, grid_sampler, evaluator, last_saved = None, None, None, step
+    pending, grid_sampler, evaluate, last_saved = None, None, None, step
     try:
         while step < num_steps:
             try:
@@ -311,18 +329,17 @@ def _loop(config, workdir, model, mesh, mngr, state: TrainState, train_step, dat
             if sample_every and step % sample_every == 0:
                 try:
                     grid_sampler = grid_sampler or make_grid_sampler(config, model, mesh)
-                    images = grid_sampler(state.ema_params, jax.random.fold_in(sample_key, step))
+                    images = grid_sampler(state.ema_params)
                     if jax.process_index() == 0:
                         write_grid(workdir, writer, step, images)
                 except Exception as e:  # noqa: BLE001 - a broken sampler must not stop training
                     logging.exception("Sampling at step %d failed: %s", step, e)
             if eval_every and step % eval_every == 0:
-                try:  # FID (or the proxy) on the EMA weights, same noise every time
-                    if evaluator is None:
-                        from nag_jax.evaluation.eval_job import make_fid_evaluator
-
-                        evaluator = make_fid_evaluator(config, model, workdir, mesh=mesh)
-                    writer.write_scalars(step, evaluator(state.ema_params))
+                try:  # e.g. FID (or the proxy) on the EMA weights, same noise every time
+                    if evaluate is None:
+                        evaluate = evaluators(model, mesh)
+                    for fn in evaluate.values():
+                        writer.write_scalars(step, fn(state.ema_params))
                 except Exception as e:  # noqa: BLE001 - a broken evaluation must not stop training
                     logging.exception("Evaluation at step %d failed (%s); disabled.", step, e)
                     eval_every = 0
