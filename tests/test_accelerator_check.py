@@ -143,3 +143,44 @@ def test_time_calls_and_mfu():
     assert timing.mfu(1e12, 2.0, None) is None
     with pytest.raises(ValueError, match="repeats=0"):
         timing.time_calls(lambda: None, repeats=0)
+
+
+def test_no_recompiles_between_train_steps_or_sampler_calls():
+    """Step k+1 reuses step k's executable: the donated state comes back with the same avals
+    (no weak-type or dtype drift in step / params / opt_state), and a sampler called with new keys
+    and labels of the same shapes does not retrace."""
+    import numpy as np
+
+    from nag_jax import builders, parallel
+    from nag_jax.training import step as step_lib
+    from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
+    from nag_jax.training.train import setup_state
+
+    cfg = tiny_config()
+    mesh = parallel.create_mesh(cfg.parallel, jax.devices()[:1])
+    model = tiny_model(cfg)
+    state, shardings, tx = setup_state(cfg, model, mesh)
+    fn = step_lib.jit_train_step(
+        shardings,
+        mesh,
+        apply_fn=step_lib.make_apply_fn(model),
+        loss_fn=standin_loss,
+        tx=tx,
+        ema_decay=0.99,
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        batch = {
+            "x": rng.standard_normal((8, 8, 8, 3)).astype(np.float32),
+            "y": rng.integers(0, 4, 8).astype(np.int32),
+        }
+        state, _ = fn(state, parallel.global_batch(batch, mesh))
+    assert int(state.step) == 3
+    assert fn._cache_size() == 1
+
+    cfg.sample.update(sampler="sde", cfg_scale=1.5, nag_scale=1.0)
+    sample = jax.jit(builders.build_sampler(cfg, model))
+    for seed in range(3):
+        keys = builders.per_image_keys(jax.random.key(seed), np.arange(4) + 4 * seed)
+        sample(state.params, keys, jnp.asarray(rng.integers(0, 4, 4), jnp.int32))
+    assert sample._cache_size() == 1
