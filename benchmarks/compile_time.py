@@ -6,7 +6,7 @@
 Part "compile": AOT compile seconds (``jax.jit(f).lower(...).compile()``, from abstract shapes: no
 parameter memory is allocated) of the model's forward, of the fused CFG+NAG SDE sampler and of the
 project's NAG train step (AdamW + EMA), each with the blocks unrolled (default) and scanned,
-alternating ``--repeats`` times in one process so that the ratio is side by side.
+``--repeats`` times in one process, who goes first alternating, so the ratio is side by side.
 
 Part "rng": the SDE loop's cost of drawing noise, with a trivial network (``pred = -x``) so that
 only the noise and the update remain: one PRNG key per image (what the project's samplers use:
@@ -46,7 +46,7 @@ def compile_times(args) -> list[dict]:
     y = jax.ShapeDtypeStruct((n,), jnp.int32)
     rows = []
     for rep in range(args.repeats):
-        for scan in (False, True):
+        for scan in (False, True) if rep % 2 == 0 else (True, False):  # alternate who goes first
             model = builders.build_model(config.model).clone(scan_blocks=scan)
             params = jax.eval_shape(
                 lambda k, m=model: m.init(

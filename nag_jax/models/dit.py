@@ -299,8 +299,9 @@ class DiT(nn.Module):
     def _scan_blocks(self, x, c):
         """The ``depth`` blocks as one ``lax.scan`` over ``stack(blocks_0, ..., blocks_{D-1})``.
 
-        Same arithmetic per block as the unrolled loop; the stacked copy of the params is
-        loop-invariant inside a sampler's step loop (XLA hoists it)."""
+        Same arithmetic per block as the unrolled loop. The stacked copy of the params is
+        loop-invariant in a sampler's step loop; XLA hoists it out (seen in the compiled CPU
+        program: the step loop carries the stacked params)."""
         params = self.variables["params"]
         stacked = jax.tree.map(
             lambda *leaves: jnp.stack(leaves),
