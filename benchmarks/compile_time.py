@@ -5,8 +5,9 @@
 
 Part "compile": AOT compile seconds (``jax.jit(f).lower(...).compile()``, from abstract shapes: no
 parameter memory is allocated) of the model's forward, of the fused CFG+NAG SDE sampler and of the
-project's NAG train step (AdamW + EMA), each with the blocks unrolled (default) and scanned,
-``--repeats`` times in one process, who goes first alternating, so the ratio is side by side.
+project's train step (jit_train_step: AdamW + EMA, stand-in flow-matching loss), each with the
+blocks unrolled (default) and scanned, ``--repeats`` times in one process, who goes first
+alternating, so the ratio is side by side.
 
 Part "rng": the SDE loop's cost of drawing noise, with a trivial network (``pred = -x``) so that
 only the noise and the update remain: one PRNG key per image (what the project's samplers use:
