@@ -304,21 +304,31 @@ def rel_err(a, b) -> float:
 
 
 def random_params(model, seed: int, scale: float = 0.02):
-    """Initialised params plus N(0, scale^2) on every leaf (adaLN-Zero makes a fresh model's
-    output exactly 0; the perturbation makes every block matter)."""
+    """Every parameter N(0, scale^2) (0.02 is about the releases' Xavier scale at XL width; a fresh
+    model's adaLN-Zero output would be exactly 0). Shapes from ``jax.eval_shape(model.init)`` and
+    ONE normal draw split into the leaves: compiling ``model.init`` itself takes minutes on a CPU
+    for B-sized models (thousands of small RNG ops), this takes a second."""
+    import math
+
     import jax
     import jax.numpy as jnp
 
     s = model.input_size
     x = jnp.zeros((1, s, s, model.in_channels))
+    shapes = jax.eval_shape(
+        lambda k: model.init(k, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"],
+        jax.random.key(0),
+    )
+    leaves, tree = jax.tree.flatten(shapes)
+    sizes = [math.prod(leaf.shape) for leaf in leaves]
 
     def make(key):
-        k_init, k_noise = jax.random.split(key)
-        params = model.init(k_init, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
-        leaves, tree = jax.tree.flatten(params)
-        keys = jax.random.split(k_noise, len(leaves))
-        leaves = [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
-        return jax.tree.unflatten(tree, leaves)
+        flat = scale * jax.random.normal(key, (sum(sizes),), jnp.float32)
+        out, start = [], 0
+        for leaf, n in zip(leaves, sizes):
+            out.append(flat[start : start + n].reshape(leaf.shape).astype(leaf.dtype))
+            start += n
+        return jax.tree.unflatten(tree, out)
 
     return jax.jit(make)(jax.random.key(seed))
 
