@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +30,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import timing  # noqa: E402
 from nag_jax import builders, sampling  # noqa: E402
 from nag_jax.guidance import branch_inputs, combine  # noqa: E402
 
 SETTINGS = {1: (1.0, 0.0), 2: (1.5, 0.0), 3: (1.5, 1.0)}  # branches -> (cfg_scale, nag_scale)
 
 
-def make_config(name, input_size, channels, steps, cfg, nag, dtype):
+def make_config(name, input_size, channels, steps, cfg, nag, dtype, sampler="sde", **overrides):
+    """Sampling config: SiT linear-velocity (or DiT 1000-step) process, ``sampler`` over
+    ``steps`` steps, guidance scales; ``overrides`` (hidden_size, depth, ...) go to the model."""
     return ml_collections.ConfigDict(
         dict(
             model=dict(
@@ -47,10 +49,11 @@ def make_config(name, input_size, channels, steps, cfg, nag, dtype):
                 num_classes=1000,
                 learn_sigma=True,
                 dtype=dtype,
+                **overrides,
             ),
             process=dict(path="linear", prediction="velocity"),
             sample=dict(
-                sampler="sde", num_steps=steps, method="euler", cfg_scale=cfg, nag_scale=nag
+                sampler=sampler, num_steps=steps, method="euler", cfg_scale=cfg, nag_scale=nag
             ),
         )
     )
@@ -84,22 +87,17 @@ def per_branch_sampler(config, model):
 
 
 def time_fn(fn, args, repeats: int) -> float:
-    compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))  # warm-up run (allocations)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
+    """Best wall seconds of ``repeats`` calls of the AOT-compiled ``fn(*args)`` (warm-up first)."""
+    compiled, _ = timing.aot_compile(fn, *args)
+    return timing.time_calls(lambda: compiled(*args), repeats).best
 
 
 def forward_flops(model, params, batch: int) -> float:
+    """XLA's FLOP count of one network call, per image."""
     x = jnp.zeros((batch, model.input_size, model.input_size, model.in_channels))
     t, y = jnp.zeros((batch,)), jnp.zeros((batch,), jnp.int32)
-    cost = jax.jit(model.apply).lower({"params": params}, x, t, y).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", 0.0)) / batch
+    compiled, _ = timing.aot_compile(model.apply, {"params": params}, x, t, y)
+    return timing.xla_flops(compiled) / batch
 
 
 def main(argv=None):
@@ -111,11 +109,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--peak_tflops", type=float, default=0.0, help="device peak, for MFU")
+    p.add_argument(
+        "--peak_tflops", type=float, default=0.0, help="device peak for MFU (0: datasheet's)"
+    )
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
 
     results = []
+    args.peak_tflops = args.peak_tflops or timing.peak_bf16_tflops(jax.devices()[0].device_kind)
     for name in args.models.split(","):
         base = make_config(name, args.input_size, args.channels, args.steps, 1.0, 0.0, args.dtype)
         model = builders.build_model(base.model)
@@ -146,7 +147,7 @@ def main(argv=None):
                 forward_gflop_per_image=flops / 1e9,
             )
             if args.peak_tflops:
-                row["fused_mfu"] = flops * calls * args.batch / fused / (args.peak_tflops * 1e12)
+                row["fused_mfu"] = timing.mfu(flops * calls * args.batch, fused, args.peak_tflops)
             results.append(row)
             print(json.dumps(row), flush=True)
     report = dict(

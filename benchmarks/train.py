@@ -9,7 +9,7 @@ CPU shows the partitioning overhead, not accelerator scaling; the memory column 
 For each device count N it builds the ('data', 'fsdp') mesh over the first N devices with FSDP on
 (and off, for the memory baseline), runs the jitted, donated train step of nag_jax.training on a
 tiny SiT with the stand-in flow-matching loss, and reports:
-  steps_per_sec, examples_per_sec   (after one warm-up/compile step; blocking on the result)
+  steps_per_sec, examples_per_sec   (after compiling and one warm-up pass of --steps steps)
   param_opt_bytes_per_device        max over devices of params + opt state bytes (FSDP)
   replicated_bytes_per_device       the same without FSDP (every device holds everything)
   compile_sec
@@ -32,6 +32,7 @@ def measure(num_devices: int, args) -> dict:
     import jax
     import numpy as np
 
+    from benchmarks import timing
     from nag_jax import parallel
     from nag_jax.training import step as step_lib
     from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
@@ -68,14 +69,17 @@ def measure(num_devices: int, args) -> dict:
         }
         batch = parallel.global_batch(local, mesh)
         t0 = time.perf_counter()
-        state, metrics = fn(state, batch)
-        jax.block_until_ready(metrics)
+        compiled = fn.lower(state, batch).compile()
         row["compile_sec"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = fn(state, batch)
-        jax.block_until_ready(metrics)
-        dt = time.perf_counter() - t0
+        holder = {"state": state}
+
+        def steps(holder=holder, compiled=compiled, batch=batch):
+            for _ in range(args.steps):
+                holder["state"], metrics = compiled(holder["state"], batch)
+            return metrics
+
+        dt = timing.time_calls(steps, repeats=1, warmup=1).median
+        state = holder["state"]
         row["steps_per_sec"] = args.steps / dt
         row["examples_per_sec"] = args.steps * args.batch / dt
         row["param_count"] = sum(int(x.size) for x in jax.tree.leaves(state.params))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -26,26 +25,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from benchmarks import timing  # noqa: E402
+
 
 def _time(fn, repeats: int):
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return walls, cpus
+    t = timing.time_calls(fn, repeats, warmup=0)
+    return t.walls, t.cpus
 
 
 def _summary(walls, cpus, batch):
-    med = statistics.median(walls)
-    return {
-        "wall_s": [round(w, 4) for w in walls],
-        "best_s": round(min(walls), 4),
-        "median_s": round(med, 4),
-        "images_per_s": round(batch / med, 3),
-        "cpu_s_per_call": round(statistics.median(cpus), 4),
-    }
+    return timing.Timing(walls, cpus).summary(batch)
 
 
 def run(args) -> dict:
@@ -56,7 +45,7 @@ def run(args) -> dict:
     from nag_jax.vae import AutoencoderKL
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    vae = AutoencoderKL(dtype=dtype, chunk_size=args.chunk_size)
+    vae = AutoencoderKL(getattr(args, "vae_config", None), dtype=dtype, chunk_size=args.chunk_size)
     t0 = time.perf_counter()
     params = jax.jit(lambda k: vae.init(k, image_size=8))(jax.random.key(args.seed))
     params = jax.block_until_ready(params)
