@@ -7,6 +7,7 @@
     sample          sample a grid + .npz from converted or trained weights (nag_jax.sample_job)
     eval            sample N images and score them (nag_jax.evaluation.eval_job)
     lab             the noise-shift lab report (nag_jax.analysis.lab)
+    study           the demo's fuller NAG study (nag_jax.analysis.demo_study)
     encode_latents  encode an image dataset to SD-VAE latent shards (nag_jax.data.encode_latents)
 
 Each job module is imported only when its mode runs, so the core needs none of the others'
@@ -26,6 +27,7 @@ MODES = {
     "sample": "nag_jax.sample_job",
     "eval": "nag_jax.evaluation.eval_job",
     "lab": "nag_jax.analysis.lab",
+    "study": "nag_jax.analysis.demo_study",
     "encode_latents": "nag_jax.data.encode_latents",
 }
 

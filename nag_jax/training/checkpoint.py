@@ -231,7 +231,15 @@ def load_params(path: str):
     steps = [d for d in os.listdir(path) if d.isdigit()]
     if steps and os.path.isdir(os.path.join(path, max(steps, key=int), "ema_params")):
         path = os.path.join(path, max(steps, key=int), "ema_params")
-    tree = ocp.StandardCheckpointer().restore(path)
+    # Restore onto the host CPU with an explicit target: a tree saved on another device topology
+    # (e.g. 8 devices, read on 1) cannot be restored with the shardings it was saved with.
+    from nag_jax.convert.common import params_tree_metadata
+
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), params_tree_metadata(path)
+    )
+    tree = ocp.StandardCheckpointer().restore(path, target)
     if isinstance(tree, dict) and set(tree) == {"params"}:
         tree = tree["params"]
     return jax.tree.map(np.asarray, tree)
