@@ -196,8 +196,12 @@ def format_table(results: dict, summary: dict, num_seeds: int, num_images: int) 
     for name, r in results.items():
         s = summary["rows"][name]
         cells = [f"{s[m]['mean']:{fmt[m]}} +- {s[m]['se']:{fmt[m]}}" for m in METRICS]
+        row = r["row"]
+        nag = f"{row['nag_scale']:g}"
+        if row["nag_scale"] and tuple(row["nag_interval"]) != (0.0, 1.0):
+            nag += " on [{:g}, {:g}]".format(*row["nag_interval"])
         lines.append(
-            f"| {name} | {r['row']['cfg_scale']:g} | {r['row']['nag_scale']:g} | "
+            f"| {name} | {row['cfg_scale']:g} | {nag} | "
             + " | ".join(cells)
             + f" | {s['images_per_sec']['mean']:.1f} |"
         )
@@ -259,6 +263,8 @@ def write_grids(config, sampler: RowSampler, params, rows, workdir: str) -> None
     for row in rows:
         images, labels, _ = sampler(row, params, int(dc.seeds[0]), n)
         title = f"{row.name}: s_cfg={row.cfg_scale:g}, w_nag={row.nag_scale:g}"
+        if row.nag_scale and row.nag_interval != (0.0, 1.0):
+            title += " on noise [{:g}, {:g}]".format(*row.nag_interval)
         grid = labelled_grid(images, labels, names, int(dc.grid_images_per_class), title)
         save_png(os.path.join(workdir, f"grid_{row.name.replace('+', '_')}.png"), grid)
         # The README figure: one colour per shape (red disk, green square, blue triangle, ...).

@@ -13,8 +13,9 @@ Protocol (``config.study``; the demo's own settings are in ``config`` as in conf
    ``joint``: one model trained from scratch with noise dropout for the same total steps
    (``joint_from``, a training workdir of configs/demo_pretrain.py with p_noise_drop set).
 2. Validation seeds (``val_seeds``, never reported as results): FD against the scale for CFG
-   alone and NAG alone, against the NAG interval, and a small CFG x NAG grid. The scales with the
-   lowest mean proxy FD are selected (FD: the paper's headline metric).
+   alone and NAG alone, against the NAG interval, and a small CFG x NAG grid. For each row the
+   scale with the lowest mean proxy FD among those that switch its guidance on (s > 1, w > 0) is
+   selected (FD: the paper's headline metric).
 3. Report seeds (``report_seeds``): the four rows with the selected scales (mean +- SE over
    seeds, paired differences), the other models' none/NAG rows, and the rows at other step counts.
 4. Noise shift: a conv noise-level estimator g(lambda | x) trained on real shapes
@@ -27,6 +28,7 @@ Time convention: SiT, t = 0 noise, t = 1 data; reported levels are noise levels 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -76,9 +78,11 @@ def scale_curves(sampler, params, seeds, n, scorer, study) -> dict:
         res = demo.evaluate_rows(sampler, params, rows, seeds, n, scorer)
         results.update(res)
         curves[axis] = [_point(r, res[r.name], axis) for r in rows]
-    best_s = min(curves["cfg"], key=lambda p: p["proxy_fd"])["value"]
-    best_w = min(curves["nag"], key=lambda p: p["proxy_fd"])["value"]
-    w_int = best_w if best_w > 0 else 1.0
+    # Each row's scale is the best among the scales that switch its guidance ON (s > 1, w > 0):
+    # the off value is the baseline row, not a candidate.
+    best_s = min((p for p in curves["cfg"] if p["value"] != 1.0), key=_fd)["value"]
+    best_w = min((p for p in curves["nag"] if p["value"] != 0.0), key=_fd)["value"]
+    w_int = best_w
     rows = [
         Row(f"nag={w_int:g} in {tuple(iv)}", nag_scale=w_int, nag_interval=tuple(iv))
         for iv in study.nag_intervals
@@ -88,7 +92,7 @@ def scale_curves(sampler, params, seeds, n, scorer, study) -> dict:
     curves["nag_interval"] = [
         dict(_point(r, res[r.name], "nag"), interval=list(r.nag_interval)) for r in rows
     ]
-    best_iv = tuple(min(curves["nag_interval"], key=lambda p: p["proxy_fd"])["interval"])
+    best_iv = tuple(min(curves["nag_interval"], key=_fd)["interval"])
     # CFG+NAG: each guidance at its own best scale and at half of it (guidance terms add up, so
     # the joint optimum is usually at smaller scales than each alone).
     cfg_grid = sorted({best_s, 1.0 + (best_s - 1.0) / 2})
@@ -101,7 +105,7 @@ def scale_curves(sampler, params, seeds, n, scorer, study) -> dict:
     res = demo.evaluate_rows(sampler, params, grid, seeds, n, scorer)
     results.update(res)
     curves["cfg_nag"] = [dict(_point(r, res[r.name], "cfg"), nag_scale=r.nag_scale) for r in grid]
-    best_joint = min(curves["cfg_nag"], key=lambda p: p["proxy_fd"])
+    best_joint = min(curves["cfg_nag"], key=_fd)
     choice = dict(
         cfg_scale=best_s,
         nag_scale=best_w,
@@ -110,6 +114,10 @@ def scale_curves(sampler, params, seeds, n, scorer, study) -> dict:
     )
     logging.info("validation choice (lowest mean proxy FD on seeds %s): %s", list(seeds), choice)
     return dict(curves=curves, choice=choice, per_seed=results)
+
+
+def _fd(point: dict) -> float:
+    return point["proxy_fd"]
 
 
 def _point(row: Row, res: dict, axis: str) -> dict:
@@ -300,7 +308,7 @@ def write_report(workdir: str, results: dict, figs: list[str]) -> str:
     lines += ["", "## Table 1 in miniature (report seeds, fine-tuned model)", ""]
     lines.append(r["table"]["table"])
     lines += ["", "## Recipe", ""]
-    for name, t in r["recipe"].items():
+    for name, t in r.get("recipe", {}).items():
         lines += [f"### {name}", "", t["table"], ""]
     lines += ["## Sampler steps", ""]
     for s, t in r["steps"].items():
@@ -337,33 +345,65 @@ def run(config, workdir: str) -> dict:
     sampler = demo.RowSampler(config, model)
     path = os.path.join(workdir, "results.json")
     results = dict(val_seeds=val_seeds, report_seeds=rep_seeds, images_per_seed=n)
+    if os.path.exists(path):  # resume part by part: a finished part is not recomputed
+        with open(path) as f:
+            done = json.load(f)
+        same = all(done.get(k) == results[k] for k in results)
+        if same:
+            results = done
+            logging.info("Resuming %s: parts done %s", path, sorted(_PARTS & set(done)))
+        else:
+            raise ValueError(
+                f"{path} was written with other seeds or image counts "
+                f"({ {k: done.get(k) for k in results} }); use a new workdir."
+            )
 
     def save():
-        results["elapsed_s"] = time.time() - start
+        results["elapsed_s"] = time.time() - start + float(results.get("elapsed_before_s", 0))
         results["devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
         demo.write_json(path, results)
 
+    results["elapsed_before_s"] = float(results.get("elapsed_s", 0))
     logging.info("[1/5] NAG fine-tune of the base model (trainable=all), as the demo")
     ft_all = _train(config, os.path.join(workdir, "ft_all"))
-    logging.info("[2/5] Validation curves on seeds %s", val_seeds)
-    results["validation"] = scale_curves(sampler, ft_all, val_seeds, n, scorer, st)
-    save()
+    if "validation" not in results:
+        logging.info("[2/5] Validation curves on seeds %s", val_seeds)
+        results["validation"] = scale_curves(sampler, ft_all, val_seeds, n, scorer, st)
+        save()
     rows = table_rows(results["validation"]["choice"])
-    logging.info("[3/5] Report table on seeds %s, and at other step counts", rep_seeds)
-    results["table"] = report_table(sampler, ft_all, rows, rep_seeds, n, scorer)
-    save()
-    results["steps"] = {str(config.sample.num_steps): results["table"]}
-    for steps in st.step_counts:
-        srows = [Row(r.name, r.cfg_scale, r.nag_scale, r.nag_interval, int(steps)) for r in rows]
-        results["steps"][str(steps)] = report_table(sampler, ft_all, srows, rep_seeds, n, scorer)
-    save()
-    logging.info("[4/5] Noise shift with a learned noise-level estimator")
-    results["noise_shift"] = noise_shift(config, sampler, ft_all, rows, rep_seeds, n, st)
-    save()
-    logging.info("[5/5] Recipe: full fine-tune, null-token fine-tune, joint training")
-    recipe = {}
+    if "steps" not in results:
+        logging.info("[3/5] Report table on seeds %s, and at other step counts", rep_seeds)
+        results["table"] = report_table(sampler, ft_all, rows, rep_seeds, n, scorer)
+        steps = {str(config.sample.num_steps): results["table"]}
+        for k in st.step_counts:
+            srows = [Row(r.name, r.cfg_scale, r.nag_scale, r.nag_interval, int(k)) for r in rows]
+            steps[str(k)] = report_table(sampler, ft_all, srows, rep_seeds, n, scorer)
+        results["steps"] = steps
+        save()
+    if "noise_shift" not in results:
+        logging.info("[4/5] Noise shift with a learned noise-level estimator")
+        results["noise_shift"] = noise_shift(config, sampler, ft_all, rows, rep_seeds, n, st)
+        save()
+    figs = write_figures(workdir, results, st)
+    write_report(workdir, results, figs)
+    if "recipe" not in results:
+        logging.info("[5/5] Recipe: full fine-tune, null-token fine-tune, joint training")
+        results["recipe"] = recipe(config, workdir, sampler, rows, rep_seeds, n, scorer)
+        save()
+    print(write_report(workdir, results, figs), flush=True)
+    return results
+
+
+_PARTS = {"validation", "table", "steps", "noise_shift", "recipe"}
+
+
+def recipe(config, workdir, sampler, rows, seeds, n, scorer) -> dict:
+    """none / NAG of the base, the null-token fine-tune, and (at the small budget) base + fine-tune
+    against joint training from scratch."""
+    st = config.study
+    out = {}
     base = base_params(config)  # the release-like base: no NAG branch, so only the plain row
-    recipe["base (no fine-tune)"] = report_table(sampler, base, rows[:1], rep_seeds, n, scorer)
+    out["base (no fine-tune)"] = report_table(sampler, base, rows[:1], seeds, n, scorer)
     null_cfg = fine_tune_config(
         config,
         init_from=config.train.init_from,
@@ -372,11 +412,11 @@ def run(config, workdir: str) -> dict:
         lr=float(st.null_token_lr),
     )
     ft_null = _train(null_cfg, os.path.join(workdir, "ft_null_token"))
-    recipe["ft_null_token (full base)"] = report_table(
-        sampler, ft_null, rows[:1] + rows[2:3], rep_seeds, n, scorer
-    )
+    pair = rows[:1] + rows[2:3]  # none and NAG
+    out["ft_null_token (full base)"] = report_table(sampler, ft_null, pair, seeds, n, scorer)
     if st.pretrain_dir and st.joint_from:
         step = int(st.recipe_base_step)
+        joint = load_ema_params(st.joint_from, step + int(st.recipe_ft_steps))
         small_cfg = fine_tune_config(
             config,
             init_from=base_checkpoint(config, st.pretrain_dir, step, workdir),
@@ -385,15 +425,9 @@ def run(config, workdir: str) -> dict:
             lr=float(config.optim.lr),
         )
         ft_small = _train(small_cfg, os.path.join(workdir, f"ft_all_base{step}"))
-        joint = load_ema_params(st.joint_from, step + int(st.recipe_ft_steps))
         for name, p in ((f"base@{step} + ft_all", ft_small), ("joint from scratch", joint)):
-            recipe[name] = report_table(sampler, p, rows[:1] + rows[2:3], rep_seeds, n, scorer)
-    results["recipe"] = recipe
-    save()
-    figs = write_figures(workdir, results, st)
-    print(write_report(workdir, results, figs), flush=True)
-    save()
-    return results
+            out[name] = report_table(sampler, p, pair, seeds, n, scorer)
+    return out
 
 
 def base_params(config):
