@@ -88,7 +88,7 @@ class RowSampler:
 
     def _fn(self, row: Row, params, keys, labels):
         steps = int(row.num_steps or self.config.sample.num_steps)
-        sig = (row.cfg_scale != 1.0, row.nag_scale != 0.0, row.nag_interval, steps)
+        sig = (row.cfg_scale != 1.0, row.nag_scale != 0.0, row.nag_interval, steps, len(labels))
         if sig not in self._compiled:
             c = self.config.copy_and_resolve_references()
             c.sample.cfg_scale = 2.0 if sig[0] else 1.0  # any value that switches the branch on
@@ -132,17 +132,22 @@ def real_reference(config, num_images: int) -> np.ndarray:
     return ds.render_batch(_REAL_OFFSET + np.arange(num_images))["image"]
 
 
-def evaluate_rows(sampler: RowSampler, params, rows, seeds, num_images: int, scorer) -> dict:
+def evaluate_rows(
+    sampler: RowSampler, params, rows, seeds, num_images: int, scorer, on_images=None
+) -> dict:
     """Samples every row on every seed and scores it: {row name: {metric: [per seed]}}.
 
     The same seed gives the same images (keys, labels) in every row, so per-seed differences
-    between rows are paired.
+    between rows are paired. ``on_images(row, seed, images, labels)``, if given, sees every batch
+    (the demo draws its grids from the first seed's images instead of sampling them again).
     """
     out = {}
     for row in rows:
         per = {m: [] for m in (*METRICS, "images_per_sec")}
         for seed in seeds:
             images, labels, ips = sampler(row, params, seed, num_images)
+            if on_images is not None:
+                on_images(row, seed, images, labels)
             for m, v in scorer(images, labels).items():
                 per[m].append(float(v))
             per["images_per_sec"].append(float(ips))
@@ -253,24 +258,33 @@ def _subset_panel(images, labels, names, classes, title, seeds: int = 4):
     return labelled_grid(images[order], sub_labels, [names[kk] for kk in classes], seeds, title)
 
 
-def write_grids(config, sampler: RowSampler, params, rows, workdir: str) -> None:
-    """grid_<row>.png per row and comparison.png, from the first report seed's images."""
-    dc = config.demo
-    k = int(config.model.num_classes)
-    names = ShapesDataset(int(config.data.image_size), k).class_names
-    n = k * int(dc.grid_images_per_class)
-    panels = []
-    for row in rows:
-        images, labels, _ = sampler(row, params, int(dc.seeds[0]), n)
+class GridWriter:
+    """``on_images`` callback of `evaluate_rows`: grid_<row>.png from the first seed's images
+    (rows = classes, ``per_class`` columns) and the panels of comparison.png."""
+
+    def __init__(self, config, workdir: str):
+        k = int(config.model.num_classes)
+        self.names = ShapesDataset(int(config.data.image_size), k).class_names
+        self.seed = int(config.demo.seeds[0])
+        self.per_class = int(config.demo.grid_images_per_class)
+        self.workdir = workdir
+        self.panels = []
+
+    def __call__(self, row: Row, seed: int, images, labels) -> None:
+        if seed != self.seed:
+            return
         title = f"{row.name}: s_cfg={row.cfg_scale:g}, w_nag={row.nag_scale:g}"
         if row.nag_scale and row.nag_interval != (0.0, 1.0):
             title += " on noise [{:g}, {:g}]".format(*row.nag_interval)
-        grid = labelled_grid(images, labels, names, int(dc.grid_images_per_class), title)
-        save_png(os.path.join(workdir, f"grid_{row.name.replace('+', '_')}.png"), grid)
+        grid = labelled_grid(images, labels, self.names, self.per_class, title)
+        save_png(os.path.join(self.workdir, f"grid_{row.name.replace('+', '_')}.png"), grid)
         # The README figure: one colour per shape (red disk, green square, blue triangle, ...).
+        k = len(self.names)
         subset = [kk for kk in range(k) if kk % 4 == (kk // 4) % 4]
-        panels.append(_subset_panel(images, labels, names, subset, title))
-    save_png(os.path.join(workdir, "comparison.png"), side_by_side(panels))
+        self.panels.append(_subset_panel(images, labels, self.names, subset, title))
+
+    def write_comparison(self) -> None:
+        save_png(os.path.join(self.workdir, "comparison.png"), side_by_side(self.panels))
 
 
 def load_scorer(config, workdir: str) -> proxy.ProxyScorer:
@@ -361,9 +375,10 @@ def run(config, workdir: str) -> dict:
     model = builders.build_model(config.model)
     sampler = RowSampler(config, model)
     params = state.ema_params
-    results = evaluate_rows(sampler, params, rows, seeds, n, scorer)
+    grids = GridWriter(config, workdir)
+    results = evaluate_rows(sampler, params, rows, seeds, n, scorer, on_images=grids)
+    grids.write_comparison()
     summary = summarize(results, [tuple(c) for c in dc.comparisons])
-    write_grids(config, sampler, params, rows, workdir)
     table = format_table(results, summary, len(seeds), n)
     metrics = dict(
         results=results,
