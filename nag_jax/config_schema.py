@@ -37,6 +37,7 @@ MODES = {
     "sample": "nag_jax.sample_job",
     "eval": "nag_jax.evaluation.eval_job",
     "lab": "nag_jax.analysis.lab",
+    "study": "nag_jax.analysis.demo_study",
     "encode_latents": "nag_jax.data.encode_latents",
 }
 

@@ -19,6 +19,7 @@ evaluation uses the same weights. Images are NHWC; the extractor takes uint8 (th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -191,20 +192,59 @@ def build_extractor(config):
     )
 
 
-def quality_metrics(params, num_classes: int, images, labels, real_images) -> dict:
-    """Quality proxy of generated float images (N, S, S, 3) in [-1, 1] with intended labels.
+@dataclasses.dataclass(frozen=True)
+class ProxyScorer:
+    """Scores generated images against a fixed set of real ones in the classifier's space.
 
-    Images are first quantised with the project's uint8 rule (what a PNG shows). Returns
-    ``class_accuracy`` and ``proxy_fd`` (Fréchet distance of classifier features to
-    ``real_images``).
+    ``scorer(images, labels)`` -> {class_accuracy, proxy_fd, precision, recall}: accuracy of the
+    classifier on the samples w.r.t. their intended labels; Fréchet distance and improved
+    precision / recall (k = 3, Kynkäänniemi et al.; ``nag_jax.evaluation.metrics``) between the
+    samples' and the real images' 128-d features. Images are quantised with the project's uint8
+    rule first (what a PNG shows). The real features and radii are computed once.
     """
-    from nag_jax.evaluation.metrics import fid_from_features
+
+    params: dict
+    num_classes: int
+    real_features: np.ndarray  # (M, 128) float64
+    real_radii: np.ndarray  # (M,) k-NN radii of the real features
+    real_accuracy: float = float("nan")  # the classifier's held-out accuracy on real images
+    k: int = 3
+
+    @classmethod
+    def from_real(cls, params, num_classes: int, real_images, *, real_accuracy=float("nan")):
+        from nag_jax.evaluation.metrics import manifold_radii
+
+        feats = features(params, num_classes, _quantise(real_images))
+        return cls(params, num_classes, feats, manifold_radii(feats, 3), float(real_accuracy))
+
+    def __call__(self, images, labels) -> dict:
+        from nag_jax.evaluation.metrics import (
+            fid_from_features,
+            manifold_radii,
+            precision_recall_from_radii,
+        )
+
+        quantised = _quantise(images)
+        predicted = predict(self.params, self.num_classes, quantised)
+        acc = float(np.mean(predicted == np.asarray(labels)))
+        feats = features(self.params, self.num_classes, quantised)
+        precision, recall = precision_recall_from_radii(
+            self.real_features, self.real_radii, feats, manifold_radii(feats, self.k)
+        )
+        return {
+            "class_accuracy": acc,
+            "proxy_fd": float(fid_from_features(feats, self.real_features)),
+            "precision": precision,
+            "recall": recall,
+        }
+
+
+def _quantise(images) -> np.ndarray:
     from nag_jax.utils import to_uint8
 
-    quantised = to_uint8(images).astype(np.float32) / 127.5 - 1.0
-    real = to_uint8(real_images).astype(np.float32) / 127.5 - 1.0
-    acc = float(np.mean(predict(params, num_classes, quantised) == np.asarray(labels)))
-    fd = fid_from_features(
-        features(params, num_classes, quantised), features(params, num_classes, real)
-    )
-    return {"class_accuracy": acc, "proxy_fd": float(fd)}
+    return to_uint8(np.asarray(images)).astype(np.float32) / 127.5 - 1.0
+
+
+def quality_metrics(params, num_classes: int, images, labels, real_images) -> dict:
+    """`ProxyScorer` metrics of float images (N, S, S, 3) in [-1, 1] against ``real_images``."""
+    return ProxyScorer.from_real(params, num_classes, real_images)(images, labels)
