@@ -5,10 +5,11 @@ field (ml_collections); the config is checked against the one schema (nag_jax.co
 before the job starts, so a bad value fails here, naming the key and its choices:
 
     train           train or fine-tune (nag_jax.training.train)
-    demo            the built-in demo: train a small SiT on shapes, compare none/CFG/NAG/CFG+NAG
+    demo            the built-in demo: NAG fine-tune of the shipped base, none/CFG/NAG/CFG+NAG
     sample          sample a grid + .npz from converted or trained weights (nag_jax.sample_job)
     eval            sample N images and score them (nag_jax.evaluation.eval_job)
     lab             the noise-shift lab report (nag_jax.analysis.lab)
+    study           the demo's fuller NAG study (nag_jax.analysis.demo_study)
     encode_latents  encode an image dataset to SD-VAE latent shards (nag_jax.data.encode_latents)
 
 Each job module is imported only when its mode runs, so the core needs none of the others'
