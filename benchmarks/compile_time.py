@@ -161,11 +161,7 @@ def main(argv=None):
             report[f"{key}_scan_over_unrolled"] = float(np.median(s) / np.median(u))
     if "rng" in args.parts:
         report["rng"] = rng_cost(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    timing.emit_json(report, args.out)
 
 
 if __name__ == "__main__":

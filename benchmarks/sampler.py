@@ -158,11 +158,7 @@ def main(argv=None):
         settings=dict(vars(args)),
         results=results,
     )
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2))
+    timing.emit_json(report, args.out)
 
 
 if __name__ == "__main__":

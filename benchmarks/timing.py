@@ -15,6 +15,8 @@ compiled call, as a cross-check.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +26,16 @@ import jax
 # NVIDIA H200 SXM datasheet (nvidia.com/en-us/data-center/h200, "H200 SXM" column): BF16 Tensor
 # Core 1,979 TFLOPS *with sparsity*; dense is half of it. The same chip rate as the H100 SXM.
 PEAK_BF16_DENSE_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 80GB HBM3": 989.4}
+
+
+def emit_json(report: dict, out: str | None) -> None:
+    """Prints a benchmark's JSON report and, when ``out`` is given, also writes it there."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text + "\n")
 
 
 def peak_bf16_tflops(device_kind: str) -> float | None:

@@ -18,7 +18,6 @@ tiny SiT with the stand-in flow-matching loss, and reports:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -100,6 +99,8 @@ def main():
     args = p.parse_args()
     import jax
 
+    from benchmarks import timing
+
     counts = [int(n) for n in args.devices.split(",") if int(n) <= jax.device_count()]
     rows = [measure(n, args) for n in counts]
     result = {
@@ -111,11 +112,7 @@ def main():
         "steps": args.steps,
         "results": rows,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    timing.emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ with torch's intra-op thread count, and reports the max relative difference of t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -162,11 +161,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    timing.emit_json(result, args.out)
     return result
 
 
