@@ -23,7 +23,6 @@ Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise leve
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nag_jax import builders, generate
+from nag_jax import builders, generate, weights
 from nag_jax.data.synthetic import ShapesDataset
 from nag_jax.evaluation import proxy
 from nag_jax.utils import make_grid, save_png, to_uint8
@@ -101,7 +100,7 @@ class RowSampler:
             compiled = fn.lower(params, keys, labels, scales).compile()
             logging.info(
                 "compiled sampler %s in %.1fs",
-                dict(zip(("cfg", "nag", "interval", "steps"), sig)),
+                dict(zip(("cfg", "nag", "interval", "steps", "batch"), sig)),
                 time.perf_counter() - start,
             )
             self._compiled[sig] = compiled
@@ -111,18 +110,25 @@ class RowSampler:
         """(images (N, H, W, C) numpy float32, labels (N,) numpy, images/s of the sampler)."""
         from jax.sharding import NamedSharding, PartitionSpec
 
-        k = int(self.model.num_classes)
-        indices = np.arange(num_images)
         batch = NamedSharding(self.mesh, PartitionSpec("data"))
         params = self._replicated(params)
-        labels = jax.device_put(generate.image_labels(seed, indices, k, range(k)), batch)
-        keys = jax.device_put(generate.image_keys(seed, indices), batch)
+        keys, labels = jax.device_put(
+            image_batch(seed, num_images, int(self.model.num_classes)), batch
+        )
         fn = self._fn(row, params, keys, labels)
         scales = (jnp.float32(row.cfg_scale), jnp.float32(row.nag_scale))
         start = time.perf_counter()
         images = jax.block_until_ready(fn(params, keys, labels, scales))
         seconds = time.perf_counter() - start
         return np.asarray(images), np.asarray(labels), num_images / seconds
+
+
+def image_batch(seed: int, num_images: int, num_classes: int):
+    """(keys (N,), labels (N,) int32) of images 0..N-1 of ``seed``: the ``nag_jax.generate``
+    identity with the class table cycled (label = i % num_classes, every class equally often)."""
+    indices = np.arange(num_images)
+    labels = generate.image_labels(seed, indices, num_classes, range(num_classes))
+    return generate.image_keys(seed, indices), labels
 
 
 def real_reference(config, num_images: int) -> np.ndarray:
@@ -152,15 +158,14 @@ def evaluate_rows(
                 per[m].append(float(v))
             per["images_per_sec"].append(float(ips))
         out[row.name] = dict(row=dataclasses.asdict(row), per_seed=per)
+        stats = {m: mean_se(per[m]) for m in METRICS}
         logging.info(
-            "%-10s %s",
-            row.name,
-            ", ".join(f"{m} {_mean_se(per[m])[0]:.4g}+-{_mean_se(per[m])[1]:.2g}" for m in METRICS),
+            "%-10s %s", row.name, ", ".join(f"{m} {v[0]:.4g}+-{v[1]:.2g}" for m, v in stats.items())
         )
     return out
 
 
-def _mean_se(values) -> tuple[float, float]:
+def mean_se(values) -> tuple[float, float]:
     v = np.asarray(values, np.float64)
     se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
     return float(v.mean()), se
@@ -175,7 +180,7 @@ def summarize(results: dict, comparisons) -> dict:
     summary = {"rows": {}, "differences": {}}
     for name, r in results.items():
         summary["rows"][name] = {
-            m: dict(zip(("mean", "se"), _mean_se(v))) for m, v in r["per_seed"].items()
+            m: dict(zip(("mean", "se"), mean_se(v))) for m, v in r["per_seed"].items()
         }
     for a, b in comparisons:
         if a not in results or b not in results:
@@ -183,7 +188,7 @@ def summarize(results: dict, comparisons) -> dict:
         diffs = {}
         for m in METRICS:
             d = np.subtract(results[a]["per_seed"][m], results[b]["per_seed"][m])
-            mean, se = _mean_se(d)
+            mean, se = mean_se(d)
             diffs[m] = dict(mean=mean, se=se, z=mean / se if se > 0 else float("nan"))
         summary["differences"][f"{a} - {b}"] = diffs
     return summary
@@ -300,13 +305,6 @@ def load_scorer(config, workdir: str) -> proxy.ProxyScorer:
     return proxy.ProxyScorer.from_real(classifier, k, real, real_accuracy=real_acc)
 
 
-def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def export_base(config, checkpoints: str, dest: str, *, step: int | None = None, force=False):
     """Writes a training run's EMA params WITHOUT the null noise token to ``dest``, as a release.
 
@@ -316,7 +314,6 @@ def export_base(config, checkpoints: str, dest: str, *, step: int | None = None,
     ``nag_jax/assets/demo_base`` was made from the configs/demo_pretrain.py run.
     """
     from nag_jax.training.finetune import NULL_TOKEN
-    from nag_jax.weights import load_params, save_params
 
     steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
     if not steps or (step is not None and int(step) not in steps):
@@ -325,7 +322,7 @@ def export_base(config, checkpoints: str, dest: str, *, step: int | None = None,
             f"steps found: {steps}. Point at a training workdir's checkpoints/ directory."
         )
     step = int(step) if step is not None else steps[-1]
-    params = dict(load_params(os.path.join(checkpoints, str(step), "ema_params"))[0])
+    params = dict(weights.load_params(os.path.join(checkpoints, str(step), "ema_params"))[0])
     params.pop(NULL_TOKEN, None)
     m = config.model
     patch = int(params["x_embedder"]["proj"]["kernel"].shape[0])
@@ -348,7 +345,7 @@ def export_base(config, checkpoints: str, dest: str, *, step: int | None = None,
         step=step,
         weights="ema",
     )
-    save_params(dest, params, meta, force=force)
+    weights.save_params(dest, params, meta, force=force)
     return dest
 
 
@@ -408,7 +405,7 @@ def run(config, workdir: str) -> dict:
         devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     )
     metrics["total_seconds"] = round(time.time() - start, 1)
-    write_json(os.path.join(workdir, "metrics.json"), metrics)
+    weights.write_json(os.path.join(workdir, "metrics.json"), metrics, force=True)
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(table + "\n")
     print(table, flush=True)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nag_jax import builders, demo, generate
+from nag_jax import builders, demo, weights
 from nag_jax.analysis import shift as S
 from nag_jax.analysis.estimator import train_estimator
 from nag_jax.demo import Row
@@ -122,7 +122,7 @@ def _fd(point: dict) -> float:
 
 def _point(row: Row, res: dict, axis: str) -> dict:
     per = res["per_seed"]
-    fd_mean, fd_se = demo._mean_se(per["proxy_fd"])
+    fd_mean, fd_se = demo.mean_se(per["proxy_fd"])
     return dict(
         value=row.cfg_scale if axis == "cfg" else row.nag_scale,
         proxy_fd=fd_mean,
@@ -207,8 +207,7 @@ def noise_shift(config, sampler, params, rows, seeds, n, study) -> dict:
         deltas, late, whole = [], [], []
         for seed in seeds:
             idx = np.arange(n)
-            keys = generate.image_keys(int(seed), idx)
-            labels = generate.image_labels(int(seed), idx, k, range(k))
+            keys, labels = demo.image_batch(int(seed), n, k)
             _, traj = fn(params, keys, labels)
             sel = np.unique(np.linspace(0, traj["t"].shape[0] - 1, int(study.max_states)).round())
             states, times = traj["x"][sel.astype(int)], traj["t"][sel.astype(int)]
@@ -226,8 +225,8 @@ def noise_shift(config, sampler, params, rows, seeds, n, study) -> dict:
             levels=np.asarray(levels).tolist(),
             delta_mean=np.mean(deltas, 0).tolist(),
             delta_se=(np.std(deltas, 0, ddof=1) / np.sqrt(len(seeds))).tolist(),
-            late=dict(zip(("mean", "se"), demo._mean_se(late))),
-            all=dict(zip(("mean", "se"), demo._mean_se(whole))),
+            late=dict(zip(("mean", "se"), demo.mean_se(late))),
+            all=dict(zip(("mean", "se"), demo.mean_se(whole))),
         )
         logging.info("shift %-8s late %.4f all %.4f", row.name, np.mean(late), np.mean(whole))
     return dict(estimator=est_info, rows=out)
@@ -361,7 +360,7 @@ def run(config, workdir: str) -> dict:
     def save():
         results["elapsed_s"] = time.time() - start + float(results.get("elapsed_before_s", 0))
         results["devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-        demo.write_json(path, results)
+        weights.write_json(path, results, force=True)
 
     results["elapsed_before_s"] = float(results.get("elapsed_s", 0))
     logging.info("[1/5] NAG fine-tune of the base model (trainable=all), as the demo")
@@ -432,21 +431,17 @@ def recipe(config, workdir, sampler, rows, seeds, n, scorer) -> dict:
 
 def base_params(config):
     """The shipped base model's params plus an all-zero null token (unused by unguided rows)."""
-    from nag_jax.weights import load_params
-
-    params = dict(jax.tree.map(jnp.asarray, load_params(config.model.weights)[0]))
+    params = dict(jax.tree.map(jnp.asarray, weights.load_params(config.model.weights)[0]))
     params.setdefault("null_noise_token", jnp.zeros((int(config.model.hidden_size),)))
     return params
 
 
 def load_ema_params(path: str, step: int):
     """EMA params of step ``step`` of a training workdir (the run must have reached it)."""
-    from nag_jax.weights import load_params
-
     ckpt = os.path.join(path, "checkpoints", str(step), "ema_params")
     if not os.path.isdir(ckpt):
         raise FileNotFoundError(
             f"study.joint_from={path} has no step {step} ({ckpt} does not exist): run the joint "
             "training of this config's docstring to the end first, or set study.joint_from=''."
         )
-    return jax.tree.map(jnp.asarray, load_params(ckpt)[0])
+    return jax.tree.map(jnp.asarray, weights.load_params(ckpt)[0])
