@@ -3,6 +3,13 @@
 One JSON line per evaluation is appended to ``config.eval.results_file`` (default
 <workdir>/eval_results.jsonl) and the same row to a CSV next to it (columns RESULT_COLUMNS),
 keyed by ``row["key"]``: the hash of the full sampling identity + N + extractor + reference.
+Paths may be local or remote (``gs://``; nag_jax.paths).
+
+Torn lines: a local append writes the whole line in one ``write`` and fsyncs it; a file left
+ending without a newline (a killed append) gets a newline first, so the next row is never glued
+to the torn one. ``read_results`` skips a line that is not a JSON object with one warning naming
+the file and the line numbers, and returns every complete row. Remote files (no append on object
+stores) are rewritten whole through a temporary object and a rename.
 Numbers from an extractor that is not the FID Inception (the demo's proxy classifier, random
 weights) go to the ``proxy_*`` columns: the same formulas in another feature space, never FID.
 """
@@ -11,11 +18,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import time
 
 import jax
+from absl import logging
+
+from nag_jax.paths import as_path, is_remote
 
 METRICS = ("fid", "sfid", "inception_score", "precision", "recall")
 PROXY_NAMES = {
@@ -89,25 +100,73 @@ def result_row(config, extractor, values: dict, samples_path: str, identity: dic
     }
 
 
+def _append_text(path, text: str, header: str = "") -> None:
+    """Appends ``text`` (whole lines) to ``path``; ``header`` first when the file is new or empty.
+
+    Local: one write, flush and fsync; a missing final newline (a torn last line) is written
+    first. Remote: the object is rewritten whole (tmp object + rename)."""
+    p = as_path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(p):
+        old = p.read_bytes() if p.exists() else b""
+        prefix = header if not old else ("" if old.endswith(b"\n") else "\n")
+        tmp = p.parent / f".{p.name}.tmp-{os.getpid()}"
+        tmp.write_bytes(old + (prefix + text).encode())
+        tmp.replace(p)
+        return
+    with open(os.fspath(p), "ab") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            prefix = header
+        else:
+            with open(os.fspath(p), "rb") as r:
+                r.seek(end - 1)
+                prefix = "" if r.read(1) == b"\n" else "\n"
+        f.write((prefix + text).encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def append_result(path: str, row: dict) -> None:
-    """Appends ``row`` to a JSON-lines file and to ``<stem>.csv`` (RESULT_COLUMNS), process 0."""
+    """Appends ``row`` to a JSON-lines file and to ``<stem>.csv`` (RESULT_COLUMNS), process 0.
+    Whole lines, fsynced (module docstring); local or remote paths."""
     if jax.process_index() != 0:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
-    csv_path = os.path.splitext(path)[0] + ".csv"
-    new = not os.path.exists(csv_path)
-    with open(csv_path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow({k: row.get(k) for k in RESULT_COLUMNS})
+    p = as_path(path)
+    _append_text(p, json.dumps(row, sort_keys=True, default=str) + "\n")
+    header, line = io.StringIO(), io.StringIO()
+    csv.DictWriter(header, fieldnames=RESULT_COLUMNS).writeheader()
+    w = csv.DictWriter(line, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    w.writerow({k: row.get(k) for k in RESULT_COLUMNS})
+    _append_text(p.with_suffix(".csv"), line.getvalue(), header=header.getvalue())
 
 
 def read_results(path: str) -> list[dict]:
-    """The rows of a results JSON-lines file ([] if it does not exist)."""
-    if not os.path.exists(path):
+    """The complete rows of a results JSON-lines file ([] if it does not exist). A line that is
+    not a JSON object (torn by a killed write) is skipped with one warning naming the file and
+    its line numbers."""
+    p = as_path(path)
+    if not p.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows, torn = [], []
+    for number, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            torn.append(number)
+    if torn:
+        logging.warning(
+            "%s: skipped %d unreadable line(s) (line %s: torn by a killed write); read the %d "
+            "complete row(s). Delete the line(s) or rerun that evaluation to restore its row.",
+            os.fspath(p),
+            len(torn),
+            ", ".join(map(str, torn[:10])),
+            len(rows),
+        )
+    return rows

@@ -7,14 +7,16 @@ Layout of a run directory (nag_jax.evaluation.eval_job names it after the sampli
     run_dir/samples_<N>.npz            ADM format: arr_0 uint8 (N, H, W, 3), arr_1 labels
 
 A killed job leaves only complete chunks; a rerun lists the indices they hold and samples just the
-missing ones (no duplicates, no gaps); raising N later reuses the first images. The ADM file is
-streamed from the chunks, so a 50k x 256px set (9.8 GB) is never held in memory. Readers of ADM
-files (batches, shapes) are nag_jax.evaluation.reference_stats.iter_npz_batches / npz_array_shape.
+missing ones (no duplicates, no gaps); raising N later reuses the first images. A chunk that does
+not read back (corrupt bytes, a truncated copy) is renamed aside to ``<name>.corrupt`` with a
+warning naming it, and its images are sampled again. The ADM file is streamed from the chunks,
+so a 50k x 256px set (9.8 GB) is never held in memory. Readers of ADM files (batches, shapes) are
+nag_jax.evaluation.reference_stats.iter_npz_batches / npz_array_shape. ``run_dir`` may be local or
+remote (``gs://``; nag_jax.paths): files are opened through epath.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import time
 import zipfile
@@ -25,38 +27,64 @@ import numpy as np
 from absl import logging
 
 from nag_jax.generate import iterate_batches
+from nag_jax.paths import as_path
+
+# What a chunk that does not read back raises (np.load of a damaged .npz).
+CHUNK_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError)
 
 
 def chunk_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, "chunks")
+    return str(as_path(run_dir) / "chunks")
 
 
-def _chunk_files(run_dir: str) -> list[str]:
-    return sorted(
-        p
-        for p in glob.glob(os.path.join(chunk_dir(run_dir), "*.npz"))
-        if ".tmp" not in os.path.basename(p)
-    )
+def _chunk_files(run_dir: str) -> list:
+    """The complete chunk files (epath.Path) of run_dir, sorted by name."""
+    d = as_path(chunk_dir(run_dir))
+    if not d.exists():
+        return []
+    return sorted((p for p in d.glob("*.npz") if ".tmp" not in p.name), key=lambda p: p.name)
+
+
+def _read_chunk(path, keys=("indices", "images", "labels")) -> tuple[np.ndarray, ...]:
+    """The arrays ``keys`` of one chunk file (raises one of CHUNK_ERRORS if it is damaged)."""
+    with as_path(path).open("rb") as f, np.load(f) as z:
+        return tuple(np.asarray(z[k]) for k in keys)
 
 
 def covered_indices(run_dir: str) -> np.ndarray:
-    """Sorted unique image indices held by the complete chunk files of run_dir."""
+    """Sorted unique image indices held by the complete chunk files of run_dir. A chunk that does
+    not read back is renamed to ``<name>.corrupt`` (a warning names it): its images count as
+    missing and are sampled again."""
     found = []
     for path in _chunk_files(run_dir):
-        with np.load(path) as z:
-            found.append(np.asarray(z["indices"], np.int64))
+        try:
+            (idx,) = _read_chunk(path, ("indices",))
+        except CHUNK_ERRORS as e:
+            aside = path.parent / f"{path.name}.corrupt"
+            logging.warning(
+                "eval chunk %s does not read back (%s: %s): moved aside to %s; its images will "
+                "be sampled again.",
+                path,
+                type(e).__name__,
+                e,
+                aside.name,
+            )
+            path.replace(aside)
+            continue
+        found.append(idx.astype(np.int64))
     return np.unique(np.concatenate(found)) if found else np.zeros((0,), np.int64)
 
 
 def write_chunk(run_dir: str, indices, images, labels) -> str:
     """Writes one chunk atomically (tmp + rename); returns its path."""
-    d = chunk_dir(run_dir)
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, f"{int(indices[0]):08d}-{int(indices[-1]):08d}.npz")
-    tmp = os.path.join(d, f"{int(indices[0]):08d}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, indices=np.asarray(indices, np.int64), images=images, labels=labels)
-    os.replace(tmp, path)
-    return path
+    d = as_path(chunk_dir(run_dir))
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{int(indices[0]):08d}-{int(indices[-1]):08d}.npz"
+    tmp = d / f"{int(indices[0]):08d}.tmp-{os.getpid()}.npz"
+    with tmp.open("wb") as f:
+        np.savez(f, indices=np.asarray(indices, np.int64), images=images, labels=labels)
+    tmp.replace(path)
+    return str(path)
 
 
 def chunks_to_adm_npz(run_dir: str, num_images: int, out_path: str, block: int = 1024) -> None:
@@ -67,8 +95,7 @@ def chunks_to_adm_npz(run_dir: str, num_images: int, out_path: str, block: int =
     owner = np.full(num_images, -1, np.int64)
     row = np.zeros(num_images, np.int64)
     for fi, path in enumerate(files):
-        with np.load(path) as z:
-            idx = np.asarray(z["indices"], np.int64)
+        idx = _load_or_explain(path, ("indices",))[0].astype(np.int64)
         keep = (idx < num_images) & (owner[np.minimum(idx, num_images - 1)] < 0)
         owner[idx[keep]] = fi
         row[idx[keep]] = np.flatnonzero(keep)
@@ -84,30 +111,41 @@ def chunks_to_adm_npz(run_dir: str, num_images: int, out_path: str, block: int =
         if fi not in cache:
             if len(cache) >= 8:
                 cache.pop(next(iter(cache)))
-            with np.load(files[fi]) as z:
-                cache[fi] = (np.asarray(z["images"]), np.asarray(z["labels"]))
+            cache[fi] = _load_or_explain(files[fi], ("images", "labels"))
         return cache[fi]
 
     shape = (num_images, *load(int(owner[0]))[0].shape[1:])
     labels = np.zeros(num_images, np.int64)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f"{out_path[:-4]}.tmp-{os.getpid()}.npz"
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+    out = as_path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f"{out.stem}.tmp-{os.getpid()}.npz"
+    with tmp.open("wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, True) as zf:
         with zf.open("arr_0.npy", "w", force_zip64=True) as f:
             header = {"descr": "|u1", "fortran_order": False, "shape": shape}
             np.lib.format.write_array_header_2_0(f, header)
             for b0 in range(0, num_images, block):
                 ids = np.arange(b0, min(b0 + block, num_images))
-                out = np.empty((len(ids), *shape[1:]), np.uint8)
+                buf = np.empty((len(ids), *shape[1:]), np.uint8)
                 for fi in np.unique(owner[ids]):
                     sel = owner[ids] == fi
                     images, lab = load(int(fi))
-                    out[sel] = images[row[ids[sel]]]
+                    buf[sel] = images[row[ids[sel]]]
                     labels[ids[sel]] = lab[row[ids[sel]]]
-                f.write(out.tobytes())
+                f.write(buf.tobytes())
         with zf.open("arr_1.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array(f, labels)
-    os.replace(tmp, out_path)
+    tmp.replace(out)
+
+
+def _load_or_explain(path, keys) -> tuple[np.ndarray, ...]:
+    """_read_chunk, with an error naming the damaged chunk and the fix."""
+    try:
+        return _read_chunk(path, keys)
+    except CHUNK_ERRORS as e:
+        raise RuntimeError(
+            f"eval chunk {path} does not read back ({type(e).__name__}: {e}): delete it and run "
+            "the evaluation again; its images are sampled again."
+        ) from e
 
 
 def missing_indices(run_dir: str, num_images: int) -> np.ndarray:
