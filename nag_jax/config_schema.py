@@ -25,6 +25,8 @@ levels (1 = pure noise).
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 
 import ml_collections
@@ -69,6 +71,7 @@ CHOICES = {
     "eval.extractor": ("inception", "proxy", "random_inception"),
     "eval.inception_preprocess": ("pytorch_fid", "adm_tf"),
     "eval.reference_stats": ("images", "precomputed"),
+    "data.bad_images": ("skip", "fail"),
 }
 
 
@@ -135,6 +138,10 @@ def base_config() -> ml_collections.ConfigDict:
         tfds_prepare=False,
         synthetic_seed=0,  # synthetic_shapes only
         num_examples=100_000,  # synthetic_shapes only
+        # an image that does not decode: "skip" (a warning naming it, a running count, and the
+        # next good image of the same process's shard in its place: batches and resumes stay
+        # deterministic) or "fail" (stop, naming the file)
+        bad_images="skip",
     )
     # Image source -> SD-VAE latent shards (mode encode_latents; the ':encode' config variants).
     c.encode = _section(
@@ -260,12 +267,152 @@ def _missing(reference, config, prefix: str = "") -> list[str]:
     return out
 
 
+# Numeric keys: key -> (test, what is allowed). Checked by validate() before any job compiles.
+def _finite(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _interval(v) -> bool:
+    return (
+        isinstance(v, (tuple, list))
+        and len(v) == 2
+        and all(_finite(x) and 0 <= x <= 1 for x in v)
+        and v[0] <= v[1]
+    )
+
+
+_POSITIVE_INT = (lambda v: _int(v) and v >= 1, "an integer >= 1")
+_COUNT = (lambda v: _int(v) and v >= 0, "an integer >= 0")
+_OPTIONAL_POSITIVE_INT = (lambda v: v is None or (_int(v) and v >= 1), "None or an integer >= 1")
+_PROBABILITY = (lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1]")
+_FINITE = (_finite, "a finite number")
+_NONNEG = (lambda v: _finite(v) and v >= 0, "a finite number >= 0")
+VALUE_CHECKS = {
+    "seed": (_int, "an integer"),
+    "model.input_size": (lambda v: v is None or (_int(v) and v >= 1), "None or an integer >= 1"),
+    "data.image_size": (lambda v: v is None or (_int(v) and v >= 1), "None or an integer >= 1"),
+    "data.global_batch_size": _POSITIVE_INT,
+    "data.num_workers": _COUNT,
+    "data.num_threads": _COUNT,
+    "data.prefetch_buffer_size": _COUNT,
+    "data.num_epochs": _OPTIONAL_POSITIVE_INT,
+    "encode.batch_size": _POSITIVE_INT,
+    "encode.shard_size": _POSITIVE_INT,
+    "encode.max_examples": _OPTIONAL_POSITIVE_INT,
+    "vae.chunk_size": _POSITIVE_INT,
+    "optim.lr": (lambda v: _finite(v) and v > 0, "a finite number > 0 (the releases: 1e-4)"),
+    "optim.weight_decay": _NONNEG,
+    "optim.b1": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optim.b2": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optim.eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "optim.grad_clip": (lambda v: v is None or (_finite(v) and v > 0), "None or a number > 0"),
+    "optim.warmup_steps": _COUNT,
+    "optim.ema_decay": _PROBABILITY,
+    "objective.p_class_drop": _PROBABILITY,
+    "objective.p_noise_drop": _PROBABILITY,
+    "train.num_steps": _POSITIVE_INT,
+    "train.log_every": _POSITIVE_INT,
+    "train.checkpoint_every": _COUNT,
+    "train.keep": _COUNT,
+    "train.keep_every": (lambda v: v is None or (_int(v) and v >= 0), "None or an integer >= 0"),
+    "train.sample_every": _COUNT,
+    "train.eval_every": _COUNT,
+    "train.preemption_sync_every": _POSITIVE_INT,
+    "sample.num_steps": _POSITIVE_INT,
+    "sample.num_images": _POSITIVE_INT,
+    "sample.batch_size": _POSITIVE_INT,
+    "sample.grid_images": _COUNT,
+    "sample.grid_cols": _COUNT,
+    "sample.last_step_size": _NONNEG,
+    "sample.eta": _NONNEG,
+    "sample.cfg_scale": _FINITE,
+    "sample.nag_scale": _FINITE,
+    "sample.cfg_interval": (_interval, "(lo, hi) noise levels with 0 <= lo <= hi <= 1"),
+    "sample.nag_interval": (_interval, "(lo, hi) noise levels with 0 <= lo <= hi <= 1"),
+    "eval.num_images": _POSITIVE_INT,
+    "eval.batch_size": _POSITIVE_INT,
+    "eval.feature_batch_size": _POSITIVE_INT,
+    "eval.pr_k": _POSITIVE_INT,
+    "eval.pr_block_size": _POSITIVE_INT,
+    "eval.is_splits": _POSITIVE_INT,
+    "eval.train_num_images": _POSITIVE_INT,
+}
+
+# optim / objective / train values are checked only in the modes that train (others ignore them).
+TRAINING_MODES = ("train", "demo")
+_TRAINING_SECTIONS = ("optim.", "objective.", "train.")
+
+# The SD-VAE's spatial downsampling: a 256px image is a 32x32x4 latent.
+VAE_FACTOR = 8
+
+
+def _get(config, dotted: str):
+    section, _, key = dotted.rpartition(".")
+    return config[section][key] if section else config[key]
+
+
+def value_errors(config) -> list[str]:
+    """One line per impossible value (key, value, what is allowed): the numeric ranges of
+    VALUE_CHECKS (optim / objective / train keys in TRAINING_MODES only), and for training the
+    data / model shapes (pixels: data.image_size == model.input_size; latents: data.image_size
+    == VAE_FACTOR * model.input_size; the patch size divides model.input_size; an image source
+    feeds a 3-channel model, latents a latent one)."""
+    lines = []
+    trains = config.mode in TRAINING_MODES
+    for dotted, (ok, allowed) in VALUE_CHECKS.items():
+        if dotted.startswith(_TRAINING_SECTIONS) and not trains:
+            continue
+        value = _get(config, dotted)
+        if not ok(value):
+            lines.append(f"config.{dotted}={value!r} is not allowed: expected {allowed}.")
+    m = config.model
+    patch = m.patch_size
+    if patch is None and re.fullmatch(r"[A-Za-z]+-[A-Za-z]+/\d+", str(m.name)):
+        patch = int(str(m.name).rsplit("/", 1)[1])
+    if _int(m.input_size) and _int(patch) and patch > 0 and m.input_size % patch:
+        lines.append(
+            f"config.model.input_size={m.input_size!r} is not allowed: {m.name} cuts it into "
+            f"{patch}x{patch} patches, so it must be a multiple of {patch}."
+        )
+    size, ch = config.data.image_size, m.in_channels
+    if config.mode == "train" and _int(size) and _int(m.input_size) and _int(ch):
+        latents = config.data.name == "latents"
+        if latents and ch == 3:
+            lines.append(
+                "config.model.in_channels=3 is not allowed with config.data.name='latents': "
+                "latents have 4 channels (set model.in_channels=4, or train on an image source)."
+            )
+        elif not latents and ch != 3:
+            lines.append(
+                f"config.model.in_channels={ch!r} is not allowed with the image source "
+                f"config.data.name={config.data.name!r}: images have 3 channels (set "
+                "model.in_channels=3, or encode the images first and train on data.name='latents')."
+            )
+        want = VAE_FACTOR * m.input_size if latents else m.input_size
+        if size != want:
+            how = (
+                f"the SD-VAE latents of {want}px images are {m.input_size}x{m.input_size}"
+                if latents
+                else f"the model sees {m.input_size}x{m.input_size} pixels"
+            )
+            lines.append(
+                f"config.data.image_size={size!r} is not allowed with config.model.input_size="
+                f"{m.input_size!r}: expected {want} ({how}); change one of the two."
+            )
+    return lines
+
+
 def validate(config) -> None:
     """Raises ValueError if a schema key is missing or an enumerated value is not allowed.
 
     Checked: every key of ``base_config()`` is present; every ``CHOICES`` key holds one of its
-    values; ``sample.sampler`` is one of the model family's (nag_jax.diffusion.family);
-    ``optim.trainable`` is "all", "null_token" or a valid regex.
+    values (every sampler key, whether or not the job samples); ``sample.sampler`` is one of the
+    model family's (nag_jax.diffusion.family); ``optim.trainable`` is "all", "null_token" or a
+    valid regex; no impossible value (``value_errors``: one line each, all reported at once).
     """
     missing = _missing(base_config(), config)
     if missing:
@@ -300,3 +447,6 @@ def validate(config) -> None:
                 f"config.optim.trainable={trainable!r} is neither 'all', 'null_token' nor a "
                 f"valid regex ({e})."
             ) from e
+    errors = value_errors(config)
+    if errors:
+        raise ValueError("\n".join(errors))
