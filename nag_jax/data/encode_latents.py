@@ -3,7 +3,9 @@
     python -m nag_jax.main --config=configs/CONFIG.py --workdir=DIR --config.mode=encode_latents
 
 ``run(config, workdir)`` reads ``config.data`` (the image source: image_folder, a tfds name or
-synthetic_shapes; ``image_size`` is the pixel size, e.g. 256), ``config.vae.path`` (the
+synthetic_shapes; ``image_size`` is the pixel size, e.g. 256; ``bad_images``: an image that does
+not decode is left out and logged by name, "skip", or stops the run, "fail"; the skipped files
+are listed in ``<shard>.skipped.json`` and metadata.json "skipped"), ``config.vae.path`` (the
 diffusers / converted Orbax VAE directory, nag_jax.vae.load_vae) and ``config.encode``:
 
     out_dir       output directory (default: WORKDIR/latents)
@@ -36,26 +38,40 @@ split over ``jax.local_devices()`` (jax.jit + NamedSharding over a 1-D 'data' me
 from __future__ import annotations
 
 import concurrent.futures
-import glob
+import json
 import math
-import os
 import time
 
 import numpy as np
 
 from nag_jax.data import latents as latents_lib
 from nag_jax.data.preprocess import center_crop_arr, to_float
+from nag_jax.paths import as_path
+
+SKIPPED_SUFFIX = ".skipped.json"
 
 
 class _ImageLoader:
-    """Loads examples [indices] of a source as ((N, S, S, 3) float32 in [-1, 1], (N,) int32)."""
+    """Loads examples [indices] of a source as ((N', S, S, 3) float32 in [-1, 1], (N',) int32,
+    skipped): with ``bad_images="skip"`` an image that does not decode (sources.BadImageError) is
+    left out and listed in ``skipped`` ({"index", "file", "error"}); with "fail" it raises."""
 
-    def __init__(self, source, image_size: int, num_threads: int = 4):
+    def __init__(self, source, image_size: int, num_threads: int = 4, bad_images: str = "skip"):
         self.source, self.image_size = source, int(image_size)
+        self.bad_images = bad_images
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, num_threads))
 
     def _one(self, i):
-        ex = self.source[int(i)]
+        from nag_jax.data.sources import BadImageError
+
+        try:
+            ex = self.source[int(i)]
+        except BadImageError as e:
+            if self.bad_images != "skip":
+                hint = ": replace or remove the file, or set config.data.bad_images='skip'"
+                raise BadImageError(e.path, e.index, e.cause, hint) from e
+            error = f"{type(e.cause).__name__}: {e.cause}"
+            return {"index": e.index, "file": e.path, "error": error}
         return center_crop_arr(ex["image"], self.image_size), ex["label"]
 
     def __call__(self, indices):
@@ -66,11 +82,14 @@ class _ImageLoader:
                     f"{self.image_size}px"
                 )
             out = self.source.render_batch(np.asarray(indices))
-            return out["image"], out["label"]
+            return out["image"], out["label"], []
         results = list(self.pool.map(self._one, indices))
-        images = to_float(np.stack([r[0] for r in results]))
-        labels = np.asarray([r[1] for r in results], dtype=np.int32)
-        return images, labels
+        skipped = [r for r in results if isinstance(r, dict)]
+        good = [r for r in results if not isinstance(r, dict)]
+        s = self.image_size
+        images = to_float(np.stack([r[0] for r in good])) if good else np.zeros((0, s, s, 3))
+        labels = np.asarray([r[1] for r in good], dtype=np.int32)
+        return images, labels, skipped
 
 
 def _sharded_encode(encode_fn, batch_size: int):
@@ -113,6 +132,7 @@ def encode_dataset(
     metadata_extra: dict | None = None,
     on_shard_done=None,
     num_threads: int = 4,
+    bad_images: str = "skip",
     log=print,
 ) -> dict | None:
     """Encodes `source` to latent shards in `out_dir`; returns the metadata (None if incomplete).
@@ -122,6 +142,9 @@ def encode_dataset(
     encode_fn(params, images (B, S, S, 3) in [-1, 1], key) -> latents (B, h, w, c); `scaled` says
       whether it already multiplied by `scale_factor` (recorded in the metadata).
     on_shard_done(shard_index): optional hook after each written shard (tests use it to interrupt).
+    bad_images: "skip" leaves undecodable images out (logged by name; ``<shard>.skipped.json``,
+      metadata "skipped") or "fail" stops naming the file.
+    out_dir: local or remote (``gs://``, nag_jax.paths).
     """
     import jax
 
@@ -129,10 +152,11 @@ def encode_dataset(
     if n <= 0:
         raise ValueError(f"nothing to encode: source has {len(source)} examples")
     num_shards = math.ceil(n / shard_size)
-    os.makedirs(out_dir, exist_ok=True)
-    for stale in glob.glob(os.path.join(out_dir, "*.tmp-*")):  # leftovers of a killed run
-        os.remove(stale)
-    loader = _ImageLoader(source, image_size, num_threads)
+    out = as_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.tmp-*"):  # leftovers of a killed run (files or temp folders)
+        stale.rmtree() if stale.is_dir() else stale.unlink()
+    loader = _ImageLoader(source, image_size, num_threads, bad_images)
     fn, data_sharding, rep = _sharded_encode(encode_fn, batch_size)
     params = jax.device_put(params, rep)
     root = jax.random.key(int(seed))
@@ -140,7 +164,10 @@ def encode_dataset(
     latent_shape = list(jax.eval_shape(encode_fn, params, probe, root).shape[1:])
 
     def shard_path(k):
-        return os.path.join(out_dir, latents_lib.shard_filename(k, num_shards))
+        return out / latents_lib.shard_filename(k, num_shards)
+
+    def skipped_path(k):
+        return out / (latents_lib.shard_filename(k, num_shards) + SKIPPED_SUFFIX)
 
     def encode(images, key):
         b = images.shape[0]
@@ -151,14 +178,19 @@ def encode_dataset(
         return fn(params, x, key), b
 
     for k in range(num_shards):
-        if k % process_count != process_index or os.path.exists(shard_path(k)):
+        if k % process_count != process_index or shard_path(k).exists():
             continue
         t0 = time.time()
         start, stop = k * shard_size, min(n, (k + 1) * shard_size)
         shard_key = jax.random.fold_in(root, k)
-        labels, outs, pending = [], [], []
+        labels, outs, pending, skipped = [], [], [], []
         for bi, b0 in enumerate(range(start, stop, batch_size)):
-            images, y = loader(np.arange(b0, min(stop, b0 + batch_size)))
+            images, y, bad = loader(np.arange(b0, min(stop, b0 + batch_size)))
+            for b in bad:
+                log(f"encode_latents: skipped undecodable image {b['file']} ({b['error']})")
+            skipped += bad
+            if not len(y):
+                continue
             labels.append(y)
             key = jax.random.fold_in(shard_key, bi)
             calls = [encode(images, jax.random.fold_in(key, 0))]
@@ -168,16 +200,21 @@ def encode_dataset(
             if len(pending) > 1:
                 outs.append(_fetch(pending.pop(0)))
         outs.extend(_fetch(p) for p in pending)
+        if not outs:
+            raise ValueError(f"encode_latents: no image of shard {k} ([{start}, {stop})) decodes")
         lat = np.concatenate(outs)  # (N, V, h, w, c)
-        latents_lib.write_shard(shard_path(k), np.concatenate(labels), lat, dtype=dtype)
+        if skipped:  # before the shard: a present shard always has its list
+            skipped_path(k).write_text(json.dumps(skipped, indent=1))
+        latents_lib.write_shard(str(shard_path(k)), np.concatenate(labels), lat, dtype=dtype)
         log(
-            f"encode_latents: shard {k + 1}/{num_shards} ({stop - start} examples) "
-            f"in {time.time() - t0:.1f}s -> {shard_path(k)}"
+            f"encode_latents: shard {k + 1}/{num_shards} ({len(lat)} examples"
+            + (f", {len(skipped)} undecodable skipped" if skipped else "")
+            + f") in {time.time() - t0:.1f}s -> {shard_path(k)}"
         )
         if on_shard_done is not None:
             on_shard_done(k)
 
-    done = all(os.path.exists(shard_path(k)) for k in range(num_shards))
+    done = all(shard_path(k).exists() for k in range(num_shards))
     if not done or process_index != 0:
         if not done:
             log(
@@ -185,14 +222,25 @@ def encode_dataset(
                 "metadata.json not written yet"
             )
         return None
-    counts = [min(n, (k + 1) * shard_size) - k * shard_size for k in range(num_shards)]
+    skipped = []
+    counts = []
+    for k in range(num_shards):
+        bad = json.loads(skipped_path(k).read_text()) if skipped_path(k).exists() else []
+        skipped += bad
+        counts.append(min(n, (k + 1) * shard_size) - k * shard_size - len(bad))
+    if skipped:
+        log(
+            f"encode_latents: {len(skipped)} undecodable image(s) left out (listed in "
+            f"{latents_lib.METADATA_FILE} 'skipped'), e.g. {skipped[0]['file']}"
+        )
     meta = {
         "latent_shape": latent_shape,
         "dtype": dtype,
         "variants": ["image", "hflip"] if store_flips else ["image"],
         "scale_factor": float(scale_factor),
         "scaled": bool(scaled),
-        "count": int(n),
+        "count": int(sum(counts)),
+        "skipped": skipped,
         "image_size": int(image_size),
         "num_classes": getattr(source, "num_classes", None),
         "class_names": getattr(source, "class_names", None),
@@ -205,7 +253,7 @@ def encode_dataset(
         **(metadata_extra or {}),
     }
     latents_lib.write_metadata(out_dir, meta)
-    log(f"encode_latents: wrote {out_dir}/{latents_lib.METADATA_FILE} ({n} examples)")
+    log(f"encode_latents: wrote {out / latents_lib.METADATA_FILE} ({sum(counts)} examples)")
     return latents_lib.read_metadata(out_dir)
 
 
@@ -258,7 +306,7 @@ def run(config, workdir: str, *, encode_fn=None, params=None) -> dict | None:
     source = build_source(data_cfg)
     return encode_dataset(
         source,
-        encode_cfg.out_dir or os.path.join(workdir, "latents"),
+        encode_cfg.out_dir or str(as_path(workdir) / "latents"),
         encode_fn=encode_fn,
         params=params,
         image_size=int(data_cfg.image_size),
@@ -272,5 +320,6 @@ def run(config, workdir: str, *, encode_fn=None, params=None) -> dict | None:
         scale_factor=scale,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        bad_images=data_cfg.bad_images,
         metadata_extra={**extra, "data_name": data_cfg.name},
     )

@@ -26,14 +26,25 @@ metadata.json:
 "scaled" says whether the stored latents are already multiplied by scale_factor (the releases'
 convention: latent = encode(x).sample() * 0.18215; decode(z / 0.18215)). A training pipeline feeds
 stored latents as they are when scaled is true, else multiplies by scale_factor.
+
+Images that did not decode when encoding (``data.bad_images="skip"``) are left out: a shard then
+holds fewer records, ``<shard>.skipped.json`` lists them ({"index", "file", "error"}) and
+metadata.json gathers them under "skipped" (its "count" is the records actually stored).
+
+Paths go through nag_jax.paths (epath): metadata.json and the shards can be written to and the
+metadata read from ``gs://``. Reading the shards needs local files (array_record's reader opens
+local paths only: google/array_record#120); a remote directory gets an error saying so.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
+
+from nag_jax.paths import as_path, is_remote
 
 FORMAT = "nag_jax.latents.v1"
 METADATA_FILE = "metadata.json"
@@ -69,7 +80,8 @@ def decode_record(record: bytes, latent_shape, num_variants: int, dtype: str):
 
 
 def write_shard(path: str, labels, latents, dtype: str = "float16") -> None:
-    """Writes one shard atomically (tmp file + rename).
+    """Writes one shard atomically (tmp file + rename); a remote ``path`` is written to a local
+    temporary file first and copied (array_record writes local files only).
 
     labels: (N,) ints; latents: (N, V, h, w, c) float (V = 1 or 2 variants).
     """
@@ -82,45 +94,53 @@ def write_shard(path: str, labels, latents, dtype: str = "float16") -> None:
             f"write_shard expects latents (N, V, h, w, c) and labels (N,), got {latents.shape} "
             f"and {labels.shape}"
         )
-    tmp = f"{path}.tmp-{os.getpid()}"
-    writer = ArrayRecordWriter(tmp, "group_size:1")
+    dst = as_path(path)
+    tmp = dst.parent / f"{dst.name}.tmp-{os.getpid()}"
+    local = tmp
+    if is_remote(dst):
+        fd, name = tempfile.mkstemp(suffix=".array_record")
+        os.close(fd)
+        local = as_path(name)
+    writer = ArrayRecordWriter(os.fspath(local), "group_size:1")
     try:
         for y, z in zip(labels, latents):
             writer.write(encode_record(int(y), z, dtype))
     finally:
         writer.close()
-    os.replace(tmp, path)
+    if local != tmp:
+        try:
+            local.copy(tmp, overwrite=True)
+        finally:
+            local.unlink()
+    tmp.replace(dst)
 
 
 def write_metadata(directory: str, metadata: dict) -> None:
-    """Writes metadata.json atomically; fills "format"."""
-    metadata = {"format": FORMAT, **metadata}
-    path = os.path.join(directory, METADATA_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    """Writes metadata.json atomically (nag_jax.weights.write_json); fills "format"."""
+    from nag_jax.weights import write_json
+
+    write_json(str(as_path(directory) / METADATA_FILE), {"format": FORMAT, **metadata}, force=True)
 
 
 def read_metadata(directory: str) -> dict:
-    """Reads and checks metadata.json of a latents directory (clear errors when missing)."""
-    if not directory or not os.path.isdir(directory):
+    """Reads and checks metadata.json of a latents directory, local or remote (clear errors when
+    missing)."""
+    if not directory or not as_path(directory).is_dir():
         raise FileNotFoundError(
             f"latents data_dir {directory!r} does not exist: expected a directory with "
             f"{METADATA_FILE} and latents-*.array_record shards, written by "
             "`python -m nag_jax.main --config=... --config.mode=encode_latents` "
             "(nag_jax.data.encode_latents)"
         )
-    path = os.path.join(directory, METADATA_FILE)
-    if not os.path.exists(path):
-        shards = [f for f in os.listdir(directory) if f.endswith(".array_record")]
+    path = as_path(directory) / METADATA_FILE
+    if not path.exists():
+        shards = [f for f in as_path(directory).iterdir() if f.name.endswith(".array_record")]
         raise FileNotFoundError(
             f"{path} is missing: the latents directory {directory!r} is incomplete "
             f"({len(shards)} shard file(s) present). Rerun encode_latents with the same workdir; "
             "it resumes and writes metadata.json when every shard is done"
         )
-    with open(path) as f:
-        meta = json.load(f)
+    meta = json.loads(path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
@@ -137,8 +157,15 @@ class LatentsSource:
 
         self.directory = directory
         self.metadata = read_metadata(directory)
-        paths = [os.path.join(directory, s["file"]) for s in self.metadata["shards"]]
-        missing = [p for p in paths if not os.path.exists(p)]
+        if is_remote(directory):
+            raise ValueError(
+                f"latents data_dir {directory!r} is remote: array_record reads local files only "
+                "(google/array_record#120). Copy the directory to local disk (e.g. `gcloud "
+                "storage cp -r`) or mount the bucket (gcsfuse) and set config.data.data_dir to "
+                "the local path"
+            )
+        paths = [str(as_path(directory) / s["file"]) for s in self.metadata["shards"]]
+        missing = [p for p in paths if not as_path(p).exists()]
         if missing:
             raise FileNotFoundError(
                 f"latents directory {directory!r}: {len(missing)} shard(s) listed in "

@@ -26,7 +26,12 @@ pure function of b (random access, so grain's iterator state is just the next ba
      with a single variant the latent array is mirrored along W, which only approximates the
      latent of the mirrored image (the VAE is not exactly flip-equivariant);
   4. one vectorised load per batch (synthetic shapes render a whole batch at once; image sources
-     decode + ADM centre crop each example; latents parse records);
+     decode + ADM centre crop each example; latents parse records). An image that does not
+     decode (``sources.BadImageError``, naming the file) stops the run with
+     ``bad_images="fail"``; with ``"skip"`` (default) a warning names it with a running count
+     and the next decodable record of the same process's shard (keys k + P, k + 2P, ...,
+     wrapping) takes its place, label included: batch b stays a pure function of b, so resumes
+     are deterministic;
   5. ``to_iter_dataset(ReadOptions(num_threads, prefetch_buffer_size))`` and, with
      ``num_workers > 0``, ``mp_prefetch`` (worker processes; output does not depend on the count).
 
@@ -65,14 +70,17 @@ data_cfg keys (ml_collections.ConfigDict or any object with .get; missing keys -
   num_threads        read threads per process (default 1: prefetches while the step runs)
   prefetch_buffer_size   batches prefetched (default 2)
   return_index       also return "index" (B,) int64 record keys and "epoch" (default False)
+  bad_images         "skip" (default: warn, count, substitute; see 4.) or "fail" (stop)
   global_batch_size  used when the `global_batch_size` argument is None
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
+from absl import logging
 
 from nag_jax import config_schema
 from nag_jax.data.preprocess import center_crop_arr, flip_decisions, to_float
@@ -174,12 +182,72 @@ class _BatchOf:
 
 
 class _LoadBatch:
-    """Turns a batch of (epoch, record key) into model-ready arrays (picklable for workers)."""
+    """Turns a batch of (epoch, record key) into model-ready arrays (picklable for workers).
 
-    def __init__(self, source, *, kind, seed, image_size, random_flip, return_index, scale):
+    Image sources: ``bad_images`` "skip" replaces an undecodable record k by the first decodable
+    one of k + P, k + 2P, ... (mod ``num_keys``, P = ``process_count``: the same process's shard)
+    and logs each bad file once with the count so far (per loading process); "fail" raises."""
+
+    def __init__(
+        self,
+        source,
+        *,
+        kind,
+        seed,
+        image_size,
+        random_flip,
+        return_index,
+        scale,
+        bad_images="skip",
+        process_count=1,
+        num_keys=None,
+    ):
         self.source, self.kind, self.seed = source, kind, seed
         self.image_size, self.random_flip = image_size, random_flip
         self.return_index, self.scale = return_index, scale
+        self.bad_images, self.process_count = bad_images, int(process_count)
+        self.num_keys = len(source) if num_keys is None else int(num_keys)
+        self._bad: set[int] = set()
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # the lock does not pickle; each worker counts its own skips
+        return {**self.__dict__, "_lock": None, "_bad": set()}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def _image(self, key: int):
+        """(source[k], k) for k = key, or with bad_images="skip" the first decodable record of its
+        shard after it (module docstring, 4.)."""
+        from nag_jax.data.sources import BadImageError
+
+        k = key
+        for _ in range(max(1, self.num_keys // self.process_count)):
+            if k not in self._bad:
+                try:
+                    return self.source[k], k
+                except BadImageError as e:
+                    if self.bad_images != "skip":
+                        hint = (
+                            ": replace or remove the file, or set config.data.bad_images='skip' "
+                            "to step over undecodable images"
+                        )
+                        raise BadImageError(e.path, e.index, e.cause, hint) from e
+                    with self._lock:
+                        self._bad.add(k)
+                        count = len(self._bad)
+                    logging.warning(
+                        "skipped: %s; %d undecodable image(s) skipped so far by this loader "
+                        "(config.data.bad_images='skip'; a later record of the same shard takes "
+                        "its place; 'fail' stops instead)",
+                        e,
+                        count,
+                    )
+            k = (k + self.process_count) % self.num_keys
+        raise RuntimeError(
+            f"no decodable image in this process's shard of {self.source!r} (tried record {key} "
+            "and every later one): check config.data.data_dir"
+        )
 
     def __call__(self, batch):
         epochs, keys = batch
@@ -211,14 +279,16 @@ class _LoadBatch:
             images = np.stack(lats).astype(np.float32) * np.float32(self.scale)
             labels = np.array([ex["label"] for ex in exs], dtype=np.int32)
         else:
-            imgs, labels = [], []
+            imgs, labels, used = [], [], []
             for k, flip in zip(keys, flips):
-                ex = self.source[int(k)]
+                ex, k_used = self._image(int(k))
                 arr = center_crop_arr(ex["image"], self.image_size)
                 imgs.append(arr[:, ::-1] if flip else arr)
                 labels.append(ex["label"])
+                used.append(k_used)
             images = to_float(np.stack(imgs))
             labels = np.asarray(labels, dtype=np.int32)
+            keys = np.asarray(used, dtype=np.int64)  # "index": the records actually read
         out = {"image": np.ascontiguousarray(images, dtype=np.float32), "label": labels}
         if self.return_index:
             out["index"] = keys
@@ -291,6 +361,9 @@ def create_dataset(
         random_flip=bool(d.random_flip),
         return_index=bool(d.return_index),
         scale=scale,
+        bad_images=d.bad_images,
+        process_count=process_count,
+        num_keys=n_even,
     )
     ds = grain.MapDataset.range(num_batches).map(_BatchOf(keys, batch, load))
     it_ds = ds.to_iter_dataset(

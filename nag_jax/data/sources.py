@@ -5,7 +5,9 @@ preprocessing (ADM centre crop, flip, [-1, 1]) happens in the pipeline. Sources:
 
 - ``ShapesDataset`` (nag_jax.data.synthetic): built-in, rendered at the target size directly.
 - ``ImageFolderSource(root)``: ``root/<class_name>/**/*.{jpg,jpeg,png,webp}``; labels are the
-  indices of the sorted class-folder names.
+  indices of the sorted class-folder names. ``root`` may be local or remote (``gs://``,
+  nag_jax.paths). A file that does not decode (garbage, a truncated JPEG) raises
+  ``BadImageError`` naming it; the pipeline skips or fails on it (``config.data.bad_images``).
 - ``TfdsSource(name, split, data_dir)``: a prepared tensorflow-datasets dataset read with
   ``tfds.data_source`` (array_record; random access, no TensorFlow graph). ImageNet must be
   prepared once from the manually downloaded tars (see ``TFDS_MANUAL_HINT``).
@@ -17,6 +19,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+from nag_jax.paths import as_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -30,6 +34,44 @@ TFDS_MANUAL_HINT = {
 }
 
 
+class BadImageError(ValueError):
+    """An image file that does not decode; ``path`` names it, ``index`` is its record key."""
+
+    def __init__(self, path: str, index: int, cause: BaseException, hint: str = ""):
+        self.path, self.index, self.cause = str(path), int(index), cause
+        super().__init__(
+            f"image {self.path} (record {self.index}) does not decode "
+            f"({type(cause).__name__}: {cause}){hint}"
+        )
+
+
+def decode_image(path) -> np.ndarray:
+    """The image file at ``path`` (local or remote) as (H, W, 3) uint8, fully decoded (a truncated
+    file raises here, not later)."""
+    from PIL import Image
+
+    with as_path(path).open("rb") as f, Image.open(f) as im:
+        im.load()
+        return np.asarray(im.convert("RGB"))
+
+
+def _walk_files(top) -> list[str]:
+    """Every file under ``top`` (epath; local or remote), directories visited in sorted order,
+    as full paths. Relies only on walk's relative structure (fsspec backends yield paths
+    without their scheme)."""
+    top = as_path(top)
+    out, base = [], None
+    for dirpath, dirnames, filenames in top.walk():
+        dirnames.sort()
+        dirpath = os.fspath(dirpath)
+        if base is None:
+            base = dirpath
+        rel = os.path.relpath(dirpath, base)
+        here = top if rel == "." else top / rel
+        out += [str(here / fn) for fn in sorted(filenames)]
+    return out
+
+
 class ImageFolderSource:
     """Images in ``root/<class>/...``; class names sorted -> labels 0..K-1.
 
@@ -38,7 +80,7 @@ class ImageFolderSource:
     """
 
     def __init__(self, root: str, extensions=IMAGE_EXTENSIONS):
-        if not root or not os.path.isdir(root):
+        if not root or not as_path(root).is_dir():
             raise FileNotFoundError(
                 f"image_folder data_dir {root!r} does not exist: expected a directory with one "
                 "subfolder per class (e.g. data_dir/cat/001.jpg, data_dir/dog/002.png); set "
@@ -46,9 +88,8 @@ class ImageFolderSource:
             )
         exts = tuple(e.lower() for e in extensions)
         self.root = root
-        self.class_names = sorted(
-            d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
-        )
+        top = as_path(root)
+        self.class_names = sorted(d.name for d in top.iterdir() if d.is_dir())
         if not self.class_names:
             raise ValueError(
                 f"image_folder data_dir {root!r} has no class subfolders: expected one "
@@ -57,12 +98,10 @@ class ImageFolderSource:
             )
         files, labels = [], []
         for label, name in enumerate(self.class_names):
-            for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
-                dirnames.sort()
-                for fn in sorted(filenames):
-                    if fn.lower().endswith(exts):
-                        files.append(os.path.join(dirpath, fn))
-                        labels.append(label)
+            for path in _walk_files(top / name):
+                if path.lower().endswith(exts):
+                    files.append(path)
+                    labels.append(label)
         if not files:
             raise ValueError(
                 f"image_folder data_dir {root!r} has {len(self.class_names)} class folder(s) "
@@ -77,10 +116,10 @@ class ImageFolderSource:
         return len(self.files)
 
     def __getitem__(self, index):
-        from PIL import Image
-
-        with Image.open(self.files[index]) as im:
-            image = np.asarray(im.convert("RGB"))
+        try:
+            image = decode_image(self.files[index])
+        except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's decode errors
+            raise BadImageError(self.files[index], index, e) from e
         return {"image": image, "label": self.labels[index]}
 
     def __repr__(self) -> str:
@@ -106,7 +145,7 @@ class TfdsSource:
         label_key: str = "label",
         prepare: bool = False,
     ):
-        if data_dir and not os.path.isdir(data_dir):
+        if data_dir and not as_path(data_dir).is_dir():
             raise FileNotFoundError(
                 f"tfds data_dir {data_dir!r} for {name!r} does not exist: "
                 + TFDS_MANUAL_HINT.get(
@@ -137,7 +176,7 @@ class TfdsSource:
                     f"tfds dataset {name!r} is not prepared in data_dir {data_dir!r} (looked in "
                     f"{builder.data_dir}). To fix: {hint}"
                 )
-            manual = os.path.join(data_dir or builder.data_dir, "downloads", "manual")
+            manual = str(as_path(data_dir or builder.data_dir) / "downloads" / "manual")
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(manual_dir=manual)
             )
