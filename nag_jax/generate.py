@@ -23,7 +23,6 @@ DiT integer step, 0 = least noise; guidance intervals in noise level, 1 = pure n
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 
 import jax
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax import builders, parallel
+from nag_jax.paths import as_path
 from nag_jax.utils import to_uint8
 
 
@@ -78,9 +78,10 @@ def padded_batch_size(batch_size: int, mesh) -> int:
 def load_weights(path: str) -> tuple[dict, dict]:
     """``config.model.weights`` -> (params as numpy, metadata or {}): a converted checkpoint
     (``python -m nag_jax.convert to-orbax``: params + metadata) or a training workdir's
-    checkpoints/ directory (latest EMA params, no metadata)."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.exists(path):
+    checkpoints/ directory (latest EMA params, no metadata); local or remote (``gs://``,
+    nag_jax.paths)."""
+    path = str(as_path(path))
+    if not as_path(path).exists():
         raise FileNotFoundError(
             f"config.model.weights={path} does not exist; convert a release with "
             "`python -m nag_jax.convert to-orbax SiT-XL-2-256.pt ckpt/sit_xl2_256 --family SiT` "

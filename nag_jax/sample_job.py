@@ -16,6 +16,8 @@ count. Process 0 writes
     <workdir>/samples/samples.npz     arr_0: (N, H, W, 3) uint8, arr_1: (N,) int labels
     <workdir>/samples/info.json       config, checkpoint metadata, timings
 
+The workdir and the weights may be local or remote (``gs://``; nag_jax.paths).
+
 uint8 rule: ``nag_jax.utils.to_uint8`` = clip(round(127.5 x + 127.5), 0, 255).
 
 Time conventions: SiT float t in [0, 1] (0 = noise, 1 = data); DiT integer step (0 = least
@@ -24,9 +26,9 @@ noise); guidance intervals in noise level (1 = noise). All of it lives in builde
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import time
 
 import jax
@@ -35,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from nag_jax import builders, config_schema, generate, parallel, utils
+from nag_jax.paths import as_path, is_remote
 
 ARCH_FIELDS = ("input_size", "in_channels", "num_classes", "learn_sigma")
 SIZE_FIELDS = ("hidden_size", "depth", "num_heads")
@@ -143,33 +146,44 @@ def run(config, workdir: str) -> dict:
 
     images = np.concatenate(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
     labels = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
-    out_dir = os.path.join(workdir, "samples")
-    npz = os.path.join(out_dir, "samples.npz")
+    out_dir = as_path(workdir) / "samples"
+    npz = str(out_dir / "samples.npz")
     grid_path = None
     n_grid = min(int(sc.grid_images), len(images))
     summary = dict(
         npz=npz,
-        grid=os.path.join(out_dir, "grid.png") if n_grid else None,
+        grid=str(out_dir / "grid.png") if n_grid else None,
         num_images=int(len(images)),
         image_shape=list(images.shape[1:]),
         devices=int(mesh.devices.size),
         batch_size=batch,
         sample_s=round(t_sample, 3),  # sampling and VAE decoding, one jit
-        checkpoint=os.path.abspath(config.model.weights),
+        checkpoint=str(as_path(config.model.weights)),
         checkpoint_metadata=meta,
         notes=notes,
         config=json.loads(config.to_json_best_effort()),
     )
     if jax.process_index() == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = npz + ".tmp.npz"
-        np.savez(tmp, arr_0=images, arr_1=labels)
-        os.replace(tmp, npz)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = as_path(npz + ".tmp.npz")
+        with tmp.open("wb") as f:
+            np.savez(f, arr_0=images, arr_1=labels)
+        tmp.replace(as_path(npz))
         if n_grid:
             grid_path = summary["grid"]
             cols = int(sc.grid_cols) or math.ceil(math.sqrt(n_grid))
-            utils.save_png(grid_path, utils.make_grid(images[:n_grid], cols))
-        with open(os.path.join(out_dir, "info.json"), "w") as f:
-            json.dump(summary, f, indent=1, default=str)
+            _write_png(grid_path, utils.make_grid(images[:n_grid], cols))
+        (out_dir / "info.json").write_text(json.dumps(summary, indent=1, default=str))
     logging.info("sample: wrote %s and %s", npz, grid_path)
     return summary
+
+
+def _write_png(path: str, image: np.ndarray) -> None:
+    """utils.save_png for a local path; a remote one gets the PNG bytes through epath."""
+    if not is_remote(path):
+        return utils.save_png(path, image)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image)).save(buf, format="PNG")
+    as_path(path).write_bytes(buf.getvalue())

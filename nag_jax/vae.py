@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +51,7 @@ import numpy as np
 from flax import traverse_util
 
 from nag_jax import weights
+from nag_jax.paths import as_path, is_remote
 
 Dtype = Any
 
@@ -721,70 +721,80 @@ def state_dict_from_params(params) -> dict[str, np.ndarray]:
 
 
 def find_vae_dir(path: str) -> str:
-    """Resolves ``path`` to the folder holding the VAE's config.json.
+    """Resolves ``path`` (local or remote, nag_jax.paths) to the folder holding the VAE's
+    config.json.
 
     Accepts the VAE folder itself or a full diffusers pipeline folder with a ``vae/`` subfolder.
     """
-    path = os.path.expanduser(os.fspath(path))
-    if not os.path.isdir(path):
+    folder = as_path(path)
+    if not folder.is_dir():
         raise FileNotFoundError(
-            f"VAE path {path!r} does not exist or is not a directory. Expected a diffusers "
-            f"folder with config.json and one of {list(WEIGHT_FILES)}, or an Orbax directory "
-            f"written by `python -m nag_jax.convert vae` (config.json + {ORBAX_PARAMS_DIR}/). "
-            + HUB_HINT
+            f"VAE path {str(folder)!r} does not exist or is not a directory. Expected a "
+            f"diffusers folder with config.json and one of {list(WEIGHT_FILES)}, or an Orbax "
+            f"directory written by `python -m nag_jax.convert vae` (config.json + "
+            f"{ORBAX_PARAMS_DIR}/). " + HUB_HINT
         )
-    if not os.path.exists(os.path.join(path, "config.json")) and os.path.exists(
-        os.path.join(path, "vae", "config.json")
-    ):
-        path = os.path.join(path, "vae")
-    return path
+    if not (folder / "config.json").exists() and (folder / "vae" / "config.json").exists():
+        folder = folder / "vae"
+    return str(folder)
+
+
+def _listing(folder) -> list[str]:
+    return sorted(p.name for p in as_path(folder).iterdir())
 
 
 def read_config(path: str) -> dict:
     """The config.json dict of a VAE folder (diffusers or converted), with a clear error."""
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
+    cfg_path = as_path(path) / "config.json"
+    if not cfg_path.exists():
         raise FileNotFoundError(
-            f"No config.json in VAE folder {path!r} (found: {sorted(os.listdir(path))}). "
+            f"No config.json in VAE folder {path!r} (found: {_listing(path)}). "
             f"Expected the diffusers files config.json + one of {list(WEIGHT_FILES)}. " + HUB_HINT
         )
-    with open(cfg_path) as f:
-        return json.load(f)
+    return json.loads(cfg_path.read_text())
 
 
 def is_orbax_vae_dir(path: str) -> bool:
     """True when ``path`` looks like the output of ``python -m nag_jax.convert vae``."""
-    return os.path.isdir(os.path.join(path, ORBAX_PARAMS_DIR))
+    return (as_path(path) / ORBAX_PARAMS_DIR).is_dir()
 
 
 def read_state_dict(path: str) -> tuple[dict[str, Any], str]:
     """Reads the diffusers weight file of a VAE folder -> (state dict, file path).
 
     safetensors are read as numpy (through torch only for dtypes numpy lacks, e.g. bfloat16);
-    a .bin needs torch (``weights_only=True``: no code is unpickled).
+    a .bin needs torch (``weights_only=True``: no code is unpickled). A remote folder's file is
+    read through epath (safetensors from bytes, torch from the open file).
     """
     for name in WEIGHT_FILES:
-        f = os.path.join(path, name)
-        if not os.path.exists(f):
+        fp = as_path(path) / name
+        f = str(fp)
+        if not fp.exists():
             continue
+        remote = is_remote(fp)
         if f.endswith(".safetensors"):
             from safetensors import safe_open
 
             try:
+                if remote:
+                    from safetensors.numpy import load
+
+                    return dict(load(fp.read_bytes())), f
                 with safe_open(f, framework="np") as sf:
                     return {k: sf.get_tensor(k) for k in sf.keys()}, f  # noqa: SIM118
             except (TypeError, ValueError):  # e.g. bfloat16: go through torch
-                from safetensors.torch import load_file
+                from safetensors.torch import load, load_file
 
-                return dict(load_file(f)), f
+                return (dict(load(fp.read_bytes())) if remote else dict(load_file(f))), f
         import torch
 
-        sd = torch.load(f, map_location="cpu", weights_only=True)
+        with fp.open("rb") as fh:
+            sd = torch.load(fh, map_location="cpu", weights_only=True)
         if isinstance(sd, Mapping) and "state_dict" in sd and len(sd) <= 3:
             sd = sd["state_dict"]
         return dict(sd), f
     raise FileNotFoundError(
-        f"No VAE weights in {path!r} (found: {sorted(os.listdir(path))}); expected one of "
+        f"No VAE weights in {path!r} (found: {_listing(path)}); expected one of "
         f"{list(WEIGHT_FILES)} next to config.json. " + HUB_HINT
     )
 
@@ -800,7 +810,7 @@ def load_diffusers(path: str) -> tuple[VAEConfig, dict]:
 def load_converted(path: str) -> tuple[VAEConfig, dict]:
     """A folder written by ``python -m nag_jax.convert vae`` (config.json + params/, read by
     ``nag_jax.weights.load_params``) -> (VAEConfig, float32 params), checked against the config."""
-    path = os.path.abspath(find_vae_dir(path))
+    path = find_vae_dir(path)
     config = VAEConfig.from_dict(read_config(path))
     params, _ = weights.load_params(path)
     weights.check_params_match(

@@ -14,7 +14,8 @@ reference, scoring) and nag_jax.evaluation.results (rows and files).
 Layout: run_dir = <workdir>/eval/<digest of the sampling identity>: everything image i depends on
 (model, weights path and a fingerprint of the params, process, sample settings except batch size
 and counts, seed, VAE). run_dir/sampling.json holds that identity; the chunks and the
-samples_<N>.npz of nag_jax.evaluation.store sit beside it.
+samples_<N>.npz of nag_jax.evaluation.store sit beside it. The workdir, the weights, the samples
+and the results file may be local or remote (``gs://``; nag_jax.paths).
 
 Time conventions: none of its own (nag_jax.builders: SiT float t, 0 = noise; DiT integer step,
 0 = least noise; guidance intervals in noise level, 1 = pure noise).
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 
 import jax
@@ -33,14 +33,15 @@ from absl import logging
 
 from nag_jax import builders, config_schema, generate, parallel
 from nag_jax.evaluation import evaluators, reference_stats, results, store
+from nag_jax.paths import as_path
 
 # sample.* keys that do not change image i
 _NOT_IDENTITY = ("batch_size", "num_images", "return_trajectory", "grid_images", "grid_cols")
 
 
 def weights_path(config) -> str | None:
-    """Absolute ``config.model.weights`` (None if unset)."""
-    return os.path.abspath(config.model.weights) if config.model.weights else None
+    """``config.model.weights`` as an absolute path or a remote URI (None if unset)."""
+    return str(as_path(config.model.weights)) if config.model.weights else None
 
 
 def sampling_identity(config) -> dict:
@@ -100,15 +101,15 @@ def sample_images(
     if params is None:
         params = load_sampling_params(config)
     identity = {**sampling_identity(config), "params": params_fingerprint(params)}
-    run_dir = os.path.join(os.path.abspath(workdir), "eval", results.digest(identity))
-    out_path = os.path.join(run_dir, f"samples_{num_images}.npz")
-    if os.path.exists(out_path):
+    run = as_path(workdir) / "eval" / results.digest(identity)
+    run_dir, out_path = str(run), str(run / f"samples_{num_images}.npz")
+    if as_path(out_path).exists():
         return out_path, run_dir, identity
     mesh = mesh if mesh is not None else parallel.create_mesh(config.parallel)
     if jax.process_index() == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "sampling.json"), "w") as f:
-            json.dump(identity, f, indent=2, sort_keys=True, default=str)
+        run.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(identity, indent=2, sort_keys=True, default=str)
+        (run / "sampling.json").write_text(text)
     model = model if model is not None else builders.build_model(config.model)
     decode = decode if decode is not None else generate.load_decoder(config)
     bs = generate.padded_batch_size(int(config.eval.batch_size), mesh)
@@ -141,17 +142,17 @@ def run(config, workdir: str, **overrides) -> dict:
     ec = config.eval
     extractor = overrides.pop("extractor", None) or evaluators.build_extractor(config)
     if ec.samples:  # score an existing ADM-format .npz (e.g. from the releases' sample_ddp)
-        if not os.path.exists(ec.samples):
+        if not as_path(ec.samples).exists():
             raise FileNotFoundError(f"config.eval.samples={ec.samples!r} does not exist")
-        st = os.stat(ec.samples)
-        samples_path = os.path.abspath(ec.samples)
-        identity = {"samples_file": samples_path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        file_id = reference_stats.file_identity(ec.samples)
+        samples_path = file_id.pop("source")
+        identity = {"samples_file": samples_path, **file_id}
     else:
         samples_path, _, identity = sample_images(config, workdir, **overrides)
     values = evaluators.score_npz(config, workdir, samples_path, extractor)
     n = int(reference_stats.npz_array_shape(samples_path)[0][0])
     row = results.result_row(config, extractor, values, samples_path, identity, n)
-    results.append_result(ec.results_file or os.path.join(workdir, "eval_results.jsonl"), row)
+    results.append_result(ec.results_file or str(as_path(workdir) / "eval_results.jsonl"), row)
     tag = "" if extractor.is_fid_inception else " [NOT FID-Inception: relative numbers only]"
     shown = results.metric_names(values, extractor.is_fid_inception)
     logging.info("eval %s: %s%s", row["key"], shown, tag)

@@ -41,7 +41,6 @@ nothing is downloaded. Every key and shape is checked (`check_flat_params`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -51,6 +50,7 @@ import numpy as np
 from flax import traverse_util
 
 from nag_jax import weights
+from nag_jax.paths import as_path
 
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -387,7 +387,8 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     import torch
 
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with as_path(path).open("rb") as f:
+            sd = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(
             f"{path!r} is not a readable PyTorch state dict ({type(e).__name__}: {e}). Expected "
@@ -429,15 +430,15 @@ def check_flat_params(flat: dict[str, np.ndarray], source: str = "<params>") -> 
 
 
 def read_flat_params(path: str) -> dict[str, np.ndarray]:
-    """Checked flat '/'-keyed FID Inception params from a local .npz (flat '/' keys), a params
+    """Checked flat '/'-keyed FID Inception params from an .npz (flat '/' keys), a params
     directory (any layout of ``nag_jax.weights.load_params``), or the original pytorch-fid .pth
-    (converted in memory; needs torch)."""
-    if not path or not os.path.exists(path):
+    (converted in memory; needs torch); local or remote (``gs://``, nag_jax.paths)."""
+    if not path or not as_path(path).exists():
         raise FileNotFoundError(f"Inception weights not found at {path!r}. {_MISSING_WEIGHTS_HELP}")
-    if os.path.isdir(path):
+    if as_path(path).is_dir():
         flat = traverse_util.flatten_dict(weights.load_params(path)[0], sep="/")
     elif path.endswith(".npz"):
-        with np.load(path) as data:
+        with as_path(path).open("rb") as f, np.load(f) as data:
             flat = {k: np.asarray(data[k]) for k in data.files}
     else:
         flat = params_from_state_dict(read_torch_state_dict(path))

@@ -17,6 +17,8 @@ Sources:
 Cache: `<cache_dir>/ref-<extractor>-<hash>.npz`, the hash over the source identity (absolute path,
 size and mtime of a file; the data config for a dataset), the number of images and the extractor
 name. Stored: mu, sigma, mu_s, sigma_s, pool_features (for precision/recall), meta (JSON).
+Files and the cache directory may be local or remote (``gs://``, nag_jax.paths; opened through
+epath).
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ import zipfile
 import numpy as np
 
 from nag_jax.evaluation.metrics import FeatureExtractor, extract_features, mean_cov
+from nag_jax.paths import as_path, is_remote
+
+
+def file_identity(path: str) -> dict:
+    """{"source", "size", "mtime_ns"} of a local or remote file: what a cache key hashes so that
+    a replaced file is never scored from stale statistics."""
+    p = as_path(path)
+    if is_remote(p):
+        st = p.stat()
+        return {"source": str(p), "size": int(st.length), "mtime_ns": int(st.mtime * 1e9)}
+    st = os.stat(p)
+    return {"source": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 @dataclasses.dataclass
@@ -59,14 +73,16 @@ class ReferenceStats:
         for name in ("mu_s", "sigma_s", "pool_features"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path[:-4]}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        out = as_path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f"{out.stem}.tmp-{os.getpid()}.npz"
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(out)
 
     @classmethod
     def load(cls, path: str) -> ReferenceStats:
-        with np.load(path) as z:
+        with as_path(path).open("rb") as f, np.load(f) as z:
             get = lambda k: np.asarray(z[k]) if k in z.files else None
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
             return cls(
@@ -85,7 +101,7 @@ def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 def npz_array_shape(path: str, key: str = "arr_0") -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of one member of an .npz, read from its header only."""
-    with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+    with as_path(path).open("rb") as raw, zipfile.ZipFile(raw) as zf, zf.open(f"{key}.npy") as f:
         shape, _, dtype = _npy_header(f)
     return tuple(shape), dtype
 
@@ -93,14 +109,15 @@ def npz_array_shape(path: str, key: str = "arr_0") -> tuple[tuple[int, ...], np.
 def iter_npz_batches(path: str, batch_size: int, key: str = "arr_0", limit: int | None = None):
     """Streams an .npz member in batches along axis 0 without loading the whole array
     (50k 256px images are 9.8 GB). Falls back to np.load for Fortran-order / object arrays."""
-    with zipfile.ZipFile(path) as zf:
+    with as_path(path).open("rb") as raw, zipfile.ZipFile(raw) as zf:
         if f"{key}.npy" not in zf.namelist():
             raise ValueError(f"{path!r} has no {key!r} (members: {zf.namelist()})")
         with zf.open(f"{key}.npy") as f:
             shape, fortran, dtype = _npy_header(f)
             n = shape[0] if limit is None else min(shape[0], int(limit))
             if fortran or dtype.hasobject:
-                arr = np.load(path)[key][:n]
+                raw.seek(0)
+                arr = np.load(raw)[key][:n]
                 for i in range(0, n, batch_size):
                     yield arr[i : i + batch_size]
                 return
@@ -123,14 +140,14 @@ def _safe(name: str) -> str:
 def cache_path(cache_dir: str, extractor: FeatureExtractor, identity: dict) -> str:
     key = json.dumps({"extractor": extractor.name, **identity}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(cache_dir, f"ref-{_safe(extractor.name)}-{digest}.npz")
+    return str(as_path(cache_dir) / f"ref-{_safe(extractor.name)}-{digest}.npz")
 
 
 def _cached(cache_dir, extractor, identity, compute) -> ReferenceStats:
     import jax
 
     path = cache_path(cache_dir, extractor, identity) if cache_dir else None
-    if path and os.path.exists(path):
+    if path and as_path(path).exists():
         stats = ReferenceStats.load(path)
         stats.meta["cache_path"] = path
         return stats
@@ -152,13 +169,13 @@ def from_npz(
     precomputed: bool = False,
 ) -> ReferenceStats:
     """Reference statistics from an ADM-format .npz (see module doc)."""
-    if not os.path.exists(path):
+    if not as_path(path).exists():
         raise FileNotFoundError(
             f"reference batch {path!r} not found; use an ADM reference batch (.npz with arr_0 "
             "uint8 images, e.g. VIRTUAL_imagenet256_labeled.npz from openai/guided-diffusion's "
             "evaluations README) or config.eval.reference = 'dataset'."
         )
-    with np.load(path, mmap_mode="r") as z:
+    with as_path(path).open("rb") as f, np.load(f) as z:
         files = set(z.files)
     if "arr_0" not in files and "pool_features" in files:
         return ReferenceStats.load(path)  # a ReferenceStats file (e.g. a cache entry)
@@ -167,21 +184,18 @@ def from_npz(
             raise ValueError(
                 f"{path!r} has neither arr_0 (images) nor mu/sigma (statistics): keys {files}"
             )
-        with np.load(path) as z:
+        with as_path(path).open("rb") as f, np.load(f) as z:
             stats = ReferenceStats(
                 z["mu"],
                 z["sigma"],
                 z["mu_s"] if "mu_s" in files else None,
                 z["sigma_s"] if "sigma_s" in files else None,
                 None,
-                {"source": os.path.abspath(path), "precomputed": True},
+                {"source": str(as_path(path)), "precomputed": True},
             )
         return stats
-    st = os.stat(path)
     identity = {
-        "source": os.path.abspath(path),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
+        **file_identity(path),
         "num_images": num_images,
         "precomputed": bool(precomputed),
     }
@@ -203,7 +217,7 @@ def from_npz(
         )
         stats = ReferenceStats.from_features(feats, {"num_images": n})
         if precomputed:
-            with np.load(path) as z:
+            with as_path(path).open("rb") as f, np.load(f) as z:
                 stats.mu, stats.sigma = np.asarray(z["mu"]), np.asarray(z["sigma"])
                 has_s = "mu_s" in z.files and "sigma_s" in z.files
                 stats.mu_s = np.asarray(z["mu_s"]) if has_s else None
