@@ -243,3 +243,13 @@ def test_encode_latents_leaves_out_and_lists_bad_images(tmp_path):
     x = to_float(center_crop_arr(src[7]["image"], 16))
     expected = x.reshape(4, 4, 4, 4, 3).mean((1, 3))
     np.testing.assert_allclose(lat[5]["latents"][0], expected, atol=1e-6)
+
+
+def test_bad_images_skip_gives_up_on_broken_data(tmp_path, warnings_seen):
+    for c in ("a", "b"):
+        os.makedirs(tmp_path / c)
+        for i in range(2):
+            (tmp_path / c / f"{i}.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(RuntimeError, match="the data itself is broken"):
+        _batches(_folder_cfg(str(tmp_path), shuffle=False), 1)
+    assert len(warnings_seen) == 4  # each file named once

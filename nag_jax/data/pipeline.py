@@ -86,6 +86,9 @@ from nag_jax import config_schema
 from nag_jax.data.preprocess import center_crop_arr, flip_decisions, to_float
 
 SYNTHETIC = "synthetic_shapes"
+# bad_images="skip" gives up after this many undecodable records in a row (broken data, not a
+# stray file).
+MAX_CONSECUTIVE_BAD = 64
 
 
 def _complete(data_cfg):
@@ -222,7 +225,7 @@ class _LoadBatch:
         from nag_jax.data.sources import BadImageError
 
         k = key
-        for _ in range(max(1, self.num_keys // self.process_count)):
+        for _ in range(min(MAX_CONSECUTIVE_BAD, max(1, self.num_keys // self.process_count))):
             if k not in self._bad:
                 try:
                     return self.source[k], k
@@ -245,8 +248,9 @@ class _LoadBatch:
                     )
             k = (k + self.process_count) % self.num_keys
         raise RuntimeError(
-            f"no decodable image in this process's shard of {self.source!r} (tried record {key} "
-            "and every later one): check config.data.data_dir"
+            f"record {key} of {self.source!r} and the next decodable-image candidates of its "
+            f"shard ({MAX_CONSECUTIVE_BAD} at most) all fail to decode: the data itself is "
+            "broken or unreadable (permissions, a failed copy); check config.data.data_dir"
         )
 
     def __call__(self, batch):
