@@ -10,6 +10,7 @@ ending without a newline (a killed append) gets a newline first, so the next row
 to the torn one. ``read_results`` skips a line that is not a JSON object with one warning naming
 the file and the line numbers, and returns every complete row. Remote files (no append on object
 stores) are rewritten whole through a temporary object and a rename.
+
 Numbers from an extractor that is not the FID Inception (the demo's proxy classifier, random
 weights) go to the ``proxy_*`` columns: the same formulas in another feature space, never FID.
 """
