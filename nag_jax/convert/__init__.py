@@ -21,7 +21,7 @@ CLI: ``python -m nag_jax.convert {to-orbax,to-torch,inspect,vae,inception} ...``
 from nag_jax.convert.common import Architecture, ConversionError, create_model_from_metadata
 
 
-def load_torch_checkpoint(path, family, **kwargs):
+def load_torch_checkpoint(path, family=None, **kwargs):
     """See :func:`nag_jax.convert.torch_to_orbax.load_torch_checkpoint`."""
     from nag_jax.convert.torch_to_orbax import load_torch_checkpoint as _load
 
