@@ -275,3 +275,28 @@ def test_missing_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ConversionError, match=r"pip install 'nag_jax\[convert\]'"):
         T.load_torch_checkpoint(f"hf://{REPO}")
+
+
+def test_nag_on_a_release_without_token_warns_in_one_line(offline, caplog):
+    """A hub release has no null noise token: building a NAG sampler for it says so loudly."""
+    import importlib.util
+
+    from nag_jax import builders
+    from nag_jax.sample_job import reconcile_model_config
+
+    params, meta = T.load_torch_checkpoint(f"hf://{REPO}")
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "sample_dit_xl.py")
+    spec = importlib.util.spec_from_file_location("cfg", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config()
+    config.sample.nag_scale = 0.0
+    reconcile_model_config(config, meta, params)  # no token -> model.null_noise = "zero"
+    model = builders.build_model(config.model)
+    caplog.set_level("WARNING")
+    builders.build_sampler(config, model)
+    assert not [r for r in caplog.records if "null noise token" in r.getMessage()]
+    config.sample.nag_scale = 1.5
+    builders.build_sampler(config, model)
+    msgs = [r.getMessage() for r in caplog.records if "null noise token" in r.getMessage()]
+    assert len(msgs) == 1 and "\n" not in msgs[0] and "nag_scale=1.5" in msgs[0]
