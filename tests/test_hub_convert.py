@@ -300,3 +300,17 @@ def test_nag_on_a_release_without_token_warns_in_one_line(offline, caplog):
     builders.build_sampler(config, model)
     msgs = [r.getMessage() for r in caplog.records if "null noise token" in r.getMessage()]
     assert len(msgs) == 1 and "\n" not in msgs[0] and "nag_scale=1.5" in msgs[0]
+
+
+def test_unreachable_hub_is_not_reported_as_a_missing_model(hub, monkeypatch):
+    """Online, a failed request with no cached copy raises LocalEntryNotFoundError: that is a
+    network problem, said as such (not "no diffusers model")."""
+    from huggingface_hub import constants, errors
+
+    def unreachable(*args, **kwargs):
+        raise errors.LocalEntryNotFoundError("Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(ConversionError, match="could not reach the Hugging Face hub"):
+        T.load_torch_checkpoint("hf://facebook/DiT-XL-2-256")

@@ -301,8 +301,16 @@ def fetch_from_hub(uri: str) -> tuple[str, dict]:
     def download(filename: str) -> str | None:
         try:
             return hub.hf_hub_download(u.id, filename, revision=u.revision)
+        except errors.LocalEntryNotFoundError as e:
+            if _hub_offline():
+                return None  # not in the cache: the caller tries the next candidate
+            raise ConversionError(  # online, hub unreachable, and no cached copy
+                f"could not reach the Hugging Face hub for {u.id}/{filename} and it is not in the "
+                f"local cache ({type(e).__name__}). Check the network (or HF_ENDPOINT); offline, "
+                "fill the cache first and set HF_HUB_OFFLINE=1."
+            ) from None
         except errors.EntryNotFoundError:
-            return None  # not in the repo (online) or not in the cache (offline)
+            return None  # not in the repo
         except errors.GatedRepoError:
             raise ConversionError(
                 f"{u.id} is gated: accept its terms on huggingface.co and log in "
