@@ -118,6 +118,26 @@ def initial_noise(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(keys)
 
 
+def warn_nag_without_token(model: DiT, sample_cfg) -> bool:
+    """One loud log line when NAG is on and the model has no learned null noise token.
+
+    A release checkpoint has none: its noise-unconditional branch then sees a zero vector the
+    network was never trained on (``null_noise="zero"``), and "NAG" is not NAG. Returns True when
+    it warned. (Sample mode refuses this case unless null_noise="zero" is asked explicitly:
+    nag_jax.sample_job.reconcile_model_config.)"""
+    if float(sample_cfg.nag_scale) == 0.0 or model.null_noise == "learned":
+        return False
+    from absl import logging
+
+    logging.warning(
+        "NAG is on (sample.nag_scale=%s) but the model has no learned null noise token: the "
+        "noise-unconditional branch uses an untrained zero token; NAG-fine-tune the checkpoint "
+        "first (configs/*_nag_finetune.py) or set nag_scale=0.",
+        sample_cfg.nag_scale,
+    )
+    return True
+
+
 def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Callable:
     """``sample_fn(params, keys, y, scales=None) -> images`` for ``config.sample``; pure, jit it.
 
@@ -140,6 +160,7 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
             f"sample.sampler={kind!r} does not apply to {c.model.name}; {family.name} models "
             f"sample with one of {family.samplers}."
         )
+    warn_nag_without_token(model, sc)
     process = build_process(c, for_sampling=True)
     shape = (model.input_size, model.input_size, model.in_channels)
     num_steps = int(sc.num_steps)

@@ -11,6 +11,7 @@ Python API (torch is imported only by the functions that read or write PyTorch f
     from nag_jax.convert import load_torch_checkpoint, create_model_from_metadata
     from nag_jax.weights import load_params, save_params
     params, meta = load_torch_checkpoint("SiT-XL-2-256.pt", "SiT")   # no file written
+    params, meta = load_torch_checkpoint("hf://facebook/DiT-XL-2-256")  # hub, diffusers layout
     save_params("ckpt/sit", params, meta)                            # Orbax, atomic
     params, meta = load_params("ckpt/sit")                           # numpy leaves
     model = create_model_from_metadata(meta, dtype="bfloat16")       # the matching flax module
@@ -21,7 +22,7 @@ CLI: ``python -m nag_jax.convert {to-orbax,to-torch,inspect,vae,inception} ...``
 from nag_jax.convert.common import Architecture, ConversionError, create_model_from_metadata
 
 
-def load_torch_checkpoint(path, family, **kwargs):
+def load_torch_checkpoint(path, family=None, **kwargs):
     """See :func:`nag_jax.convert.torch_to_orbax.load_torch_checkpoint`."""
     from nag_jax.convert.torch_to_orbax import load_torch_checkpoint as _load
 
