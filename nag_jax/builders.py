@@ -159,6 +159,19 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
                 method=sc.method,
                 **common,
             )
+        if kind == "ode_adaptive":
+            return sampling.sample_ode_adaptive(
+                pred_fn,
+                x_init,
+                y,
+                transport=process,
+                solver=sc.ode_solver,
+                atol=float(sc.atol),
+                rtol=float(sc.rtol),
+                max_steps=int(sc.max_steps),
+                num_steps=num_steps,
+                **common,
+            )
         if kind == "sde":
             return sampling.sample_sde(
                 pred_fn,

@@ -55,7 +55,8 @@ CHOICES = {
     "encode.dtype": ("float16", "bfloat16", "float32"),
     "encode.vae_dtype": ("float32", "bfloat16"),
     "train.null_token_init": ("mean_t_embedding", "zeros", "random"),
-    "sample.sampler": ("ode", "sde", "ddpm", "ddim"),
+    "sample.sampler": ("ode", "sde", "ddpm", "ddim", "ode_adaptive"),
+    "sample.ode_solver": ("dopri5", "tsit5", "dopri8"),  # sampling.ADAPTIVE_SOLVERS
     "sample.method": ("euler", "heun"),
     "sample.diffusion_form": (
         "constant",
@@ -176,7 +177,7 @@ def base_config() -> ml_collections.ConfigDict:
         tensorboard=True,
     )
     c.sample = _section(
-        sampler="sde",  # SiT: "ode" | "sde"; DiT: "ddpm" | "ddim"
+        sampler="sde",  # SiT: "ode" | "sde" | "ode_adaptive"; DiT: "ddpm" | "ddim"
         num_steps=250,
         method="euler",  # ODE / SDE integrator
         diffusion_form="sigma",  # SDE
@@ -195,6 +196,9 @@ def base_config() -> ml_collections.ConfigDict:
         grid_images=64,  # sample mode: images in grid.png
         grid_cols=0,  # 0 = square-ish
     )
+    # Adaptive ODE (sample.sampler = "ode_adaptive", SiT; nag_jax.sampling.sample_ode_adaptive,
+    # diffrax): the release's sample_ode defaults. The step size is shared by the batch.
+    c.sample.update(ode_solver="dopri5", atol=1e-6, rtol=1e-3, max_steps=4096)
     c.eval = _section(
         num_images=50_000,
         batch_size=64,  # global, padded to a multiple of the devices
