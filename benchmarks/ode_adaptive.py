@@ -35,6 +35,11 @@ from benchmarks import timing  # noqa: E402
 from nag_jax import builders, demo, sampling, weights  # noqa: E402
 
 
+def _log(what: str, **row) -> dict:
+    print(what, row, flush=True)  # progress: partial results survive an interrupted run
+    return row
+
+
 def _rms(a, b) -> float:
     return float(np.sqrt(np.mean(np.square(np.asarray(a, np.float64) - np.asarray(b)))))
 
@@ -42,12 +47,13 @@ def _rms(a, b) -> float:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", default="runs/demo/checkpoints")
-    p.add_argument("--num_images", type=int, default=64)
-    p.add_argument("--heun_steps", default="4,8,12,16,24,32,48,64")
+    p.add_argument("--num_images", type=int, default=32)
+    p.add_argument("--heun_steps", default="8,16,32,64")
     p.add_argument("--rtols", default="1e-2,1e-3,1e-4")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--likelihood_images", type=int, default=64)
+    p.add_argument("--likelihood_images", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", default="none,CFG+NAG", help="rows of configs/demo.py's settings")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
 
@@ -70,7 +76,7 @@ def main(argv=None):
         rows={},
     )
 
-    for name in ("none", "CFG+NAG"):
+    for name in a.rows.split(","):
         row = rows[name]
         c = config.copy_and_resolve_references()
         c.sample.cfg_scale = float(row.get("cfg_scale", 1.0))
@@ -89,19 +95,20 @@ def main(argv=None):
                 pred, x, y, transport=process, num_steps=steps, method="heun"
             )
 
-        ref_fn, _ = timing.aot_compile(
-            lambda p_, x, y: adaptive(p_, x, y, 1e-7, 1e-6), params, x_init, labels
-        )
-        x_ref, ref_stats = ref_fn(params, x_init, labels)
+        tol = (jnp.float32(1e-6), jnp.float32(1e-3))
+        fn, comp_s = timing.aot_compile(adaptive, params, x_init, labels, *tol)  # tolerances traced
+        x_ref, ref_stats = fn(params, x_init, labels, jnp.float32(1e-7), jnp.float32(1e-6))
+        _log("reference", nfe=int(ref_stats["nfe"]), compile_s=round(comp_s, 2))
         out = dict(reference=dict(atol=1e-7, rtol=1e-6, nfe=int(ref_stats["nfe"])), dopri5=[])
         for rtol in (float(r) for r in a.rtols.split(",")):
-            fn, comp_s = timing.aot_compile(
-                lambda p_, x, y, rtol=rtol: adaptive(p_, x, y, 1e-6, rtol), params, x_init, labels
+            tol = (jnp.float32(1e-6), jnp.float32(rtol))
+            x, stats = fn(params, x_init, labels, *tol)
+            t = timing.time_calls(
+                lambda fn=fn, tol=tol: fn(params, x_init, labels, *tol), a.repeats
             )
-            x, stats = fn(params, x_init, labels)
-            t = timing.time_calls(lambda fn=fn: fn(params, x_init, labels), a.repeats)
             out["dopri5"].append(
-                dict(
+                _log(
+                    "dopri5",
                     atol=1e-6,
                     rtol=rtol,
                     nfe=int(stats["nfe"]),
@@ -118,7 +125,8 @@ def main(argv=None):
             x = fn(params, x_init, labels)
             t = timing.time_calls(lambda fn=fn: fn(params, x_init, labels), a.repeats)
             out["heun"].append(
-                dict(
+                _log(
+                    "heun",
                     steps=steps,
                     nfe=2 * steps,
                     rms_to_reference=_rms(x, x_ref),

@@ -322,6 +322,7 @@ def _max_rms_norm(tree) -> jax.Array:
 
 def _adaptive_solve(vf, y0, s0, s1, *, solver, atol, rtol, max_steps, save_ts=None):
     """diffrax ``diffeqsolve`` of ``dy/ds = vf(s, y)`` from s0 to s1 with a PID controller
+    (``atol`` / ``rtol`` floats or traced scalars: one compilation serves every tolerance)
     (I-controller: torchdiffeq's dopri5 control; safety 0.9, factors 0.2 / 10), initial step by
     Hairer's rule (``dt0=None``). Returns (ys at s1 or at ``save_ts``, stats dict)."""
     import diffrax
@@ -338,9 +339,7 @@ def _adaptive_solve(vf, y0, s0, s1, *, solver, atol, rtol, max_steps, save_ts=No
         dt0=None,
         y0=y0,
         saveat=saveat,
-        stepsize_controller=diffrax.PIDController(
-            rtol=float(rtol), atol=float(atol), norm=_max_rms_norm
-        ),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, norm=_max_rms_norm),
         max_steps=int(max_steps),
     )
     steps = sol.stats["num_steps"]
