@@ -185,3 +185,24 @@ def test_noise_shift_mode_end_to_end_on_a_tiny_model(tmp_path):
     process = builders.build_process(c, for_sampling=True)
     _, path, info = noise_shift.get_estimator(c, str(tmp_path / "ns"), mesh, process)
     assert info["trained_here"] is False and path.endswith("estimator")
+
+
+@pytest.mark.parametrize("name", ["noise_shift_demo", "noise_shift_sit_xl", "noise_shift_dit_xl"])
+def test_noise_shift_configs_validate_and_their_rows_build(name):
+    import importlib
+
+    c = importlib.import_module(f"configs.{name}").get_config()
+    assert c.mode == "noise_shift" and c.mode in config_schema.MODES
+    config_schema.validate(c)
+    names = [r["name"] for r in c.noise_shift.rows]
+    assert names == ["none", "CFG", "NAG", "CFG+NAG", "cls-NAG"]
+    for row in c.noise_shift.rows:
+        rc = noise_shift.row_config(c, dict(row), "est")
+        assert rc.sample.nag_mode == row.get("nag_mode", "token")
+
+
+def test_unknown_row_key_is_refused():
+    c = tiny_config()
+    c.noise_shift = config_schema.noise_shift_section()
+    with pytest.raises(ValueError, match="unknown keys.*'cls_nag'"):
+        noise_shift.row_config(c, dict(name="x", cls_nag=1.0), "est")
