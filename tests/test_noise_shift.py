@@ -189,9 +189,13 @@ def test_noise_shift_mode_end_to_end_on_a_tiny_model(tmp_path):
 
 @pytest.mark.parametrize("name", ["noise_shift_demo", "noise_shift_sit_xl", "noise_shift_dit_xl"])
 def test_noise_shift_configs_validate_and_their_rows_build(name):
-    import importlib
+    import importlib.util
 
-    c = importlib.import_module(f"configs.{name}").get_config()
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
     assert c.mode == "noise_shift" and c.mode in config_schema.MODES
     config_schema.validate(c)
     names = [r["name"] for r in c.noise_shift.rows]
