@@ -196,3 +196,26 @@ def test_config_sampler_ode_adaptive_agrees_with_fine_heun():
     heun = jax.jit(builders.build_sampler(c, model))(params, keys, y)
     assert float(jnp.max(jnp.abs(heun))) > 0.1
     np.testing.assert_allclose(np.asarray(adaptive), np.asarray(heun), atol=2e-4)
+
+
+def test_trajectory_follows_the_closed_form_flow():
+    # Data N(0, s2 I): the flow of the exact velocity scales x by sqrt(var(t) / var(0)),
+    # var(t) = t^2 s2 + (1 - t)^2 (var(0) = 1).
+    s2 = 0.25
+    x0 = jnp.asarray(np.random.RandomState(5).randn(3, 2, 2, 2), jnp.float32)
+    x, traj = sampling.sample_ode_adaptive(
+        _gaussian_velocity(s2),
+        x0,
+        None,
+        transport=Transport(),
+        rtol=1e-6,
+        atol=1e-7,
+        num_steps=4,
+        return_trajectory=True,
+    )
+    ts = np.asarray(traj["t"])
+    np.testing.assert_allclose(ts, [0.0, 0.25, 0.5, 0.75, 1.0])
+    scale = np.sqrt(ts**2 * s2 + (1 - ts) ** 2)
+    expected = np.asarray(x0)[None] * scale[:, None, None, None, None]
+    np.testing.assert_allclose(np.asarray(traj["x"]), expected, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(traj["x"][-1]), np.asarray(x))
