@@ -229,6 +229,7 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
                 rtol=float(sc.rtol),
                 max_steps=int(sc.max_steps),
                 num_steps=num_steps,
+                per_image=bool(sc.ode_per_image),
                 **common,
             )
         if kind == "sde":

@@ -199,8 +199,9 @@ def base_config() -> ml_collections.ConfigDict:
         grid_cols=0,  # 0 = square-ish
     )
     # Adaptive ODE (sample.sampler = "ode_adaptive", SiT; nag_jax.sampling.sample_ode_adaptive,
-    # diffrax): the release's sample_ode defaults. The step size is shared by the batch.
-    c.sample.update(ode_solver="dopri5", atol=1e-6, rtol=1e-3, max_steps=4096)
+    # diffrax): the release's sample_ode defaults. ode_per_image: steps chosen per image (image i
+    # independent of its batch); False = shared by the batch as in the release.
+    c.sample.update(ode_solver="dopri5", atol=1e-6, rtol=1e-3, max_steps=4096, ode_per_image=True)
     # NAG's kind: "token" = classifier-free NAG (the null noise token branch); "classifier" =
     # classifier-based NAG with a noise-level estimator (nag_jax.noise_estimator; trained by
     # mode=noise_shift, which writes <workdir>/estimator): nag_scale is then the estimator's

@@ -368,15 +368,19 @@ def sample_ode_adaptive(
     rtol: float = 1e-3,
     max_steps: int = 4096,
     num_steps: int = 50,
+    per_image: bool = False,
     return_trajectory: bool = False,
     return_stats: bool = False,
 ):
     """Adaptive probability-flow ODE (the SiT release's default ``sample_ode``: torchdiffeq
     dopri5, atol 1e-6, rtol 1e-3) through diffrax, from noise (t0) to data (t1), SiT time.
 
-    The state is the whole batch and the error norm is the RMS over it (the release's odeint on
-    an (N, C, H, W) tensor): every image shares the step sizes, so image i depends (within the
-    tolerance) on the batch it is drawn in, unlike the fixed-step samplers. Guidance stays in
+    ``per_image=False`` (the release): the state is the whole batch and the error norm is the RMS
+    over it (odeint on an (N, C, H, W) tensor): the images share the step sizes, so image i
+    depends (within the tolerance) on the batch it is drawn in. ``per_image=True``: one solve per
+    image (vmapped; ``y`` must then have a leading batch axis): image i depends on its own noise
+    and label only, as with the fixed-step samplers (nag_jax.generate's identity), and the stats
+    are (N,) per image. Guidance stays in
     ``pred_fn`` (one batched network call per evaluation). Differences from torchdiffeq that are
     within the tolerance: diffrax clips the last step to end at t1, torchdiffeq steps past t1
     and interpolates (so the release evaluates the network at t > 1).
@@ -395,14 +399,24 @@ def sample_ode_adaptive(
     """
     t0, t1 = transport.sample_interval(sde=False)
     dtype = x_init.dtype
-
-    def vf(t, x):
-        return transport.velocity_from(pred_fn(x, t, y), x, t).astype(dtype)
-
     ts = ode_grid(transport, num_steps) if return_trajectory else None
-    ys, stats = _adaptive_solve(
-        vf, x_init, t0, t1, solver=solver, atol=atol, rtol=rtol, max_steps=max_steps, save_ts=ts
-    )
+
+    def solve(x_init, y):
+        def vf(t, x):
+            return transport.velocity_from(pred_fn(x, t, y), x, t).astype(dtype)
+
+        return _adaptive_solve(
+            vf, x_init, t0, t1, solver=solver, atol=atol, rtol=rtol, max_steps=max_steps, save_ts=ts
+        )
+
+    if per_image:
+        # vmap over images of a one-image solve: each has its own steps; the network still runs
+        # once per evaluation on the whole batch (finished images are carried along, masked).
+        one = lambda xi, yi: solve(xi[None], jax.tree.map(lambda a: a[None], yi))
+        ys, stats = jax.vmap(one)(x_init, y)
+        ys = jnp.moveaxis(ys[:, :, 0], 0, 1)  # (S, N, ...)
+    else:
+        ys, stats = solve(x_init, y)
     x = ys[-1]
     out = (x, _trajectory(x_init, ys[1:], ts)) if return_trajectory else (x,)
     if return_stats:
