@@ -210,3 +210,24 @@ def test_unknown_row_key_is_refused():
     c.noise_shift = config_schema.noise_shift_section()
     with pytest.raises(ValueError, match="unknown keys.*'cls_nag'"):
         noise_shift.row_config(c, dict(name="x", cls_nag=1.0), "est")
+
+
+def test_sharded_estimator_training_equals_one_device():
+    from nag_jax import parallel
+    from nag_jax.analysis.estimator import train_estimator_sharded
+
+    rs = np.random.RandomState(8)
+    data = [rs.randn(16, 4, 4, 3).astype(np.float32) for _ in range(3)]
+    module = NoiseLevelEstimator(num_bins=8, hidden=16, depth=1)  # MLP: cheap to compile
+    outs = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = parallel.create_mesh(tiny_config().parallel, devices)
+        est, losses = train_estimator_sharded(
+            jax.random.key(3), iter(data), Transport(), mesh, module=module, num_steps=3, lr=1e-2
+        )
+        outs.append((est.params, losses))
+    assert len(jax.devices()) > 1  # conftest: 8 virtual CPU devices
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert outs[0][1][-1] != pytest.approx(outs[0][1][0])  # it trained
