@@ -212,6 +212,7 @@ def test_unknown_row_key_is_refused():
         noise_shift.row_config(c, dict(name="x", cls_nag=1.0), "est")
 
 
+@pytest.mark.slow  # ~40 s on the loaded 2-core machine (two SPMD compiles)
 def test_sharded_estimator_training_equals_one_device():
     from nag_jax import parallel
     from nag_jax.analysis.estimator import train_estimator_sharded
