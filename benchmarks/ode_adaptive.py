@@ -104,7 +104,7 @@ def main(argv=None):
             tol = (jnp.float32(1e-6), jnp.float32(rtol))
             x, stats = fn(params, x_init, labels, *tol)
             t = timing.time_calls(
-                lambda fn=fn, tol=tol: fn(params, x_init, labels, *tol), a.repeats
+                lambda fn=fn, tol=tol: fn(params, x_init, labels, *tol), a.repeats, warmup=0
             )
             out["dopri5"].append(
                 _log(
@@ -123,7 +123,7 @@ def main(argv=None):
                 lambda p_, x, y, steps=steps: heun(p_, x, y, steps), params, x_init, labels
             )
             x = fn(params, x_init, labels)
-            t = timing.time_calls(lambda fn=fn: fn(params, x_init, labels), a.repeats)
+            t = timing.time_calls(lambda fn=fn: fn(params, x_init, labels), a.repeats, warmup=0)
             out["heun"].append(
                 _log(
                     "heun",
@@ -164,7 +164,9 @@ def main(argv=None):
 
     fn, comp_s = timing.aot_compile(loglik, params, real, y_real, jax.random.key(a.seed))
     res = fn(params, real, y_real, jax.random.key(a.seed))
-    t = timing.time_calls(lambda: fn(params, real, y_real, jax.random.key(a.seed)), a.repeats)
+    t = timing.time_calls(
+        lambda: fn(params, real, y_real, jax.random.key(a.seed)), a.repeats, warmup=0
+    )
     bpd = np.asarray(res["bpd"])
     report["likelihood"] = dict(
         images=m,

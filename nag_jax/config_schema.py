@@ -238,7 +238,8 @@ def noise_shift_section() -> ml_collections.ConfigDict:
     configs start from these defaults and change values.
 
     rows: the guidance settings compared, each a dict of ``name`` and any of cfg_scale,
-      nag_scale, nag_interval, nag_mode ("token" | "classifier": the mode's own estimator).
+      nag_scale, nag_interval, nag_mode ("token" | "classifier": the mode's own estimator, or
+      the one at the row's ``estimator`` path).
     """
     return ml_collections.ConfigDict(
         dict(
@@ -257,6 +258,7 @@ def noise_shift_section() -> ml_collections.ConfigDict:
             # g(lambda | x): trained on config.data (sharded) unless `weights` names a saved one
             estimator=dict(
                 weights=placeholder(str),
+                seed=placeholder(int),  # None: config.seed (training draws and data order)
                 num_bins=50,
                 hidden=256,
                 depth=3,

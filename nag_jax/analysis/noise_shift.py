@@ -43,7 +43,7 @@ from nag_jax.analysis import shift as S
 from nag_jax.analysis.estimator import train_estimator_sharded
 from nag_jax.noise_estimator import NoiseLevelEstimator, load_estimator, save_estimator
 
-ROW_KEYS = ("name", "cfg_scale", "nag_scale", "nag_interval", "nag_mode")
+ROW_KEYS = ("name", "cfg_scale", "nag_scale", "nag_interval", "nag_mode", "estimator")
 
 
 def _host(x) -> np.ndarray:
@@ -81,10 +81,11 @@ def get_estimator(config, workdir: str, mesh, process) -> tuple[object, str, dic
         conv_layers=int(ec.conv_layers),
     )
     batch = generate.padded_batch_size(int(config.data.global_batch_size), mesh)
+    seed = int(config.seed if ec.seed is None else ec.seed)
     start = time.perf_counter()
     est, losses = train_estimator_sharded(
-        jax.random.fold_in(jax.random.key(int(config.seed)), 1),
-        _data_iter(config, int(config.seed), batch),
+        jax.random.fold_in(jax.random.key(seed), 1),
+        _data_iter(config, seed, batch),
         process,
         mesh,
         module=module,
@@ -99,6 +100,7 @@ def get_estimator(config, workdir: str, mesh, process) -> tuple[object, str, dic
         final_loss=float(np.mean(losses[-min(50, len(losses)) :])),
         global_batch=batch,
         num_steps=int(ec.num_steps),
+        seed=seed,
     )
     if jax.process_index() == 0:
         save_estimator(path, est, extra=dict(data=str(config.data.name)))
@@ -135,7 +137,9 @@ def row_config(config, row: dict, estimator_path: str):
     c.sample.nag_scale = float(row.get("nag_scale", 0.0))
     c.sample.nag_interval = tuple(float(v) for v in row.get("nag_interval", (0.0, 1.0)))
     c.sample.nag_mode = str(row.get("nag_mode", "token"))
-    c.sample.estimator = estimator_path
+    # classifier rows guide with the mode's estimator unless the row names another one (an
+    # estimator trained with another seed makes the measurement independent of the guidance)
+    c.sample.estimator = str(row.get("estimator", estimator_path))
     config_schema.validate(c)
     return c
 
