@@ -21,6 +21,10 @@ device layout (step k of image i uses ``split(keys[i], S)[k]``). For parity test
 Gaussian noise can be injected with ``noise`` (shape ``(S, N, H, W, C)``, S = number of
 stochastic steps, documented per sampler) instead of being drawn from ``key``.
 
+Adaptive ODE (`sample_ode_adaptive`, diffrax dopri5 as the SiT release's default ``sample_ode``)
+and the ODE log-likelihood (`ode_log_likelihood`, the release's ``sample_ode_likelihood``) are
+diffrax ``diffeqsolve`` calls (while loops), not scans; they report their network evaluations.
+
 Network calls per sample: ODE Euler ``num_steps``, ODE Heun ``2 num_steps``; SDE Euler
 ``num_steps`` (ONE call per step: drift and score come from the same prediction; the release
 calls the network twice), SDE Heun ``2 (num_steps - 1) + 1``; DDPM/DDIM ``T'`` (respaced count).
