@@ -468,10 +468,10 @@ def ode_log_likelihood(
 
     Integrates data -> noise in ``s = 1 - t`` (SiT time t, 1 = data) the augmented state
     ``(z, delta)``: ``dz/ds = -v(z, 1 - s)``, ``d delta/ds = div v(z, 1 - s)``, then
-    ``log p(x) = log N(z; 0, I) - delta`` (nats) and bits/dim ``= -log p(x) / (D ln 2)`` in the
-    model's space (for pixels in [-1, 1] from 8-bit images add ``log2(127.5)`` per dimension for
-    the density of the 8-bit values, without dequantisation). The tolerance norm is torchdiffeq's
-    mixed norm (max over the two parts of each part's RMS).
+    ``log p(x) = log N(z; 0, I) - delta`` (nats) and bits/dim ``= -log p(x) / (D ln 2)`` of the
+    continuous density in the model's space (a discrete 8-bit bpd needs dequantisation noise and
+    the change of scale, ``+ log2(127.5)`` per dimension for pixels in [-1, 1]; not done here).
+    The tolerance norm is torchdiffeq's mixed norm (max over the two parts of each part's RMS).
 
     Divergence: "hutchinson" with one Rademacher probe ``eps`` (from ``key``, or given) held
     fixed over the solve (FFJORD); the release draws a fresh probe at every evaluation, which
