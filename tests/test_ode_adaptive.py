@@ -174,6 +174,7 @@ def test_schema_solvers_are_the_samplers():
     assert config_schema.CHOICES["sample.ode_solver"] == sampling.ADAPTIVE_SOLVERS
 
 
+@pytest.mark.slow  # ~60 s on the loaded machine: the vmapped (per-image) solve compiles slowly
 def test_config_sampler_ode_adaptive_agrees_with_fine_heun():
     # Independent check of the builder path: a fine fixed-step Heun solution of the same ODE.
     from nag_jax import builders
