@@ -20,6 +20,8 @@ reassociation in the network's matmuls).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Callable
 
 import jax
@@ -90,18 +92,74 @@ def make_net_fn(model: DiT, params, family: str) -> Callable:
     return net_fn
 
 
-def guided_pred_fn(model: DiT, params, config, process=None, scales=None) -> Callable:
+def guided_pred_fn(
+    model: DiT, params, config, process=None, scales=None, estimator=None
+) -> Callable:
     """The guided prediction ``pred_fn(x, t, y)`` (scalar t, family convention) of a config.
 
-    ``scales``: optional traced (s_cfg, w_nag) replacing config.sample's values."""
+    ``scales``: optional traced (s_cfg, w_nag) replacing config.sample's values.
+    ``estimator``: for ``sample.nag_mode = "classifier"``, the loaded `classifier_estimator`
+    (read from ``sample.estimator`` when None; load it outside jit)."""
     family = family_of(config)
     process = process if process is not None else build_process(config, for_sampling=True)
-    return guided_prediction(
+    sc = config_schema.complete(config.sample, "sample")
+    classifier = sc.nag_mode == "classifier"
+    guidance = build_guidance(sc)
+    if classifier:  # no null-token branch: NAG comes from the estimator below
+        guidance = dataclasses.replace(guidance, nag_scale=0.0)
+    pred_fn = guided_prediction(
         make_net_fn(model, params, family.name),
-        build_guidance(config.sample),
+        guidance,
         noise_level_fn=process.noise_level,
         guided_channels=family.guided_channels(model.in_channels),
         scales=scales,
+    )
+    if classifier and (scales is not None or float(sc.nag_scale) != 0.0):
+        pred_fn = classifier_nag(
+            pred_fn, sc, process, sc.nag_scale if scales is None else scales[1]
+        )
+    return pred_fn
+
+
+def classifier_estimator(sample_cfg):
+    """The noise-level estimator of ``sample.nag_mode = "classifier"`` (None in "token" mode),
+    read from ``sample.estimator`` (nag_jax.noise_estimator.load_estimator; host I/O: call it
+    outside jit)."""
+    from nag_jax import noise_estimator
+
+    sc = config_schema.complete(sample_cfg, "sample")
+    if sc.nag_mode != "classifier":
+        return None
+    if not sc.estimator:
+        raise ValueError(
+            "sample.nag_mode='classifier' needs sample.estimator: the noise-level estimator that "
+            "mode=noise_shift writes to <workdir>/estimator (or set sample.nag_mode='token')."
+        )
+    return noise_estimator.load_estimator(os.path.abspath(os.path.expanduser(sc.estimator)))
+
+
+def classifier_nag(pred_fn: Callable, sample_cfg, process, scale, estimator=None) -> Callable:
+    """``sample.nag_mode = "classifier"``: wraps ``pred_fn`` in classifier-based NAG with
+    ``estimator`` (default: `classifier_estimator` of ``sample_cfg``), scale ``scale`` (may be
+    traced) over ``sample.nag_interval`` (noise levels)."""
+    from nag_jax import noise_estimator
+
+    interval = tuple(float(v) for v in sample_cfg.nag_interval)
+    if not sample_cfg.estimator and estimator is None:
+        raise ValueError(
+            "sample.nag_mode='classifier' needs sample.estimator: the noise-level estimator that "
+            "mode=noise_shift writes to <workdir>/estimator (or set sample.nag_mode='token')."
+        )
+    if isinstance(process, Transport) and interval[1] >= 1.0:
+        raise ValueError(
+            f"sample.nag_interval={interval} with nag_mode='classifier' on a SiT model: the "
+            "score-to-velocity factor is infinite at noise level 1; end the interval below 1, "
+            "e.g. --config.sample.nag_interval='(0.0, 0.6)'."
+        )
+    if estimator is None:
+        estimator = classifier_estimator(sample_cfg)
+    return noise_estimator.classifier_nag_prediction(
+        pred_fn, estimator, scale, transport=process, interval=interval
     )
 
 
@@ -164,9 +222,10 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
     process = build_process(c, for_sampling=True)
     shape = (model.input_size, model.input_size, model.in_channels)
     num_steps = int(sc.num_steps)
+    estimator = classifier_estimator(sc)  # None unless sample.nag_mode = "classifier"
 
     def sample_fn(params, keys, y, scales=None):
-        pred_fn = guided_pred_fn(model, params, c, process, scales)
+        pred_fn = guided_pred_fn(model, params, c, process, scales, estimator)
         x_init = initial_noise(keys, shape)
         noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         common = dict(return_trajectory=return_trajectory)
@@ -178,6 +237,20 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
                 transport=process,
                 num_steps=num_steps,
                 method=sc.method,
+                **common,
+            )
+        if kind == "ode_adaptive":
+            return sampling.sample_ode_adaptive(
+                pred_fn,
+                x_init,
+                y,
+                transport=process,
+                solver=sc.ode_solver,
+                atol=float(sc.atol),
+                rtol=float(sc.rtol),
+                max_steps=int(sc.max_steps),
+                num_steps=num_steps,
+                per_image=bool(sc.ode_per_image),
                 **common,
             )
         if kind == "sde":

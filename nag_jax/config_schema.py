@@ -40,6 +40,7 @@ MODES = {
     "eval": "nag_jax.evaluation.eval_job",
     "lab": "nag_jax.analysis.lab",
     "study": "nag_jax.analysis.demo_study",
+    "noise_shift": "nag_jax.analysis.noise_shift",
     "encode_latents": "nag_jax.data.encode_latents",
 }
 
@@ -57,7 +58,9 @@ CHOICES = {
     "encode.dtype": ("float16", "bfloat16", "float32"),
     "encode.vae_dtype": ("float32", "bfloat16"),
     "train.null_token_init": ("mean_t_embedding", "zeros", "random"),
-    "sample.sampler": ("ode", "sde", "ddpm", "ddim"),
+    "sample.sampler": ("ode", "sde", "ddpm", "ddim", "ode_adaptive"),
+    "sample.ode_solver": ("dopri5", "tsit5", "dopri8"),  # sampling.ADAPTIVE_SOLVERS
+    "sample.nag_mode": ("token", "classifier"),
     "sample.method": ("euler", "heun"),
     "sample.diffusion_form": (
         "constant",
@@ -183,7 +186,7 @@ def base_config() -> ml_collections.ConfigDict:
         tensorboard=True,
     )
     c.sample = _section(
-        sampler="sde",  # SiT: "ode" | "sde"; DiT: "ddpm" | "ddim"
+        sampler="sde",  # SiT: "ode" | "sde" | "ode_adaptive"; DiT: "ddpm" | "ddim"
         num_steps=250,
         method="euler",  # ODE / SDE integrator
         diffusion_form="sigma",  # SDE
@@ -202,6 +205,15 @@ def base_config() -> ml_collections.ConfigDict:
         grid_images=64,  # sample mode: images in grid.png
         grid_cols=0,  # 0 = square-ish
     )
+    # Adaptive ODE (sample.sampler = "ode_adaptive", SiT; nag_jax.sampling.sample_ode_adaptive,
+    # diffrax): the release's sample_ode defaults. ode_per_image: steps chosen per image (image i
+    # independent of its batch); False = shared by the batch as in the release.
+    c.sample.update(ode_solver="dopri5", atol=1e-6, rtol=1e-3, max_steps=4096, ode_per_image=True)
+    # NAG's kind: "token" = classifier-free NAG (the null noise token branch); "classifier" =
+    # classifier-based NAG with a noise-level estimator (nag_jax.noise_estimator; trained by
+    # mode=noise_shift, which writes <workdir>/estimator): nag_scale is then the estimator's
+    # gradient scale and nag_interval where it acts (SiT: its upper end must be < 1).
+    c.sample.update(nag_mode="token", estimator=placeholder(str))
     c.eval = _section(
         num_images=50_000,
         batch_size=64,  # global, padded to a multiple of the devices
@@ -226,6 +238,45 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.parallel = _section(fsdp=True, mesh=_section(data=-1, fsdp=-1, tensor=1), fsdp_min_size=2**16)
     return c
+
+
+def noise_shift_section() -> ml_collections.ConfigDict:
+    """``config.noise_shift``: the keys of mode=noise_shift (nag_jax.analysis.noise_shift); its
+    configs start from these defaults and change values.
+
+    rows: the guidance settings compared, each a dict of ``name`` and any of cfg_scale,
+      nag_scale, nag_interval, nag_mode ("token" | "classifier": the mode's own estimator, or
+      the one at the row's ``estimator`` path).
+    """
+    return ml_collections.ConfigDict(
+        dict(
+            rows=(
+                dict(name="none"),
+                dict(name="CFG", cfg_scale=1.5),
+                dict(name="NAG", nag_scale=1.0),
+                dict(name="CFG+NAG", cfg_scale=1.5, nag_scale=1.0),
+                dict(name="cls-NAG", nag_mode="classifier", nag_scale=1.0, nag_interval=(0.0, 0.6)),
+            ),
+            num_images=256,  # sampled per row (image i of config.seed: nag_jax.generate)
+            batch_size=64,  # global, padded to a multiple of the devices
+            max_states=16,  # trajectory states measured per row (evenly spaced, ends included)
+            late=0.25,  # "late" shift summary: nominal levels <= this
+            kde_states=6,  # nominal steps drawn in the KDE figure
+            # g(lambda | x): trained on config.data (sharded) unless `weights` names a saved one
+            estimator=dict(
+                weights=placeholder(str),
+                seed=placeholder(int),  # None: config.seed (training draws and data order)
+                num_bins=50,
+                hidden=256,
+                depth=3,
+                conv_layers=2,
+                num_steps=2000,
+                lr=1e-3,
+                log_every=100,
+                eval_images=512,  # held-out forward samples for the estimator's accuracy
+            ),
+        )
+    )
 
 
 def _merge(base: dict, given: dict) -> dict:

@@ -10,6 +10,7 @@ before the job starts, so a bad value fails here, naming the key and its choices
     eval            sample N images and score them (nag_jax.evaluation.eval_job)
     lab             the noise-shift lab report (nag_jax.analysis.lab)
     study           the demo's fuller NAG study (nag_jax.analysis.demo_study)
+    noise_shift     noise-shift diagnosis of any checkpoint, Fig. 4 (nag_jax.analysis.noise_shift)
     encode_latents  encode an image dataset to SD-VAE latent shards (nag_jax.data.encode_latents)
 
 Each job module is imported only when its mode runs, so the core needs none of the others'

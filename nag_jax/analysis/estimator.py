@@ -1,36 +1,47 @@
-"""Learned noise-level estimator g(lambda | x), its validation, and classifier-based NAG.
+"""Training and validation of the noise-level estimator g(lambda | x).
+
+The estimator itself (network, ``Estimator``, save / load, classifier-based NAG) lives in
+nag_jax.noise_estimator, where sampling uses it (``sample.nag_mode = "classifier"``); its names
+are re-exported here for the analysis code.
 
 Time conventions
 ----------------
 The estimator is indexed by the paper's noise level lambda in [0, 1] (1 = pure noise); on SiT
-transports lambda = 1 - t = ``transport.noise_level(t)``. Its B bins have centres
-``(j + 1/2) / B`` = ``nag_jax.analysis.gmm.level_grid(B)``, so its output is directly comparable
-with the exact GMM posterior on the same grid.
+transports lambda = 1 - t = ``transport.noise_level(t)``, on DiT lambda = (step + 1) / 1000. Its B
+bins have centres ``(j + 1/2) / B`` = ``nag_jax.analysis.gmm.level_grid(B)``, so its output is
+directly comparable with the exact GMM posterior on the same grid.
 
-Classifier-based NAG
---------------------
-With the estimator's log-probability of the *nominal* level, the noise-conditioned score is
-s(x | t) = s(x) + grad_x log p(t | x) (Bayes); classifier-based NAG adds ``w * grad_x log g(lambda
-| x)`` to the model's score. The sampler consumes a velocity, so the score correction ds is mapped
-through the transport's score -> velocity conversion, which is affine in the score:
-``v = a(t) x + var(t) s`` (``Transport.velocity_from`` / ``Transport.drift_var``); hence
-``dv = var(t) ds`` (linear path: var = (1 - t) / t = lambda / (1 - lambda)). It diverges at pure
-noise: keep the interval's upper end well below 1. Default (0, 0.6): in the GMM lab, with the
-interval up to 0.95 the large factor at high noise made the Euler step overshoot (a positive
-shift bump at lambda ~ 0.8), while (0, 0.6) does not; the shift that matters accrues late.
+Training: cross-entropy of the bin of lambda on exact forward samples of the data
+(``shift.forward_at_level``, either family), from a sampler of data (`train_estimator`: the
+lab, the demo study) or from the project's data pipeline, sharded over the mesh
+(`train_estimator_sharded`: the noise_shift mode).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nag_jax.analysis.networks import NoiseLevelEstimator, bin_index
+from nag_jax.analysis.shift import forward_at_level, sample_levels
+from nag_jax.noise_estimator import (  # noqa: F401  (re-exported for the analysis code)
+    Estimator,
+    NoiseLevelEstimator,
+    bin_index,
+    classifier_nag_prediction,
+    score_to_velocity_correction,
+)
+
+
+def _optimizer(lr: float, num_steps: int):
+    """Adam with a linear warm-up over the first 5% of steps and a cosine decay to 10% of lr."""
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0, lr, max(1, num_steps // 20), num_steps, end_value=0.1 * lr
+    )
+    return optax.adam(sched)
 
 
 def train_params(loss_fn, params, key, *, num_steps: int, lr: float, chunk: int = 100):
@@ -39,10 +50,7 @@ def train_params(loss_fn, params, key, *, num_steps: int, lr: float, chunk: int 
     Returns (params, losses (num_steps,) numpy). Linear warm-up over the first 5% of steps and a
     cosine decay to 10% of lr.
     """
-    sched = optax.warmup_cosine_decay_schedule(
-        0.0, lr, max(1, num_steps // 20), num_steps, end_value=0.1 * lr
-    )
-    opt = optax.adam(sched)
+    opt = _optimizer(lr, num_steps)
     state = opt.init(params)
 
     @jax.jit
@@ -70,32 +78,6 @@ def train_params(loss_fn, params, key, *, num_steps: int, lr: float, chunk: int 
     return params, np.concatenate(losses)
 
 
-@dataclasses.dataclass(frozen=True)
-class Estimator:
-    """A trained noise-level estimator: ``log_posterior(x) -> (N, B)`` over ``grid`` (B,)."""
-
-    module: NoiseLevelEstimator
-    params: dict
-
-    @property
-    def grid(self) -> jax.Array:
-        b = self.module.num_bins
-        return (jnp.arange(b, dtype=jnp.float32) + 0.5) / b
-
-    def log_posterior(self, x) -> jax.Array:
-        """log g(lambda_j | x), (N, B), normalised over the bins."""
-        return jax.nn.log_softmax(self.module.apply({"params": self.params}, x), axis=-1)
-
-    def log_prob_level(self, x, level) -> jax.Array:
-        """log g(level | x) as a density in lambda, linear in level between bin centres. (N,)."""
-        b = self.module.num_bins
-        lp = self.log_posterior(x) + jnp.log(b)  # density on [0, 1]
-        pos = jnp.clip(jnp.asarray(level, jnp.float32) * b - 0.5, 0.0, b - 1.0)
-        lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, b - 2)
-        frac = pos - lo
-        return (1 - frac) * lp[:, lo] + frac * lp[:, lo + 1]
-
-
 def train_estimator(
     key,
     sample_x1: Callable[[jax.Array, int], jax.Array],
@@ -111,8 +93,10 @@ def train_estimator(
 ):
     """Trains g(lambda | x) by cross-entropy on exact forward samples.
 
-    ``sample_x1(key, n) -> (n, ...)`` draws data; lambda ~ U[0, 1], x = transport.interpolate(
-    noise, x1, t = 1 - lambda), target = the bin of lambda. Returns (Estimator, losses).
+    ``sample_x1(key, n) -> (n, ...)`` draws data; lambda from ``shift.sample_levels`` (SiT
+    U[0, 1]), x = ``shift.forward_at_level`` (SiT: ``transport.interpolate(noise, x1, t = 1 -
+    lambda)``), target = the bin of lambda. ``transport``: the process of either family.
+    Returns (Estimator, losses).
     """
     k_init, k_train = jax.random.split(key)
     module = NoiseLevelEstimator(num_bins=num_bins, hidden=hidden, depth=depth, conv=conv)
@@ -122,9 +106,9 @@ def train_estimator(
     def loss_fn(p, k):
         k1, k2, k3 = jax.random.split(k, 3)
         x1 = sample_x1(k1, batch_size)
-        lam = jax.random.uniform(k2, (batch_size,))
+        lam = sample_levels(transport, k2, batch_size)
         x0 = jax.random.normal(k3, x1.shape, x1.dtype)
-        xt = transport.interpolate(x0, x1, 1.0 - lam)[0]
+        xt = forward_at_level(transport, x0, x1, lam)
         logits = module.apply({"params": p}, xt)
         return optax.softmax_cross_entropy_with_integer_labels(
             logits, bin_index(lam, num_bins)
@@ -161,44 +145,67 @@ def bin_log_posterior(log_post_fine, num_bins: int) -> jax.Array:
     return jax.nn.logsumexp(log_post_fine.reshape(n, num_bins, fine // num_bins), axis=-1)
 
 
-def score_to_velocity_correction(transport, ds, x, t) -> jax.Array:
-    """The velocity change that a score change ``ds`` makes, through the transport's conversion.
+def estimator_loss(module, params, x1, key, process) -> jax.Array:
+    """Mean cross-entropy of the bin of lambda for forward samples of ``x1`` (N, ...)."""
+    k_lam, k_noise = jax.random.split(key)
+    lam = sample_levels(process, k_lam, x1.shape[0])
+    x0 = jax.random.normal(k_noise, x1.shape, jnp.float32)
+    xt = forward_at_level(process, x0, jnp.asarray(x1, jnp.float32), lam)
+    logits = module.apply({"params": params}, xt)
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, bin_index(lam, module.num_bins)
+    ).mean()
 
-    ``Transport.velocity_from`` (score prediction) is ``a(t) x + var(t) score`` with
-    ``var = transport.drift_var(t)``: affine in the score, so ``dv = var(t) ds`` (linear path:
-    ``(1 - t) / t``). t: scalar SiT time (1 = data); infinite at t = 0 (pure noise).
-    """
-    del x
-    return transport.drift_var(jnp.asarray(t, jnp.float32)) * ds
 
-
-def classifier_nag_prediction(
-    pred_fn: Callable,
-    estimator: Estimator,
-    scale: float,
+def train_estimator_sharded(
+    key,
+    batches: Iterator[np.ndarray],
+    process,
+    mesh,
     *,
-    transport,
-    interval: tuple[float, float] = (0.0, 0.6),
-) -> Callable:
-    """Classifier-based NAG: wraps a velocity ``pred_fn(x, t, y)`` (scalar SiT time t).
+    module: NoiseLevelEstimator,
+    num_steps: int,
+    lr: float,
+    log_every: int = 100,
+    on_log: Callable[[int, float], None] | None = None,
+):
+    """Trains g(lambda | x) on the project's data, data-parallel over ``mesh``.
 
-    Adds ``scale * grad_x log g(lambda_nominal | x)`` to the score, i.e. the velocity gains
-    ``score_to_velocity_correction(transport, scale * grad, x, t)``, for nominal noise levels in
-    ``interval`` (1 = noise). Composes with any guided pred_fn (CFG / classifier-free NAG).
+    ``batches`` yields this process's (B_local, H, W, C) float arrays (pixels in [-1, 1] or
+    latents, e.g. ``data.pipeline.create_dataset(config.data)``'s "image"); each step assembles
+    the global batch sharded over the mesh's batch axes (``parallel.global_batch``), the params
+    and optimizer state are replicated and the gradient is averaged by XLA (jit with shardings).
+    Step k draws its levels and noise from ``fold_in(key, k)``. Returns (Estimator, losses
+    (num_steps,) numpy).
     """
-    if transport.prediction != "velocity":
-        raise ValueError(
-            f"classifier_nag_prediction wraps a velocity prediction, got transport.prediction="
-            f"{transport.prediction!r}; use a velocity-prediction SiT transport"
-        )
-    lo, hi = interval
+    from nag_jax import parallel
 
-    def guided(x, t, y):
-        v = pred_fn(x, t, y)
-        level = transport.noise_level(jnp.asarray(t, jnp.float32))
-        grad = jax.grad(lambda z: estimator.log_prob_level(z, level).sum())(x)
-        dv = score_to_velocity_correction(transport, scale * grad, x, t)
-        on = (level >= lo) & (level <= hi)
-        return v + jnp.where(on, dv, 0.0).astype(v.dtype)
+    first = next(batches)
+    rep = parallel.replicated(mesh)
+    x_ex = jnp.asarray(first[:2], jnp.float32)
+    params = jax.device_put(module.init(jax.random.fold_in(key, 2**31 - 1), x_ex)["params"], rep)
+    opt = _optimizer(lr, num_steps)
+    state = jax.device_put(opt.init(params), rep)
 
-    return guided
+    def step(params, state, x1, k):
+        loss, g = jax.value_and_grad(lambda p: estimator_loss(module, p, x1, k, process))(params)
+        upd, state = opt.update(g, state, params)
+        return optax.apply_updates(params, upd), state, loss
+
+    jstep = jax.jit(
+        step,
+        in_shardings=(rep, rep, parallel.batch_sharding(mesh), rep),
+        out_shardings=(rep, rep, rep),
+        donate_argnums=(0, 1),
+    )
+    losses = []
+    batch = first
+    for i in range(int(num_steps)):
+        if i:
+            batch = next(batches)
+        x1 = parallel.global_batch(np.asarray(batch, np.float32), mesh)
+        params, state, loss = jstep(params, state, x1, jax.random.fold_in(key, i))
+        losses.append(loss)
+        if on_log is not None and ((i + 1) % int(log_every) == 0 or i + 1 == num_steps):
+            on_log(i + 1, float(np.mean(jax.device_get(losses[-int(log_every) :]))))
+    return Estimator(module, jax.device_get(params)), np.asarray(jax.device_get(losses))

@@ -3,8 +3,9 @@
 Time conventions
 ----------------
 ``MLPDenoiser`` speaks the SiT convention, like the image models it stands in for: float t in
-[0, 1], t = 0 noise, t = 1 data. ``NoiseLevelEstimator`` is indexed by noise level lambda
-(1 = pure noise, lambda = 1 - t on SiT paths) on a uniform grid of ``num_bins`` bins.
+[0, 1], t = 0 noise, t = 1 data. ``NoiseLevelEstimator`` (defined in nag_jax.noise_estimator)
+is indexed by noise level lambda (1 = pure noise, lambda = 1 - t on SiT paths) on a uniform grid
+of ``num_bins`` bins.
 
 Both accept any "image" with the batch first: (N, d) vectors or (N, H, W, C) images (flattened).
 """
@@ -12,10 +13,13 @@ Both accept any "image" with the batch first: (N, d) vectors or (N, H, W, C) ima
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from nag_jax.models.embeddings import timestep_embedding
+from nag_jax.noise_estimator import NoiseLevelEstimator, bin_index
+
+__all__ = ["MLPDenoiser", "NoiseLevelEstimator", "bin_index"]  # the estimator's home:
+# nag_jax.noise_estimator (sampling uses it for classifier-based NAG)
 
 
 class MLPDenoiser(nn.Module):
@@ -74,44 +78,3 @@ class MLPDenoiser(nn.Module):
             h = h + nn.Dense(self.hidden, name=f"blocks_{i}_fc2")(nn.silu(z))
         out = nn.Dense(h_in.shape[-1], name="final")(nn.silu(h))
         return out.reshape(shape)
-
-
-class NoiseLevelEstimator(nn.Module):
-    """g(lambda | x): a classifier over ``num_bins`` noise-level bins (class-agnostic).
-
-    ``apply({'params': p}, x) -> (N, num_bins)`` logits; bin j covers lambda in
-    [j / B, (j + 1) / B). Classification rather than regression: the posterior over noise levels
-    is a distribution (skewed and wide near both ends), a softmax trained with cross-entropy is a
-    proper scoring rule whose optimum is the exact binned posterior -- directly comparable (KL /
-    Wasserstein) with the closed form on the same grid -- and log g(lambda | x) is exactly what
-    classifier-based NAG differentiates. A regressor gives only a point estimate and no
-    log-probability.
-
-    x: (N, ...) any rank with batch first (flattened); images may pass ``conv=True`` for a small
-    convolutional front end.
-    """
-
-    num_bins: int = 50
-    hidden: int = 256
-    depth: int = 3
-    conv: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        n = x.shape[0]
-        h = jnp.asarray(x, jnp.float32)
-        if self.conv and h.ndim == 4:
-            for i, feats in enumerate((32, 64)):
-                h = nn.silu(nn.Conv(feats, (3, 3), strides=(2, 2), name=f"conv_{i}")(h))
-        h = h.reshape(n, -1)
-        h = nn.Dense(self.hidden, name="embed")(h)
-        for i in range(self.depth):
-            z = nn.LayerNorm(name=f"ln_{i}")(h)
-            z = nn.Dense(self.hidden, name=f"fc1_{i}")(nn.silu(z))
-            h = h + nn.Dense(self.hidden, name=f"fc2_{i}")(nn.silu(z))
-        return nn.Dense(self.num_bins, name="head")(nn.silu(h))
-
-
-def bin_index(levels, num_bins: int) -> jax.Array:
-    """Noise levels in [0, 1] -> bin indices in [0, num_bins) (level 1 goes to the last bin)."""
-    return jnp.clip(jnp.floor(levels * num_bins).astype(jnp.int32), 0, num_bins - 1)

@@ -3,7 +3,9 @@
 Time conventions
 ----------------
 Everything here is in the paper's *noise level* lambda in [0, 1], 1 = pure noise (SiT:
-lambda = 1 - t). A posterior is a (N, L) array of log-probabilities over a fixed grid of levels
+lambda = 1 - t; DiT: lambda = (step + 1) / 1000 of the original step). ``process`` arguments are
+either family's (a SiT ``Transport`` or a DiT ``GaussianDiffusion``).
+A posterior is a (N, L) array of log-probabilities over a fixed grid of levels
 (``nag_jax.analysis.gmm.level_grid`` midpoints for the exact GMM posterior, the estimator's bin
 centres for the learned one).
 
@@ -43,6 +45,8 @@ class ShiftResult:
       density_traj: (S, L) average posterior p(lambda_j | x_hat) over samples.
       density_fwd: (S, L) average posterior on the forward samples.
       grid: (L,) the grid of the posteriors.
+      pmean_traj: (S, N) posterior mean E[lambda | x_hat] of every state (for KDE figures).
+      pmean_fwd: (S, N) the same on the forward samples.
     """
 
     levels: jax.Array
@@ -52,6 +56,8 @@ class ShiftResult:
     density_traj: jax.Array
     density_fwd: jax.Array
     grid: jax.Array
+    pmean_traj: jax.Array | None = None
+    pmean_fwd: jax.Array | None = None
 
 
 def posterior_mean(log_post: jax.Array, grid: jax.Array) -> jax.Array:
@@ -59,19 +65,48 @@ def posterior_mean(log_post: jax.Array, grid: jax.Array) -> jax.Array:
     return jnp.sum(jnp.exp(log_post) * grid, axis=-1)
 
 
+def _is_ddpm(process) -> bool:
+    from nag_jax.diffusion.gaussian import GaussianDiffusion
+
+    return isinstance(process, GaussianDiffusion)
+
+
+def sample_levels(process, key, n: int) -> jax.Array:
+    """(n,) training noise levels: SiT uniform on [0, 1]; DiT ``(step + 1) / T`` with ``step``
+    uniform over the ORIGINAL T steps (the levels the network was trained on)."""
+    if _is_ddpm(process):
+        t = int(process.original_num_steps)
+        return (jax.random.randint(key, (n,), 0, t) + 1).astype(jnp.float32) / t
+    return jax.random.uniform(key, (n,))
+
+
+def forward_at_level(process, x0, x1, levels) -> jax.Array:
+    """Exact forward samples ``(N, ...)`` of data ``x1`` with noise ``x0`` at noise levels
+    ``levels`` (scalar or (N,), 1 = noise): SiT ``transport.interpolate`` at ``t = 1 - lambda``;
+    DiT ``sqrt(abar) x1 + sqrt(1 - abar) x0`` at the original step ``round(lambda T) - 1`` (the
+    un-respaced schedule ``base_alphas_cumprod``, so any respaced process works)."""
+    lam = jnp.broadcast_to(jnp.asarray(levels, jnp.float32), (x1.shape[0],))
+    if _is_ddpm(process):
+        t = int(process.original_num_steps)
+        step = jnp.clip(jnp.round(lam * t).astype(jnp.int32) - 1, 0, t - 1)
+        abar = jnp.asarray(process.base_alphas_cumprod, jnp.float32)[step]
+        abar = abar.reshape((-1,) + (1,) * (x1.ndim - 1))
+        return jnp.sqrt(abar) * x1 + jnp.sqrt(1.0 - abar) * x0
+    return process.interpolate(x0, x1, 1.0 - lam)[0]
+
+
 def forward_states(transport, key, x1, levels) -> jax.Array:
-    """Exact forward samples at nominal noise levels via the project's transport.
+    """Exact forward samples at nominal noise levels via the project's process.
 
     x1: (N, ...) data; levels: (S,) noise levels (1 = noise). Returns (S, N, ...) with
-    ``x = alpha x1 + sigma x0`` at ``t = 1 - lambda`` (``transport.interpolate``), fresh noise per
-    level.
+    `forward_at_level` (SiT: ``x = alpha x1 + sigma x0`` at ``t = 1 - lambda``), fresh noise per
+    level. ``transport``: the process (SiT ``Transport`` or DiT ``GaussianDiffusion``).
     """
     keys = jax.random.split(key, levels.shape[0])
 
     def one(k, lam):
         x0 = jax.random.normal(k, x1.shape, x1.dtype)
-        t = jnp.full((x1.shape[0],), 1.0 - lam, jnp.float32)
-        return transport.interpolate(x0, x1, t)[0]
+        return forward_at_level(transport, x0, x1, lam)
 
     return jax.vmap(one)(keys, jnp.asarray(levels, jnp.float32))
 
@@ -98,8 +133,9 @@ def measure_shift(
     """
     lp_traj = jax.lax.map(log_posterior_fn, traj_x)  # (S, N, L)
     lp_fwd = jax.lax.map(log_posterior_fn, fwd_x)
-    m_traj = jax.vmap(posterior_mean, in_axes=(0, None))(lp_traj, grid).mean(axis=1)
-    m_fwd = jax.vmap(posterior_mean, in_axes=(0, None))(lp_fwd, grid).mean(axis=1)
+    pm_traj = jax.vmap(posterior_mean, in_axes=(0, None))(lp_traj, grid)  # (S, N)
+    pm_fwd = jax.vmap(posterior_mean, in_axes=(0, None))(lp_fwd, grid)
+    m_traj, m_fwd = pm_traj.mean(axis=1), pm_fwd.mean(axis=1)
     return ShiftResult(
         levels=jnp.asarray(levels, jnp.float32),
         mean_traj=m_traj,
@@ -108,6 +144,8 @@ def measure_shift(
         density_traj=jnp.exp(lp_traj).mean(axis=1),
         density_fwd=jnp.exp(lp_fwd).mean(axis=1),
         grid=grid,
+        pmean_traj=pm_traj,
+        pmean_fwd=pm_fwd,
     )
 
 

@@ -3,7 +3,8 @@
 SiT and DiT share one backbone (nag_jax.models); the family fixes everything around it:
 
   family  process              time the network sees               noise level        samplers
-  SiT     `Transport`          float t in [0, 1], 0 noise, 1 data  1 - t              ode, sde
+  SiT     `Transport`          float t in [0, 1], 0 noise, 1 data  1 - t              ode, sde,
+                                                                                        ode_adaptive
   DiT     `GaussianDiffusion`  integer step 0..999, 0 least noise  (step + 1) / 1000  ddpm, ddim
 
 Guidance: SiT guides the first C output channels (the learned-sigma half is dropped, as in the
@@ -83,7 +84,7 @@ SIT = Family(
     name="SiT",
     process_type=Transport,
     time_convention="float t in [0, 1], t = 0 noise, t = 1 data",
-    samplers=("ode", "sde"),
+    samplers=("ode", "sde", "ode_adaptive"),
     default_sampler="sde",
 )
 DIT = Family(

@@ -1,0 +1,44 @@
+"""Noise-shift diagnosis (the paper's Fig. 4) of DiT-XL/2 on 256px ImageNet latents.
+
+    python -m nag_jax.main --config=configs/noise_shift_dit_xl.py --workdir=runs/noise_shift_dit_xl \
+        --config.model.weights=ckpt/dit_xl2_256_nag --config.data.data_dir=data/imagenet256_latents
+
+Prerequisites: a converted (and NAG fine-tuned, configs/dit_xl_nag_finetune.py) checkpoint and
+the latent shards of configs/dit_xl.py:encode. A release checkpoint without the null noise
+token: --config.model.null_noise=zero and drop the NAG rows (--config.noise_shift.rows=...).
+The estimator (a conv net over the 32x32x4 latents, 100 bins) trains data-parallel on all
+devices and is saved to <workdir>/estimator; reuse it with
+--config.noise_shift.estimator.weights=DIR, and for classifier-based NAG in sample / eval with
+--config.sample.nag_mode=classifier --config.sample.estimator=DIR.
+Sampler: DiT's FID setting (ancestral DDPM respaced to 250 steps). The estimator is trained on
+the DiT forward process at the original steps (levels (step + 1) / 1000); classifier-based NAG
+maps its score gradient to the epsilon prediction (-sqrt(1 - abar) per unit of score).
+
+Time convention: DiT, integer step 0..999, 0 = least noise; reported levels are noise levels
+(step + 1) / 1000 (1 = noise).
+"""
+
+from nag_jax.config_schema import noise_shift_section
+from nag_jax.training.defaults import release_config
+
+
+def get_config():
+    c = release_config("DiT-XL/2")  # the release's model, process and latents data
+    c.mode = "noise_shift"
+    c.data.update(global_batch_size=256, num_workers=4)
+    c.sample.update(sampler="ddpm", num_steps=250)
+    c.parallel.update(fsdp=False)
+    c.parallel.mesh.fsdp = 1
+    c.noise_shift = noise_shift_section()
+    c.noise_shift.rows = (
+        dict(name="none"),
+        dict(name="CFG", cfg_scale=1.5),
+        dict(name="NAG", nag_scale=1.0),
+        dict(name="CFG+NAG", cfg_scale=1.5, nag_scale=1.0),
+        dict(name="cls-NAG", nag_mode="classifier", nag_scale=1.0, nag_interval=(0.0, 1.0)),
+    )
+    c.noise_shift.update(num_images=2048, batch_size=256, max_states=26, kde_states=6)
+    c.noise_shift.estimator.update(
+        num_bins=100, hidden=512, depth=4, conv_layers=3, num_steps=20_000, lr=3e-4
+    )
+    return c
