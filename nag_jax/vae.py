@@ -739,7 +739,7 @@ def find_vae_dir(path: str) -> str:
     return str(folder)
 
 
-def _listing(folder) -> list[str]:
+def _folder_names(folder) -> list[str]:
     return sorted(p.name for p in as_path(folder).iterdir())
 
 
@@ -748,7 +748,7 @@ def read_config(path: str) -> dict:
     cfg_path = as_path(path) / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(
-            f"No config.json in VAE folder {path!r} (found: {_listing(path)}). "
+            f"No config.json in VAE folder {path!r} (found: {_folder_names(path)}). "
             f"Expected the diffusers files config.json + one of {list(WEIGHT_FILES)}. " + HUB_HINT
         )
     return json.loads(cfg_path.read_text())
@@ -794,7 +794,7 @@ def read_state_dict(path: str) -> tuple[dict[str, Any], str]:
             sd = sd["state_dict"]
         return dict(sd), f
     raise FileNotFoundError(
-        f"No VAE weights in {path!r} (found: {_listing(path)}); expected one of "
+        f"No VAE weights in {path!r} (found: {_folder_names(path)}); expected one of "
         f"{list(WEIGHT_FILES)} next to config.json. " + HUB_HINT
     )
 

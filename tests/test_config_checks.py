@@ -16,10 +16,10 @@ NAN, INF = float("nan"), float("inf")
 
 # (key, bad value, words the message must hold besides the key and the value)
 BAD = [
-    ("optim.lr", NAN, "finite number > 0"),
-    ("optim.lr", INF, "finite number > 0"),
-    ("optim.lr", 0.0, "finite number > 0"),
-    ("optim.lr", -1e-4, "finite number > 0"),
+    ("optim.lr", NAN, "finite number >= 0"),
+    ("optim.lr", INF, "finite number >= 0"),
+    ("optim.lr", -INF, "finite number >= 0"),
+    ("optim.lr", -1e-4, "finite number >= 0"),
     ("train.num_steps", -5, "integer >= 1"),
     ("train.num_steps", 0, "integer >= 1"),
     ("train.log_every", 0, "integer >= 1"),
