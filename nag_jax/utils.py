@@ -49,3 +49,19 @@ def save_png(path: str, image: np.ndarray) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     Image.fromarray(image).save(tmp, format="PNG")
     os.replace(tmp, path)
+
+
+def import_tensorflow(what: str):
+    """TensorFlow for data (tfds) or TensorBoard, with its GPUs hidden so it never takes
+    accelerator memory from JAX (as the Flax examples do). The one place the project imports TF;
+    call it before ``import tensorflow_datasets``. Raises MissingDependencyError naming the
+    ``[data]`` extra when TF is not installed (Colab's preinstalled TF works as it is)."""
+    import contextlib
+
+    from nag_jax.errors import require
+
+    tf = require("tensorflow", what=what, extra="data")
+    # RuntimeError: TF's runtime already started (its devices are fixed); nothing left to do.
+    with contextlib.suppress(RuntimeError):
+        tf.config.experimental.set_visible_devices([], "GPU")
+    return tf
