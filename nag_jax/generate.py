@@ -169,15 +169,25 @@ def make_batch_sampler(
 
 
 def iterate_batches(
-    run_batch: Callable, indices, batch_size: int
+    run_batch: Callable, indices, batch_size: int, *, desc: str | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yields ``(indices, images, labels)`` for ``indices`` in order, ``batch_size`` at a time
     (a `padded_batch_size`); the last batch is padded by repeating its last index and the
-    padding is dropped. ``run_batch(indices) -> (images, labels)``."""
+    padding is dropped. ``run_batch(indices) -> (images, labels)``. ``desc``: a progress bar
+    (images, rate, ETA; nag_jax.utils.progress_bar) with that label."""
+    from nag_jax.utils import progress_bar
+
     indices = np.asarray(indices, np.int64)
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        n = len(idx)
-        padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
-        images, labels = run_batch(padded)
-        yield idx, images[:n], labels[:n]
+    bar = progress_bar(total=len(indices), desc=desc) if desc else None
+    try:
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
+            n = len(idx)
+            padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
+            images, labels = run_batch(padded)
+            if bar is not None:
+                bar.update(n)
+            yield idx, images[:n], labels[:n]
+    finally:
+        if bar is not None:
+            bar.close()

@@ -134,11 +134,18 @@ def run(config, workdir: str) -> dict:
     run_batch = generate.make_batch_sampler(config, model, params, mesh, decode=decode)
     params = run_batch.place(params)
     images, labels, t0 = [], [], time.perf_counter()
-    batches = generate.iterate_batches(lambda i: run_batch(params, i), np.arange(num_images), batch)
-    for idx, x, y in batches:
+    logging.info(
+        "sample: %d images in batches of %d; compiling the sampler first (the first batch waits "
+        "for it: a minute or more for XL models)",
+        num_images,
+        batch,
+    )
+    batches = generate.iterate_batches(
+        lambda i: run_batch(params, i), np.arange(num_images), batch, desc="sample"
+    )
+    for _, x, y in batches:
         images.append(x)
         labels.append(y)
-        logging.info("sample: %d / %d images", int(idx[-1]) + 1, num_images)
     t_sample = time.perf_counter() - t0
 
     images = np.concatenate(images) if images else np.zeros((0, 1, 1, 3), np.uint8)

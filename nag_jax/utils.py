@@ -65,3 +65,35 @@ def import_tensorflow(what: str):
     with contextlib.suppress(RuntimeError):
         tf.config.experimental.set_visible_devices([], "GPU")
     return tf
+
+
+def progress_bar(
+    iterable=None, total: int | None = None, *, desc: str, unit: str = "img", **kwargs
+):
+    """A tqdm bar (count, rate, ETA) on stderr: iterate over it (``iterable`` given), or
+    ``bar.update(n)`` per batch and ``bar.close()`` at the end (or use it as a context manager).
+    Silent on processes other than 0 and when ``NAG_JAX_NO_PROGRESS=1``; in a log file (stderr
+    not a terminal) it redraws at most every 30 s so the file stays short. ``tqdm.auto`` draws a
+    widget in notebooks."""
+    import os
+    import sys
+
+    from tqdm.auto import tqdm
+
+    jax = sys.modules.get("jax")  # never import JAX here (converters run without starting it)
+    disable = os.environ.get("NAG_JAX_NO_PROGRESS") == "1" or (
+        jax is not None and jax.process_index() > 0
+    )
+    tty = sys.stderr.isatty()
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit == "B",
+        disable=disable,
+        mininterval=0.5 if tty else 30.0,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        **kwargs,
+    )

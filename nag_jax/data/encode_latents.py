@@ -42,6 +42,7 @@ import os
 import time
 
 import numpy as np
+from absl import logging
 
 from nag_jax.data import latents as latents_lib
 from nag_jax.data.preprocess import center_crop_arr, to_float
@@ -113,7 +114,7 @@ def encode_dataset(
     metadata_extra: dict | None = None,
     on_shard_done=None,
     num_threads: int = 4,
-    log=print,
+    log=logging.info,
 ) -> dict | None:
     """Encodes `source` to latent shards in `out_dir`; returns the metadata (None if incomplete).
 
@@ -150,9 +151,22 @@ def encode_dataset(
         x = jax.device_put(images, data_sharding)
         return fn(params, x, key), b
 
-    for k in range(num_shards):
-        if k % process_count != process_index or os.path.exists(shard_path(k)):
-            continue
+    from nag_jax.utils import progress_bar
+
+    todo = [
+        k
+        for k in range(num_shards)
+        if k % process_count == process_index and not os.path.exists(shard_path(k))
+    ]
+    count = lambda k: min(n, (k + 1) * shard_size) - k * shard_size
+    bar = progress_bar(total=sum(count(k) for k in todo), desc="encode_latents")
+
+    def fetch(calls):
+        out = _fetch(calls)
+        bar.update(len(out))
+        return out
+
+    for k in todo:
         t0 = time.time()
         start, stop = k * shard_size, min(n, (k + 1) * shard_size)
         shard_key = jax.random.fold_in(root, k)
@@ -166,8 +180,8 @@ def encode_dataset(
                 calls.append(encode(images[:, :, ::-1], jax.random.fold_in(key, 1)))
             pending.append(calls)  # async dispatch: load the next batch while this encodes
             if len(pending) > 1:
-                outs.append(_fetch(pending.pop(0)))
-        outs.extend(_fetch(p) for p in pending)
+                outs.append(fetch(pending.pop(0)))
+        outs.extend(fetch(p) for p in pending)
         lat = np.concatenate(outs)  # (N, V, h, w, c)
         latents_lib.write_shard(shard_path(k), np.concatenate(labels), lat, dtype=dtype)
         log(
@@ -176,6 +190,7 @@ def encode_dataset(
         )
         if on_shard_done is not None:
             on_shard_done(k)
+    bar.close()
 
     done = all(os.path.exists(shard_path(k)) for k in range(num_shards))
     if not done or process_index != 0:

@@ -138,13 +138,19 @@ class Progress:
             )
             parts.append(f"ETA {format_duration(report['eta_seconds'])}")
         if "loss" in scalars:
-            loss = f"loss {scalars['loss']:.4f}"
-            if "loss_noise_kept" in scalars and "loss_noise_dropped" in scalars:
-                loss += (
-                    f" (noise kept {scalars['loss_noise_kept']:.4f}, "
-                    f"dropped {scalars['loss_noise_dropped']:.4f})"
+            # The NAG branches (noise condition kept / dropped); a branch absent from the batch
+            # (frac_drop_noise 0 or 1) has no loss to show.
+            frac = scalars.get("frac_drop_noise", 0.5)
+            branches = [
+                f"noise {name} {scalars[key]:.4f}"
+                for name, key, present in (
+                    ("kept", "loss_noise_kept", frac < 1),
+                    ("dropped", "loss_noise_dropped", frac > 0),
                 )
-            parts.append(loss)
+                if key in scalars and present
+            ]
+            loss = f"loss {scalars['loss']:.4f}"
+            parts.append(loss + (f" ({', '.join(branches)})" if branches else ""))
         if "grad_norm" in scalars:
             parts.append(f"grad_norm {scalars['grad_norm']:.3g}")
         if "lr" in scalars:
