@@ -62,9 +62,10 @@ def run(config, workdir: str):
 
 
 class _QuietLibraries:
-    """Drops INFO records of orbax / grain internals so progress lines stay readable."""
+    """Drops INFO records of orbax / grain internals (and JAX's backend probing) so progress
+    lines stay readable; their warnings and errors pass."""
 
-    NOISY = ("/orbax/", "/grain/", "/etils/")
+    NOISY = ("/orbax/", "/grain/", "/etils/", "/jax/_src/xla_bridge.py")
 
     def filter(self, record) -> bool:
         return record.levelno > 20 or not any(n in record.pathname for n in self.NOISY)

@@ -57,9 +57,11 @@ def import_tensorflow(what: str):
     call it before ``import tensorflow_datasets``. Raises MissingDependencyError naming the
     ``[data]`` extra when TF is not installed (Colab's preinstalled TF works as it is)."""
     import contextlib
+    import os
 
     from nag_jax.errors import require
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines (oneDNN, CPU flags)
     tf = require("tensorflow", what=what, extra="data")
     # RuntimeError: TF's runtime already started (its devices are fixed); nothing left to do.
     with contextlib.suppress(RuntimeError):
