@@ -35,7 +35,9 @@ from nag_jax.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
-    """A config value (or key) the schema does not allow; the message names it and its choices."""
+    """A config value that does not fit: not allowed by the schema, or not by the job's input
+    (weights of another model, no weights or VAE where needed); the message names the key, the
+    value and the fix. A ValueError, so ``except ValueError`` still catches it."""
 
 
 # config.mode -> the job module whose run(config, workdir) it runs (nag_jax.main dispatches).

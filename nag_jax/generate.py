@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax import builders, parallel
+from nag_jax.config_schema import ConfigError
 from nag_jax.utils import to_uint8
 
 
@@ -53,7 +54,7 @@ def image_labels(seed: int, indices, num_classes: int, labels=None) -> jax.Array
     if labels is not None:
         table = np.asarray(list(labels), np.int64).reshape(-1)
         if table.size == 0 or table.min() < 0 or table.max() >= num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"config.sample.labels={tuple(table.tolist())} must be non-empty class ids in "
                 f"[0, {num_classes})."
             )
@@ -98,7 +99,7 @@ def load_decoder(config) -> tuple[Callable, object] | None:
     if int(config.model.in_channels) == 3:
         return None
     if not config.vae.path:
-        raise ValueError(
+        raise ConfigError(
             f"{config.model.name} samples {config.model.in_channels}-channel latents: set "
             "--config.vae.path to the SD-VAE (a local stabilityai/sd-vae-ft-ema folder or "
             "`python -m nag_jax.convert vae` output)."

@@ -55,7 +55,7 @@ def reconcile_model_config(config, meta: dict, params: dict) -> list[str]:
     if meta:
         fam_cfg, fam_ckpt = parse_model_name(mc.name)[0], meta["family"]
         if fam_cfg != fam_ckpt:
-            raise ValueError(
+            raise config_schema.ConfigError(
                 f"config.model.name={mc.name} is a {fam_cfg} model but the checkpoint is "
                 f"{meta['model']} ({fam_ckpt}); use configs/sample_{fam_ckpt.lower()}_xl.py or "
                 f"--config.model.name={meta['model']}."
@@ -74,7 +74,7 @@ def reconcile_model_config(config, meta: dict, params: dict) -> list[str]:
             mc.null_noise = "learned"
         elif mc.null_noise == "learned":
             if nag:
-                raise ValueError(
+                raise config_schema.ConfigError(
                     f"sample.nag_scale={config.sample.nag_scale} needs a learned null noise "
                     "token, and this checkpoint has none (a release checkpoint; NAG fine-tuning "
                     "creates it: configs/sit_xl_nag_finetune.py). Set --config.sample."
@@ -102,7 +102,7 @@ def _check_params(model, params, config) -> None:
         missing = sorted(name(k) for k in set(fw) - set(fg))
         extra = sorted(name(k) for k in set(fg) - set(fw))
         bad = sorted(f"{name(k)}: {fg[k]} vs {fw[k]}" for k in set(fw) & set(fg) if fw[k] != fg[k])
-        raise ValueError(
+        raise config_schema.ConfigError(
             f"checkpoint params do not fit config.model ({config.model.name}): missing "
             f"{missing[:8]}, unexpected {extra[:8]}, shape mismatches {bad[:8]}. Fix "
             "config.model (input_size, hidden_size, ...) or the checkpoint path."
@@ -114,7 +114,7 @@ def run(config, workdir: str) -> dict:
     config_schema.validate(config)
     sc = config.sample
     if not config.model.weights:
-        raise ValueError(
+        raise config_schema.ConfigError(
             "No weights: set --config.model.weights to a converted checkpoint (python -m "
             "nag_jax.convert to-orbax ...) or a training workdir's checkpoints/ directory."
         )
