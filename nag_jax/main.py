@@ -252,6 +252,7 @@ def cli(argv: list[str] | None = None) -> None:
     overrides) with user errors as one line, then runs ``main`` under absl."""
     argv = list(sys.argv if argv is None else argv)
     verbose = any(a in ("--verbose", "--verbose=true", "--verbose=True") for a in argv)
+    app.define_help_flags()  # --help / --helpfull (app.run defines them too late for us)
     try:
         argv = _with_resolved_config(argv)
         rest = flags.FLAGS(argv)

@@ -363,7 +363,8 @@ def _loop(
                         grid_sampler = grid_sampler or make_grid_sampler(config, model, mesh)
                         images = grid_sampler(state.ema_params)
                         if jax.process_index() == 0:
-                            if decode_grid is False:
+                            if decode_grid is False:  # a failing VAE load: .npy from now on
+                                decode_grid = None
                                 decode_grid = make_grid_decoder(config)
                             path = write_grid(workdir, writer, step, images, decode_grid)
                             logging.info("Sample grid at step %d: %s", step, path)
