@@ -17,12 +17,12 @@ Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise leve
 
 import os
 
+import nag_jax
 from nag_jax.config_schema import base_config
 
 # The base model the demo fine-tunes: trained by configs/demo_pretrain.py (no noise dropout).
-BASE_MODEL = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nag_jax", "assets", "demo_base"
-)
+# Found through the package, so the packaged copy of this file (nag_jax.configs) finds it too.
+BASE_MODEL = os.path.join(os.path.dirname(os.path.abspath(nag_jax.__file__)), "assets", "demo_base")
 
 
 def get_config():
@@ -76,7 +76,7 @@ def get_config():
         sample_every=0,
         eval_every=0,
         null_token_init="mean_t_embedding",
-        tensorboard=False,
+        tensorboard=True,  # training curves + the demo's settings (nag_jax.demo)
     )
     c.sample.update(
         sampler="sde",

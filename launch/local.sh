@@ -10,16 +10,35 @@
 # Env:
 #   CPU_DEVICES=N   fake N CPU devices (tries sharding code paths without accelerators)
 #   PYTHON          interpreter (default: python)
+#   SETUP=1         first install nag_jax for this machine's accelerator: `pip install -e
+#                   ".[cuda12,data]"` when nvidia-smi sees a GPU, ".[tpu,data]" on a TPU VM
+#                   (/dev/accel* or /dev/vfio), else the pinned CPU set (requirements.txt).
+#                   ACCEL=cuda12|tpu|cpu overrides the detection.
 # Preemption: SIGTERM makes the trainer checkpoint at the next step and exit 0; rerunning the same
 # command resumes from the workdir.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-  sed -n '2,16p' "$0"; exit 2
+  sed -n '2,18p' "$0"; exit 2
 fi
 CONFIG=$1; WORKDIR=$2; shift 2
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+if [[ "${SETUP:-0}" == "1" ]]; then
+  ACCEL=${ACCEL:-}
+  if [[ -z "$ACCEL" ]]; then
+    if nvidia-smi -L >/dev/null 2>&1; then ACCEL=cuda12
+    elif compgen -G "/dev/accel*" >/dev/null || compgen -G "/dev/vfio/[0-9]*" >/dev/null; then ACCEL=tpu
+    else ACCEL=cpu; fi
+  fi
+  echo "[local] installing nag_jax for ${ACCEL}"
+  if [[ "$ACCEL" == "cpu" ]]; then
+    "$PY" -m pip install -q -r requirements.txt -e .
+  else  # the accelerator jax; requirements.txt (CPU jaxlib) is never installed over it
+    "$PY" -m pip install -q -e ".[${ACCEL},data]"
+  fi
+fi
 if [[ -n "${CPU_DEVICES:-}" ]]; then
   export JAX_PLATFORMS=cpu
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${CPU_DEVICES}"
 fi
-exec "${PYTHON:-python}" -m nag_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"
+exec "$PY" -m nag_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"

@@ -8,7 +8,8 @@ without fallbacks: the default lives here and only here. ``validate(config)`` (r
 enumerated value is one of its choices, with an error naming the key, the value and the choices.
 
 This module lives in the package (not in configs/) so an installed ``nag_jax`` can build and check
-configs; it imports only ml_collections, so loading a config file stays cheap.
+configs; it imports only ml_collections (and nag_jax.errors), so loading a config file stays
+cheap.
 
 Paths shared by every mode (one name each):
   model.weights  the weights of ``config.model``: a converted release (``python -m nag_jax.convert
@@ -31,6 +32,15 @@ import re
 
 import ml_collections
 from ml_collections.config_dict import placeholder
+
+from nag_jax.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that does not fit: not allowed by the schema, or not by the job's input
+    (weights of another model, no weights or VAE where needed); the message names the key, the
+    value and the fix. A ValueError, so ``except ValueError`` still catches it."""
+
 
 # config.mode -> the job module whose run(config, workdir) it runs (nag_jax.main dispatches).
 MODES = {
@@ -237,6 +247,9 @@ def base_config() -> ml_collections.ConfigDict:
         train_num_images=1000,  # images per evaluation during training
     )
     c.parallel = _section(fsdp=True, mesh=_section(data=-1, fsdp=-1, tensor=1), fsdp_min_size=2**16)
+    # nag_jax.main: a bf16 / fp16 config (the releases' FSDP recipe) on a host whose JAX sees only
+    # CPUs stops with one line (usually a CPU jaxlib over the accelerator build) unless True.
+    c.parallel.allow_cpu = False
     return c
 
 
@@ -459,7 +472,8 @@ def value_errors(config) -> list[str]:
 
 
 def validate(config) -> None:
-    """Raises ValueError if a schema key is missing or an enumerated value is not allowed.
+    """Raises ConfigError (a ValueError) if a schema key is missing or an enumerated value is
+    not allowed.
 
     Checked: every key of ``base_config()`` is present; every ``CHOICES`` key holds one of its
     values (every sampler key, whether or not the job samples); ``sample.sampler`` is one of the
@@ -468,7 +482,7 @@ def validate(config) -> None:
     """
     missing = _missing(base_config(), config)
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"config lacks the schema keys {missing[:8]}{' ...' if len(missing) > 8 else ''}: "
             "build job configs from nag_jax.config_schema.base_config() and change values only."
         )
@@ -476,8 +490,12 @@ def validate(config) -> None:
         section, _, key = dotted.rpartition(".")
         value = config[section][key] if section else config[key]
         if value not in allowed:
-            raise ValueError(
-                f"config.{dotted}={value!r} is not allowed; expected one of {allowed}."
+            import difflib
+
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"config.{dotted}={value!r} is not allowed; expected one of {allowed}{hint}."
             )
     from nag_jax.diffusion.family import family_for  # jax: only when a job validates
 
@@ -486,7 +504,7 @@ def validate(config) -> None:
     except ValueError:  # not a registry name (the lab's MLP denoiser): built by its own job
         family = None
     if family is not None and config.sample.sampler not in family.samplers:
-        raise ValueError(
+        raise ConfigError(
             f"config.sample.sampler={config.sample.sampler!r} does not apply to "
             f"{config.model.name}; {family.name} models sample with one of {family.samplers}."
         )
@@ -495,7 +513,7 @@ def validate(config) -> None:
         try:
             re.compile(trainable)
         except (re.error, TypeError) as e:
-            raise ValueError(
+            raise ConfigError(
                 f"config.optim.trainable={trainable!r} is neither 'all', 'null_token' nor a "
                 f"valid regex ({e})."
             ) from e

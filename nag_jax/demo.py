@@ -288,8 +288,32 @@ class GridWriter:
         subset = [kk for kk in range(k) if kk % 4 == (kk // 4) % 4]
         self.panels.append(_subset_panel(images, labels, self.names, subset, title))
 
-    def write_comparison(self) -> None:
-        save_png(os.path.join(self.workdir, "comparison.png"), side_by_side(self.panels))
+    def write_comparison(self) -> np.ndarray:
+        """Saves comparison.png; returns it (uint8 HWC)."""
+        image = side_by_side(self.panels)
+        save_png(os.path.join(self.workdir, "comparison.png"), image)
+        return image
+
+
+def write_tensorboard(config, workdir: str, step: int, summary: dict, comparison) -> None:
+    """The settings' means over seeds (``demo/<row>/<metric>``), the paired differences
+    (``demo/<a - b>/<metric>``) and the comparison figure, at the fine-tune's last step, beside
+    the training curves (config.train.tensorboard)."""
+    from nag_jax.training.metrics import create_writer
+
+    writer = create_writer(
+        workdir,
+        just_logging=jax.process_index() > 0,
+        tensorboard=bool(config.train.tensorboard),
+    )
+    scalars = {
+        f"demo/{row}/{m}": v["mean"] for row, ms in summary["rows"].items() for m, v in ms.items()
+    }
+    for pair, ms in summary["differences"].items():
+        scalars.update({f"demo/{pair.replace(' ', '')}/{m}": v["mean"] for m, v in ms.items()})
+    writer.write_scalars(step, scalars)
+    writer.write_images(step, {"demo/comparison": np.asarray(comparison)[None]})
+    writer.close()
 
 
 def load_scorer(config, workdir: str) -> proxy.ProxyScorer:
@@ -380,8 +404,9 @@ def run(config, workdir: str) -> dict:
     params = state.ema_params
     grids = GridWriter(config, workdir)
     results = evaluate_rows(sampler, params, rows, seeds, n, scorer, on_images=grids)
-    grids.write_comparison()
+    comparison = grids.write_comparison()
     summary = summarize(results, [tuple(c) for c in dc.comparisons])
+    write_tensorboard(config, workdir, int(jax.device_get(state.step)), summary, comparison)
     table = format_table(results, summary, len(seeds), n)
     metrics = dict(
         results=results,

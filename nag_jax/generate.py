@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax import builders, parallel
+from nag_jax.config_schema import ConfigError
 from nag_jax.paths import as_path
 from nag_jax.utils import to_uint8
 
@@ -53,7 +54,7 @@ def image_labels(seed: int, indices, num_classes: int, labels=None) -> jax.Array
     if labels is not None:
         table = np.asarray(list(labels), np.int64).reshape(-1)
         if table.size == 0 or table.min() < 0 or table.max() >= num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"config.sample.labels={tuple(table.tolist())} must be non-empty class ids in "
                 f"[0, {num_classes})."
             )
@@ -99,7 +100,7 @@ def load_decoder(config) -> tuple[Callable, object] | None:
     if int(config.model.in_channels) == 3:
         return None
     if not config.vae.path:
-        raise ValueError(
+        raise ConfigError(
             f"{config.model.name} samples {config.model.in_channels}-channel latents: set "
             "--config.vae.path to the SD-VAE (a local stabilityai/sd-vae-ft-ema folder or "
             "`python -m nag_jax.convert vae` output)."
@@ -170,15 +171,25 @@ def make_batch_sampler(
 
 
 def iterate_batches(
-    run_batch: Callable, indices, batch_size: int
+    run_batch: Callable, indices, batch_size: int, *, desc: str | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yields ``(indices, images, labels)`` for ``indices`` in order, ``batch_size`` at a time
     (a `padded_batch_size`); the last batch is padded by repeating its last index and the
-    padding is dropped. ``run_batch(indices) -> (images, labels)``."""
+    padding is dropped. ``run_batch(indices) -> (images, labels)``. ``desc``: a progress bar
+    (images, rate, ETA; nag_jax.utils.progress_bar) with that label."""
+    from nag_jax.utils import progress_bar
+
     indices = np.asarray(indices, np.int64)
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        n = len(idx)
-        padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
-        images, labels = run_batch(padded)
-        yield idx, images[:n], labels[:n]
+    bar = progress_bar(total=len(indices), desc=desc) if desc else None
+    try:
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
+            n = len(idx)
+            padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
+            images, labels = run_batch(padded)
+            if bar is not None:
+                bar.update(n)
+            yield idx, images[:n], labels[:n]
+    finally:
+        if bar is not None:
+            bar.close()

@@ -58,7 +58,7 @@ def reconcile_model_config(config, meta: dict, params: dict) -> list[str]:
     if meta:
         fam_cfg, fam_ckpt = parse_model_name(mc.name)[0], meta["family"]
         if fam_cfg != fam_ckpt:
-            raise ValueError(
+            raise config_schema.ConfigError(
                 f"config.model.name={mc.name} is a {fam_cfg} model but the checkpoint is "
                 f"{meta['model']} ({fam_ckpt}); use configs/sample_{fam_ckpt.lower()}_xl.py or "
                 f"--config.model.name={meta['model']}."
@@ -77,7 +77,7 @@ def reconcile_model_config(config, meta: dict, params: dict) -> list[str]:
             mc.null_noise = "learned"
         elif mc.null_noise == "learned":
             if nag:
-                raise ValueError(
+                raise config_schema.ConfigError(
                     f"sample.nag_scale={config.sample.nag_scale} needs a learned null noise "
                     "token, and this checkpoint has none (a release checkpoint; NAG fine-tuning "
                     "creates it: configs/sit_xl_nag_finetune.py). Set --config.sample."
@@ -105,7 +105,7 @@ def _check_params(model, params, config) -> None:
         missing = sorted(name(k) for k in set(fw) - set(fg))
         extra = sorted(name(k) for k in set(fg) - set(fw))
         bad = sorted(f"{name(k)}: {fg[k]} vs {fw[k]}" for k in set(fw) & set(fg) if fw[k] != fg[k])
-        raise ValueError(
+        raise config_schema.ConfigError(
             f"checkpoint params do not fit config.model ({config.model.name}): missing "
             f"{missing[:8]}, unexpected {extra[:8]}, shape mismatches {bad[:8]}. Fix "
             "config.model (input_size, hidden_size, ...) or the checkpoint path."
@@ -117,7 +117,7 @@ def run(config, workdir: str) -> dict:
     config_schema.validate(config)
     sc = config.sample
     if not config.model.weights:
-        raise ValueError(
+        raise config_schema.ConfigError(
             "No weights: set --config.model.weights to a converted checkpoint (python -m "
             "nag_jax.convert to-orbax ...) or a training workdir's checkpoints/ directory."
         )
@@ -137,11 +137,18 @@ def run(config, workdir: str) -> dict:
     run_batch = generate.make_batch_sampler(config, model, params, mesh, decode=decode)
     params = run_batch.place(params)
     images, labels, t0 = [], [], time.perf_counter()
-    batches = generate.iterate_batches(lambda i: run_batch(params, i), np.arange(num_images), batch)
-    for idx, x, y in batches:
+    logging.info(
+        "sample: %d images in batches of %d; compiling the sampler first (the first batch waits "
+        "for it: a minute or more for XL models)",
+        num_images,
+        batch,
+    )
+    batches = generate.iterate_batches(
+        lambda i: run_batch(params, i), np.arange(num_images), batch, desc="sample"
+    )
+    for _, x, y in batches:
         images.append(x)
         labels.append(y)
-        logging.info("sample: %d / %d images", int(idx[-1]) + 1, num_images)
     t_sample = time.perf_counter() - t0
 
     images = np.concatenate(images) if images else np.zeros((0, 1, 1, 3), np.uint8)

@@ -49,3 +49,53 @@ def save_png(path: str, image: np.ndarray) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     Image.fromarray(image).save(tmp, format="PNG")
     os.replace(tmp, path)
+
+
+def import_tensorflow(what: str):
+    """TensorFlow for data (tfds) or TensorBoard, with its GPUs hidden so it never takes
+    accelerator memory from JAX (as the Flax examples do). The one place the project imports TF;
+    call it before ``import tensorflow_datasets``. Raises MissingDependencyError naming the
+    ``[data]`` extra when TF is not installed (Colab's preinstalled TF works as it is)."""
+    import contextlib
+    import os
+
+    from nag_jax.errors import require
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines (oneDNN, CPU flags)
+    tf = require("tensorflow", what=what, extra="data")
+    # RuntimeError: TF's runtime already started (its devices are fixed); nothing left to do.
+    with contextlib.suppress(RuntimeError):
+        tf.config.experimental.set_visible_devices([], "GPU")
+    return tf
+
+
+def progress_bar(
+    iterable=None, total: int | None = None, *, desc: str, unit: str = "img", **kwargs
+):
+    """A tqdm bar (count, rate, ETA) on stderr: iterate over it (``iterable`` given), or
+    ``bar.update(n)`` per batch and ``bar.close()`` at the end (or use it as a context manager).
+    Silent on processes other than 0 and when ``NAG_JAX_NO_PROGRESS=1``; in a log file (stderr
+    not a terminal) it redraws at most every 30 s so the file stays short. ``tqdm.auto`` draws a
+    widget in notebooks."""
+    import os
+    import sys
+
+    from tqdm.auto import tqdm
+
+    jax = sys.modules.get("jax")  # never import JAX here (converters run without starting it)
+    disable = os.environ.get("NAG_JAX_NO_PROGRESS") == "1" or (
+        jax is not None and jax.process_index() > 0
+    )
+    tty = sys.stderr.isatty()
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit == "B",
+        disable=disable,
+        mininterval=0.5 if tty else 30.0,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        **kwargs,
+    )

@@ -38,13 +38,15 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from flax import traverse_util
 
+from nag_jax.errors import UserError
+
 FORMAT_VERSION = 1
 PARAMS_ITEM = "params"
 METADATA_ITEM = "metadata"
 TRAINING_ITEMS = ("ema_params", "params")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """Bad weights input or destination: the message names the value, what was expected and the
     fix. (``nag_jax.convert`` raises it too, as ``ConversionError``.)"""
 

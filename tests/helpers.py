@@ -75,3 +75,33 @@ def linear_em_reference(velocity, x_init, noise, n_steps, last_step_size=0.04):
         x = x + drift * dt + np.sqrt(2 * (1 - t)) * np.sqrt(dt) * np.asarray(noise[i], np.float64)
     t = ts[-1]
     return x + last_step_size * ((1 + t) * velocity(x, t) - x)
+
+
+def read_tensorboard(logdir: str) -> dict:
+    """{(tag, step): value} of every TensorBoard event file under ``logdir``: scalars as floats,
+    images as their encoded PNG bytes, hparams as the plugin's content bytes (read back with TF's
+    own event reader, independent of the writer)."""
+    import os
+
+    import tensorflow as tf
+
+    out = {}
+    for root, _, files in os.walk(logdir):
+        for name in files:
+            if not name.startswith("events.out.tfevents"):
+                continue
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                for v in event.summary.value:
+                    plugin = v.metadata.plugin_data.plugin_name
+                    if plugin == "scalars" or v.HasField("simple_value"):
+                        value = (
+                            v.simple_value
+                            if v.HasField("simple_value")
+                            else float(tf.make_ndarray(v.tensor))
+                        )
+                    elif plugin == "images":
+                        value = tf.make_ndarray(v.tensor)[-1]
+                    else:
+                        value = v.metadata.plugin_data.content
+                    out[(v.tag, event.step)] = value
+    return out

@@ -113,6 +113,13 @@ def test_demo_writes_table_grids_and_metrics(tiny_demo):
     with open(os.path.join(workdir, "table.md")) as f:
         table = f.read()
     assert "| NAG - none |" in table and "+-" in table
+    # TensorBoard: the fine-tune's curves and the settings' results, at the last step.
+    from tests.helpers import read_tensorboard
+
+    tags = read_tensorboard(workdir)
+    mean_fd = np.mean(saved["results"]["NAG"]["per_seed"]["proxy_fd"])
+    assert tags[("demo/NAG/proxy_fd", 3)] == pytest.approx(mean_fd, rel=1e-6)
+    assert ("demo/comparison", 3) in tags and ("loss", 3) in tags and ("lr", 3) in tags
 
 
 def test_demo_model_depends_on_class_noise_level_and_null_token(tiny_demo):

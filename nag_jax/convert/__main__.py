@@ -14,8 +14,10 @@ defines, at module level,
 
 and nothing else is needed: every module of the package with a ``COMMAND`` attribute is
 registered (discovered with pkgutil; modules are imported only to read those four names, so keep
-heavy imports inside ``run``). Errors of type ``ConversionError`` (or ValueError /
-FileNotFoundError / FileExistsError) are printed as one clean ``error:`` line with exit status 2.
+heavy imports inside ``run``). User errors (``nag_jax.errors.UserError``: ``ConversionError``,
+``CheckpointError``; ValueError / FileNotFoundError / FileExistsError; a missing optional
+dependency such as torch, named with its pip extra) are printed as one ``error:`` line with exit
+status 2; ``--verbose`` shows their traceback. Installed as the ``nag-convert`` console script.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import importlib
 import pkgutil
 import sys
 
+from nag_jax.errors import MissingDependencyError, UserError
+
 _SKIP = {"__main__", "common"}
+
+# Optional dependencies of the converters -> the pip extra that installs them.
+EXTRAS = {"torch": "convert", "safetensors": "convert", "tensorflow": "data"}
+TORCH_CPU = "CPU wheel: pip install torch --index-url https://download.pytorch.org/whl/cpu"
 
 
 def discover() -> dict:
@@ -51,7 +59,10 @@ def discover() -> dict:
 
 def build_parser(commands: dict) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m nag_jax.convert", description="DiT/SiT (and friends) checkpoint tools."
+        prog="nag-convert", description="DiT/SiT (and friends) checkpoint tools."
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="tracebacks for user errors (bad input)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in sorted(commands):
@@ -68,10 +79,25 @@ def main(argv=None) -> int:
     args = build_parser(commands).parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        if root not in EXTRAS or args.verbose:
+            raise
+        hint = TORCH_CPU if root == "torch" else ""
+        err = MissingDependencyError(f"nag-convert {args.command}", root, EXTRAS[root], hint)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (UserError, ValueError, FileNotFoundError, FileExistsError) as e:
+        if args.verbose:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``nag-convert`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -412,10 +412,18 @@ def check_keys(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tup
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+    import os
+
+    from nag_jax.utils import progress_bar
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with (
+        open(path, "rb") as f,
+        progress_bar(total=os.path.getsize(path), desc="sha256", unit="B") as bar,
+    ):
         while block := f.read(chunk):
             h.update(block)
+            bar.update(len(block))
     return h.hexdigest()
 
 

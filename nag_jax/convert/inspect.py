@@ -34,10 +34,19 @@ def _flatten_torch(obj, prefix=""):
     return out
 
 
+def _flatten_metadata(tree) -> dict:
+    """{"a/b/0/c": leaf} of a metadata tree of dicts, lists and tuples (an optimizer state is
+    lists of dicts, not only dicts); leaves are what has a shape and a dtype."""
+    import jax
+
+    is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+    flat = jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf)
+    name = lambda k: str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+    return {"/".join(name(k) for k in path): v for path, v in flat if is_leaf(v)}
+
+
 def describe(path: str) -> dict:
     """-> {"format", "entries": {name: (shape, dtype)}, "num_params", "metadata"}."""
-    from flax import traverse_util
-
     from nag_jax import weights
 
     if os.path.isdir(path):
@@ -48,10 +57,7 @@ def describe(path: str) -> dict:
             raise weights.CheckpointError(
                 f"{path} is not a readable Orbax checkpoint ({type(e).__name__}: {e})."
             ) from None
-        entries = {
-            k: (tuple(v.shape), str(v.dtype))
-            for k, v in traverse_util.flatten_dict(tree, sep="/").items()
-        }
+        entries = {k: (tuple(v.shape), str(v.dtype)) for k, v in _flatten_metadata(tree).items()}
         fmt = "orbax"
     elif path.endswith(".safetensors"):
         from safetensors import safe_open

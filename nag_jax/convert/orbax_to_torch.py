@@ -53,7 +53,9 @@ def params_to_state_dict(params, metadata, *, consume: bool = False) -> dict[str
     except ConversionError as e:
         raise ConversionError(f"params tree does not match metadata {arch}: {e}") from None
     sd = {"pos_embed": get_2d_sincos_pos_embed(arch.hidden_size, arch.grid)[None]}
-    for fk, tk in by_flax.items():
+    from nag_jax.utils import progress_bar
+
+    for fk, tk in progress_bar(by_flax.items(), total=len(by_flax), desc="to-torch", unit="tensor"):
         value = common.to_torch_layout(tk, np.asarray(leaves.pop(fk), dtype=np.float32))
         sd[tk] = value if value.flags.writeable else value.copy()  # torch wants writable
         if consume:

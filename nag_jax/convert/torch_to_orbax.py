@@ -566,7 +566,9 @@ def state_dict_to_params(
     common.check_keys(shapes, expected)
     extra = {"source_dtypes": {}}
     flat: dict = {}
-    for key in list(expected):
+    from nag_jax.utils import progress_bar
+
+    for key in progress_bar(list(expected), desc="to-orbax: tensors", unit="tensor"):
         t = sd.pop(key)
         dtype = str(getattr(t, "dtype", "")).replace("torch.", "")
         extra["source_dtypes"][dtype] = extra["source_dtypes"].get(dtype, 0) + 1

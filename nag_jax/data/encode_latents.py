@@ -43,6 +43,7 @@ import math
 import time
 
 import numpy as np
+from absl import logging
 
 from nag_jax.data import latents as latents_lib
 from nag_jax.data.preprocess import center_crop_arr, to_float
@@ -133,7 +134,7 @@ def encode_dataset(
     on_shard_done=None,
     num_threads: int = 4,
     bad_images: str = "skip",
-    log=print,
+    log=logging.info,
 ) -> dict | None:
     """Encodes `source` to latent shards in `out_dir`; returns the metadata (None if incomplete).
 
@@ -177,9 +178,22 @@ def encode_dataset(
         x = jax.device_put(images, data_sharding)
         return fn(params, x, key), b
 
-    for k in range(num_shards):
-        if k % process_count != process_index or shard_path(k).exists():
-            continue
+    from nag_jax.utils import progress_bar
+
+    todo = [
+        k
+        for k in range(num_shards)
+        if k % process_count == process_index and not shard_path(k).exists()
+    ]
+    count = lambda k: min(n, (k + 1) * shard_size) - k * shard_size
+    bar = progress_bar(total=sum(count(k) for k in todo), desc="encode_latents")
+
+    def fetch(calls):
+        out = _fetch(calls)
+        bar.update(len(out))
+        return out
+
+    for k in todo:
         t0 = time.time()
         start, stop = k * shard_size, min(n, (k + 1) * shard_size)
         shard_key = jax.random.fold_in(root, k)
@@ -189,6 +203,7 @@ def encode_dataset(
             for b in bad:
                 log(f"encode_latents: skipped undecodable image {b['file']} ({b['error']})")
             skipped += bad
+            bar.update(len(bad))  # skipped images count as done
             if not len(y):
                 continue
             labels.append(y)
@@ -198,8 +213,8 @@ def encode_dataset(
                 calls.append(encode(images[:, :, ::-1], jax.random.fold_in(key, 1)))
             pending.append(calls)  # async dispatch: load the next batch while this encodes
             if len(pending) > 1:
-                outs.append(_fetch(pending.pop(0)))
-        outs.extend(_fetch(p) for p in pending)
+                outs.append(fetch(pending.pop(0)))
+        outs.extend(fetch(p) for p in pending)
         if not outs:
             raise ValueError(f"encode_latents: no image of shard {k} ([{start}, {stop})) decodes")
         lat = np.concatenate(outs)  # (N, V, h, w, c)
@@ -213,6 +228,7 @@ def encode_dataset(
         )
         if on_shard_done is not None:
             on_shard_done(k)
+    bar.close()
 
     done = all(shard_path(k).exists() for k in range(num_shards))
     if not done or process_index != 0:

@@ -154,7 +154,11 @@ class TfdsSource:
                     "--file_format=array_record`",
                 ).format(data_dir=data_dir, name=name)
             )
-        import tensorflow_datasets as tfds
+        from nag_jax.errors import require
+        from nag_jax.utils import import_tensorflow
+
+        import_tensorflow(f"the tfds dataset {name!r}")  # first: hides TF's GPUs
+        tfds = require("tensorflow_datasets", what=f"the tfds dataset {name!r}", extra="data")
 
         self.name, self.split, self.data_dir = name, split, data_dir
         self.image_key, self.label_key = image_key, label_key

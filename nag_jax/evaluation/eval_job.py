@@ -74,7 +74,7 @@ def load_sampling_params(config):
     """The params at ``config.model.weights`` (converted release or training checkpoints/)."""
     path = weights_path(config)
     if not path:
-        raise ValueError(
+        raise config_schema.ConfigError(
             "No weights to evaluate: set config.model.weights to a converted release "
             "(python -m nag_jax.convert to-orbax ...) or a training workdir's checkpoints/ "
             "directory (its latest EMA params are used)."

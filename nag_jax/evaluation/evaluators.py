@@ -88,7 +88,11 @@ def score_npz(config, workdir: str, samples_path: str, extractor) -> dict:
     ec = config.eval
     fbs = int(ec.feature_batch_size)
     feats = metrics_lib.extract_features(
-        extractor, reference_stats.iter_npz_batches(samples_path, fbs), batch_size=fbs
+        extractor,
+        reference_stats.iter_npz_batches(samples_path, fbs),
+        batch_size=fbs,
+        desc="eval: features",
+        total=int(ec.num_images) if not ec.samples else None,
     )
     return metrics_lib.compute_metrics(
         feats,

@@ -250,14 +250,19 @@ def extract_features(
     *,
     batch_size: int = 200,
     keys: tuple[str, ...] | None = None,
+    desc: str | None = None,
+    total: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Runs the extractor over uint8 NHWC images (an array or an iterable of batches).
 
     Batches are padded to a fixed size (one compilation) that divides over this process's
     devices and sharded over them. Multi-process: every process computes the features of all the
     images it is given on its own devices (no cross-host traffic; feature extraction is cheap
-    next to sampling). Returns {key: (N, D) float32 numpy}.
+    next to sampling). Returns {key: (N, D) float32 numpy}. ``desc``: a progress bar with that
+    label (``total`` images; an array's length by default).
     """
+    from nag_jax.utils import progress_bar
+
     devices = jax.local_devices()
     nd = len(devices)
     batch_size = max(nd, -(-batch_size // nd) * nd)
@@ -271,8 +276,10 @@ def extract_features(
     else:
         call = jitted
     if isinstance(images, np.ndarray):
+        total = len(images) if total is None else total
         images = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     out: dict[str, list] = {}
+    bar = progress_bar(total=total, desc=desc) if desc else None
     for batch in _rebatch(images, batch_size):
         n = len(batch)
         if batch.dtype != np.uint8:
@@ -286,6 +293,10 @@ def extract_features(
         for key, v in feats.items():
             if keys is None or key in keys:
                 out.setdefault(key, []).append(np.asarray(v[:n], np.float32))
+        if bar is not None:
+            bar.update(n)
+    if bar is not None:
+        bar.close()
     return {k: np.concatenate(vs, 0) for k, vs in out.items()}
 
 

@@ -213,7 +213,11 @@ def from_npz(
             )
         n = shape[0] if num_images is None else min(shape[0], int(num_images))
         feats = extract_features(
-            extractor, iter_npz_batches(path, batch_size, limit=n), batch_size=batch_size
+            extractor,
+            iter_npz_batches(path, batch_size, limit=n),
+            batch_size=batch_size,
+            desc="reference stats",
+            total=n,
         )
         stats = ReferenceStats.from_features(feats, {"num_images": n})
         if precomputed:
@@ -273,7 +277,9 @@ def from_dataset(
 
     def compute():
         batches = dataset_images(data_cfg, num_images, seed=seed)
-        feats = extract_features(extractor, batches, batch_size=batch_size)
+        feats = extract_features(
+            extractor, batches, batch_size=batch_size, desc="reference stats", total=num_images
+        )
         return ReferenceStats.from_features(feats, {"num_images": int(num_images)})
 
     return _cached(cache_dir, extractor, identity, compute)

@@ -18,7 +18,6 @@ remote (``gs://``; nag_jax.paths): files are opened through epath.
 from __future__ import annotations
 
 import os
-import time
 import zipfile
 from collections.abc import Callable
 
@@ -176,13 +175,15 @@ def sample_to_chunks(
     each chunk (tests use it to simulate a kill).
     """
     missing = missing_indices(run_dir, num_images)
-    t0, done = time.time(), 0
-    for idx, images, labels in iterate_batches(run_batch, missing, batch_size):
+    done = 0
+    if len(missing) < num_images:
+        logging.info("eval: %d of %d images already sampled", num_images - len(missing), num_images)
+    for idx, images, labels in iterate_batches(
+        run_batch, missing, batch_size, desc="eval: sampling"
+    ):
         if jax.process_index() == 0:
             write_chunk(run_dir, idx, images, labels)
         done += len(idx)
-        rate = done / max(time.time() - t0, 1e-9)
-        logging.info("sampled %d / %d missing images (%.2f img/s)", done, len(missing), rate)
         if on_chunk is not None:
             on_chunk(done)
     return done

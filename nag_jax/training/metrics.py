@@ -1,151 +1,161 @@
-"""Metric writers (console + TensorBoard) and progress reports (steps/s, examples/s, ETA).
+"""TensorBoard writer (clu) and the training progress line.
 
-clu's ``metric_writers.create_default_writer`` is used when it imports (it needs TensorFlow and
-the ``tensorboard`` package). Without them the fallback writes to the console (absl logging) and,
-when TensorFlow is importable, TensorBoard event files through ``tf.summary``. TensorFlow is only
-imported here, lazily, so the core package imports without it.
+The console gets one progress line per report (``Progress.line``)::
+
+    step 200/600 (33.3%) | 41.2 steps/s, 2637 examples/s | ETA 0:00:10 | loss 0.4123 ...
+
+TensorBoard gets every scalar (loss, the NAG dropout branches' losses, grad norm, learning rate,
+steps/s, ...), the sample grids and the flattened config as hparams, through clu's
+``SummaryWriter``. It needs TensorFlow (``pip install 'nag_jax[data]'``, or Colab's own); TF is
+imported through ``nag_jax.utils.import_tensorflow`` (its GPUs hidden), lazily, so the core
+package imports without it.
 """
 
 from __future__ import annotations
 
-import os
+import collections
+import contextlib
+import math
 import time
 
 from absl import logging
 
 
-class _LoggingWriter:
+class _NoWriter:
+    """TensorBoard off (config.train.tensorboard=False, processes > 0, or no TensorFlow)."""
+
     def write_scalars(self, step, scalars):
-        text = ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(scalars.items()))
-        logging.info("[%d] %s", step, text)
+        pass
 
     def write_images(self, step, images):
-        logging.info(
-            "[%d] images: %s", step, {k: getattr(v, "shape", None) for k, v in images.items()}
-        )
+        pass
 
     def write_hparams(self, hparams):
-        logging.info("hparams: %s", hparams)
+        pass
 
     def flush(self):
         pass
 
     def close(self):
         pass
-
-
-class _TFSummaryWriter:
-    """TensorBoard event files through TF's core ``tf.summary.write`` (no tensorboard package:
-    the scalars/images plugin metadata is attached by hand, as the plugins' own ops do)."""
-
-    def __init__(self, logdir):
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
-        def metadata(plugin):
-            data = summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin)
-            return summary_pb2.SummaryMetadata(plugin_data=data).SerializeToString()
-
-        self._tf = tf
-        self._md = {"scalars": metadata("scalars"), "images": metadata("images")}
-        self._writer = tf.summary.create_file_writer(logdir)
-
-    def write_scalars(self, step, scalars):
-        tf = self._tf
-        with self._writer.as_default():
-            for k, v in scalars.items():
-                tf.summary.write(
-                    k,
-                    tf.constant(float(v), tf.float32),
-                    step=int(step),
-                    metadata=self._md["scalars"],
-                )
-
-    def write_images(self, step, images):
-        import io
-
-        import numpy as np
-        from PIL import Image
-
-        tf = self._tf
-        with self._writer.as_default():
-            for k, batch in images.items():
-                for i, img in enumerate(np.asarray(batch)):
-                    img = img[..., 0] if img.shape[-1] == 1 else img
-                    buf = io.BytesIO()
-                    Image.fromarray(img.astype(np.uint8)).save(buf, format="PNG")
-                    h, w = img.shape[:2]
-                    value = tf.constant([str(w).encode(), str(h).encode(), buf.getvalue()])
-                    tag = k if len(batch) == 1 else f"{k}/{i}"
-                    tf.summary.write(tag, value, step=int(step), metadata=self._md["images"])
-
-    def write_hparams(self, hparams):
-        pass
-
-    def flush(self):
-        self._writer.flush()
-
-    def close(self):
-        self._writer.close()
-
-
-class _MultiWriter:
-    """Fans calls out to several writers; a failing writer is logged and dropped, never fatal."""
-
-    def __init__(self, writers):
-        self._writers = list(writers)
-
-    def __getattr__(self, name):
-        def call(*args, **kwargs):
-            for w in list(self._writers):
-                try:
-                    getattr(w, name)(*args, **kwargs)
-                except Exception as e:  # noqa: BLE001 - metrics must not stop training
-                    logging.warning("Metric writer %s failed (%s); disabled.", type(w).__name__, e)
-                    self._writers.remove(w)
-
-        return call
 
 
 def create_writer(workdir: str, *, just_logging: bool = False, tensorboard: bool = True):
-    """A writer with write_scalars / write_images / flush / close (TensorBoard under workdir)."""
+    """clu's TensorBoard ``SummaryWriter`` on ``workdir`` (write_scalars / write_images /
+    write_hparams / flush / close), or a writer that drops everything when ``tensorboard`` is off,
+    ``just_logging`` (processes > 0) or TensorFlow is missing (one warning line naming the extra).
+    The console output is the caller's (``Progress.line``), not the writer's."""
     if just_logging or not tensorboard:
-        return _LoggingWriter()
-    try:
-        from clu import metric_writers
+        return _NoWriter()
+    from nag_jax.errors import MissingDependencyError
+    from nag_jax.utils import import_tensorflow
 
-        return metric_writers.create_default_writer(workdir, just_logging=just_logging)
-    except ImportError as e:  # tensorboard package missing: TF's own summary ops still work
-        logging.info("clu metric writers unavailable (%s); using tf.summary fallback", e)
-    writers = [_LoggingWriter()]
     try:
-        writers.append(_TFSummaryWriter(os.path.join(workdir, "tensorboard")))
-    except Exception as e:  # noqa: BLE001 - any TF import/setup failure: console only
-        logging.warning("TensorBoard summaries disabled (%s)", e)
-    return _MultiWriter(writers)
+        import_tensorflow("TensorBoard event files")
+    except MissingDependencyError as e:
+        logging.warning("%s; or set --config.train.tensorboard=False. TensorBoard is off.", e)
+        return _NoWriter()
+    from clu import metric_writers
+
+    return metric_writers.SummaryWriter(str(workdir))
+
+
+def flat_hparams(config) -> dict:
+    """The config as TensorBoard hparams: ``{"optim.lr": 1e-4, "model.name": "SiT-XL/2", ...}``;
+    values are bool / int / float / str (None and tuples as their text)."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
+
+
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (seconds rounded up, so a nonzero ETA never shows as 0:00:00)."""
+    s = max(0, math.ceil(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 class Progress:
-    """Steps/s, examples/s and ETA between reports (what clu's ReportProgress logs)."""
+    """Training progress between reports, as clu's ReportProgress but excluding side work.
 
-    def __init__(self, num_steps: int, global_batch_size: int, start_step: int = 0):
-        self.num_steps = num_steps
-        self.batch = global_batch_size
-        self._t, self._step = time.perf_counter(), start_step
+    ``steps_per_sec`` and ``examples_per_sec`` count only training time: the wall time of the
+    interval minus the time spent inside ``with progress.excluded(name):`` blocks (sampling,
+    evaluation, checkpoints). ``eta_seconds`` is the remaining steps at the interval's wall-clock
+    pace (side work included, since it recurs): ``(num_steps - step) * wall / steps``.
+
+    ``clock`` (seconds, monotonic) is injectable for tests.
+    """
+
+    def __init__(
+        self, num_steps: int, global_batch_size: int, start_step: int = 0, clock=time.perf_counter
+    ):
+        self.num_steps = int(num_steps)
+        self.batch = int(global_batch_size)
+        self._clock = clock
+        self.reset(start_step)
 
     def reset(self, step: int) -> None:
-        """Restarts the clock at ``step`` (after the first, compiling step)."""
-        self._t, self._step = time.perf_counter(), step
+        """Restarts the interval at ``step`` (after the first, compiling step)."""
+        self._t, self._step = self._clock(), int(step)
+        self._excluded = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def excluded(self, name: str):
+        """Time spent in this block is left out of steps/s (and reported by name)."""
+        t0 = self._clock()
+        try:
+            yield
+        finally:
+            self._excluded[name] += self._clock() - t0
 
     def __call__(self, step: int) -> dict[str, float]:
-        now = time.perf_counter()
-        dt, ds = max(now - self._t, 1e-9), step - self._step
-        if ds <= 0:  # nothing timed yet (e.g. a report right after the compiling step)
+        """Rates over the interval since the last report (then a new interval starts); {} when
+        no step was timed yet (a report right after the compiling step)."""
+        now = self._clock()
+        steps, wall = int(step) - self._step, now - self._t
+        excluded = dict(self._excluded)
+        if steps <= 0:
             return {}
-        self._t, self._step = now, step
-        sps = ds / dt
-        return {
+        self._t, self._step = now, int(step)
+        self._excluded = collections.defaultdict(float)
+        train_s = max(wall - sum(excluded.values()), 1e-9)
+        sps = steps / train_s
+        report = {
             "steps_per_sec": sps,
             "examples_per_sec": sps * self.batch,
-            "eta_hours": (self.num_steps - step) / max(sps, 1e-9) / 3600.0,
+            "eta_seconds": (self.num_steps - int(step)) * max(wall, 1e-9) / steps,
         }
+        report.update({f"seconds_{k}": v for k, v in excluded.items()})
+        return report
+
+    def line(self, step: int, report: dict, scalars: dict) -> str:
+        """The console line: k/N, %, rates, ETA, loss (with the NAG branches), grad norm, lr."""
+        parts = [f"step {step}/{self.num_steps} ({100.0 * step / max(self.num_steps, 1):.1f}%)"]
+        if report:
+            parts.append(
+                f"{report['steps_per_sec']:.3g} steps/s, {report['examples_per_sec']:.4g} "
+                "examples/s"
+            )
+            parts.append(f"ETA {format_duration(report['eta_seconds'])}")
+        if "loss" in scalars:
+            # The NAG branches (noise condition kept / dropped); a branch absent from the batch
+            # (frac_drop_noise 0 or 1) has no loss to show.
+            frac = scalars.get("frac_drop_noise", 0.5)
+            branches = [
+                f"noise {name} {scalars[key]:.4f}"
+                for name, key, present in (
+                    ("kept", "loss_noise_kept", frac < 1),
+                    ("dropped", "loss_noise_dropped", frac > 0),
+                )
+                if key in scalars and present
+            ]
+            loss = f"loss {scalars['loss']:.4f}"
+            parts.append(loss + (f" ({', '.join(branches)})" if branches else ""))
+        if "grad_norm" in scalars:
+            parts.append(f"grad_norm {scalars['grad_norm']:.3g}")
+        if "lr" in scalars:
+            parts.append(f"lr {scalars['lr']:.3g}")
+        side = {k[len("seconds_") :]: v for k, v in report.items() if k.startswith("seconds_")}
+        if side:
+            parts.append("excluded " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(side.items())))
+        return " | ".join(parts)

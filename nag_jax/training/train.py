@@ -161,12 +161,34 @@ def make_grid_sampler(config, model, mesh):
     return lambda params: np.asarray(sample_fn(params, keys, y).addressable_data(0))
 
 
-def write_grid(workdir, writer, step, images) -> str:
-    """Saves samples: an RGB PNG grid (and TensorBoard image), or raw latents as .npy."""
+def make_grid_decoder(config):
+    """``fn(latents) -> images in [-1, 1]`` for the periodic grids of a latent model when
+    ``config.vae.path`` is set (the SD-VAE, nag_jax.generate.load_decoder, jitted once); None for
+    pixel models or without a VAE (the grids are then saved as raw latents .npy)."""
+    if int(config.model.in_channels) == 3:
+        return None
+    if not config.vae.path:
+        logging.info(
+            "Sample grids of this latent model are saved as raw latents (.npy): set "
+            "--config.vae.path to decode them into PNG and TensorBoard grids."
+        )
+        return None
+    from nag_jax import generate
+
+    decode, vae_params = generate.load_decoder(config)
+    fn = jax.jit(decode)
+    return lambda latents: np.asarray(fn(vae_params, latents))
+
+
+def write_grid(workdir, writer, step, images, decode=None) -> str:
+    """Saves samples: an RGB PNG grid (and TensorBoard image), or raw latents as .npy when the
+    images are latents and no ``decode`` (latents -> images in [-1, 1]) is given."""
     from nag_jax.utils import make_grid, save_png, to_uint8
 
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    if images.shape[-1] != 3:  # latents: decoding needs the VAE (the sample mode does it)
+    if images.shape[-1] != 3 and decode is not None:
+        images = decode(images)
+    if images.shape[-1] != 3:  # latents without a VAE
         path = os.path.join(workdir, "samples", f"step_{step:08d}_latents.npy")
         np.save(path, images)
         return path
@@ -274,7 +296,8 @@ def _run(config, workdir, stop, model, process, loss_fn, data_iter, make_evaluat
 def _loop(
     config, workdir, model, mesh, mngr, state: TrainState, train_step, data_iter, stop, evaluators
 ):
-    from nag_jax.training.metrics import Progress, create_writer
+    from nag_jax.training.metrics import Progress, create_writer, flat_hparams
+    from nag_jax.training.state import learning_rate_schedule
 
     tcfg = config.train
     num_steps = int(tcfg.num_steps)
@@ -290,7 +313,10 @@ def _loop(
         just_logging=jax.process_index() > 0,
         tensorboard=bool(tcfg.tensorboard),
     )
+    if step == 0:
+        writer.write_hparams(flat_hparams(config))
     progress = Progress(num_steps, gbs, start_step=step)
+    lr_at = learning_rate_schedule(config.optim)  # the lr of the update that made step s: s - 1
 
     def check_finite(s, metrics):
         if not bool(jax.device_get(metrics["finite"])):
@@ -304,6 +330,7 @@ def _loop(
 
     logging.info("Training from step %d to %d (global batch %d).", step, num_steps, gbs)
     pending, grid_sampler, evaluate, last_saved = None, None, None, step
+    decode_grid = False  # make_grid_decoder(config) once, at the first grid
     try:
         while step < num_steps:
             try:
@@ -312,6 +339,8 @@ def _loop(
                 logging.warning("Data iterator exhausted at step %d.", step)
                 break
             batch = parallel.global_batch(model_batch(batch), mesh)
+            if pending is None:
+                logging.info("Compiling the train step (the first step waits for it) ...")
             state, metrics = train_step(state, batch)
             step += 1
             if pending is None:  # first step of this process compiled: time from here on
@@ -324,22 +353,33 @@ def _loop(
                 check_finite(step, metrics)
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 scalars.pop("finite", None)
-                scalars.update(progress(step))
-                writer.write_scalars(step, scalars)
+                scalars["lr"] = float(lr_at(step - 1))
+                report = progress(step)
+                logging.info("%s", progress.line(step, report, scalars))
+                writer.write_scalars(step, {**scalars, **report})
             if sample_every and step % sample_every == 0:
                 try:
-                    grid_sampler = grid_sampler or make_grid_sampler(config, model, mesh)
-                    images = grid_sampler(state.ema_params)
-                    if jax.process_index() == 0:
-                        write_grid(workdir, writer, step, images)
+                    with progress.excluded("sample"):
+                        grid_sampler = grid_sampler or make_grid_sampler(config, model, mesh)
+                        images = grid_sampler(state.ema_params)
+                        if jax.process_index() == 0:
+                            if decode_grid is False:  # a failing VAE load: .npy from now on
+                                decode_grid = None
+                                decode_grid = make_grid_decoder(config)
+                            path = write_grid(workdir, writer, step, images, decode_grid)
+                            logging.info("Sample grid at step %d: %s", step, path)
                 except Exception as e:  # noqa: BLE001 - a broken sampler must not stop training
                     logging.exception("Sampling at step %d failed: %s", step, e)
             if eval_every and step % eval_every == 0:
                 try:  # e.g. FID (or the proxy) on the EMA weights, same noise every time
-                    if evaluate is None:
-                        evaluate = evaluators(model, mesh)
-                    for fn in evaluate.values():
-                        writer.write_scalars(step, fn(state.ema_params))
+                    with progress.excluded("eval"):
+                        if evaluate is None:
+                            evaluate = evaluators(model, mesh)
+                        for name, fn in evaluate.items():
+                            values = fn(state.ema_params)
+                            text = ", ".join(f"{k} {float(v):.4g}" for k, v in values.items())
+                            logging.info("Evaluation %s at step %d: %s", name, step, text)
+                            writer.write_scalars(step, values)
                 except Exception as e:  # noqa: BLE001 - a broken evaluation must not stop training
                     logging.exception("Evaluation at step %d failed (%s); disabled.", step, e)
                     eval_every = 0
@@ -348,7 +388,8 @@ def _loop(
                 preempt = parallel.any_across_processes(stop.event.is_set())
             if (ckpt_every and step % ckpt_every == 0) or step == num_steps or preempt:
                 check_finite(step, metrics)
-                ckpt.save(mngr, state, data_iter, force=True)
+                with progress.excluded("checkpoint"):
+                    ckpt.save(mngr, state, data_iter, force=True)
                 last_saved = step
             if preempt:
                 logging.warning("Preempted: checkpoint at step %d written; exiting.", step)
