@@ -19,6 +19,7 @@ dependencies (TensorFlow, torch).
 from __future__ import annotations
 
 import importlib
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -69,7 +70,14 @@ def main(argv):
     parallel.maybe_initialize_distributed()
     logging.info("JAX %s on %s", jax.__version__, jax.devices())
     logging.info("Config (mode=%s):\n%s", _CONFIG.value.mode, _CONFIG.value)
-    run(_CONFIG.value, _WORKDIR.value)
+    from nag_jax.workdir import RunStopped
+
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except RunStopped as e:  # a complete one-line reason (lock, failed save, corrupt checkpoints)
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

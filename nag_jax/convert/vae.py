@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 
 import jax
 import numpy as np
 
 from nag_jax import weights
+from nag_jax.convert import common
 from nag_jax.vae import (
     ORBAX_PARAMS_DIR,
     WEIGHT_FILES,
@@ -84,8 +86,11 @@ def save_diffusers(dst: str, config, params, *, force: bool = False) -> str:
 
 def convert(src: str, dst: str, *, force: bool = False) -> str:
     """diffusers folder ``src`` -> Orbax directory ``dst`` (checked before anything is written)."""
-    weights.check_destination(os.path.abspath(os.path.expanduser(dst)), force)
-    config, params = load_diffusers(src)
+    weights.check_destination(dst, force)
+    try:
+        config, params = load_diffusers(src)
+    except pickle.UnpicklingError as e:  # a .bin with pickled code: refused, in one line
+        raise common.torch_load_error(src, e) from None
     return save_orbax(dst, config, params, force=force)
 
 
