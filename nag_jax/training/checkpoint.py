@@ -31,7 +31,6 @@ through the one weights loader, ``nag_jax.weights.load_params``.
 
 from __future__ import annotations
 
-import contextlib
 import errno as errno_lib
 import hashlib
 import json
@@ -110,7 +109,7 @@ class _QuietSaveErrors(py_logging.Filter):
             if _save_errno(exc) is not None:
                 record.exc_info = None
                 record.exc_text = None
-                first = str(record.msg).splitlines()[0] if record.msg else ""
+                first = (record.getMessage().splitlines() or [""])[0]
                 record.msg = f"{first} ({type(exc).__name__}: {_first_line(exc)})"
                 record.args = ()
         return True
@@ -147,9 +146,7 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, data_iter=None, *, forc
 
     Raises CheckpointSaveError (one line: path, errno, fix) when this or the previous save failed.
     """
-    if isinstance(mngr, _Manager) and mngr._pending_step is not None:
-        mngr.wait_until_finished()  # Orbax waits for it anyway; then its manifest is written
-    check_save(mngr)
+    check_save(mngr, wait=True)  # Orbax waits for the previous save anyway
     step = int(jax.device_get(state.step))
     items = dict(
         params=ocp.args.StandardSave(state.params),
@@ -175,15 +172,21 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, data_iter=None, *, forc
     return saved
 
 
-def check_save(mngr: ocp.CheckpointManager) -> None:
-    """Cheap, after every step: raises CheckpointSaveError when an async save has failed, and
-    starts writing the checksum manifest of a save that has committed."""
+def check_save(mngr: ocp.CheckpointManager, *, wait: bool = False) -> None:
+    """Cheap, after every step: raises CheckpointSaveError (one line) when an async save has
+    failed, and starts writing the checksum manifest of a save that has committed. ``wait``:
+    block until the save in flight is done (before the next save, at the end)."""
     if not isinstance(mngr, _Manager):
+        if wait:
+            mngr.wait_until_finished()
         return
-    if mngr._pending_step is not None and not mngr.is_saving_in_progress():
-        if mngr.save_error is None:
-            with contextlib.suppress(Exception):  # recorded in save_error, reported below
-                mngr.check_for_errors()
+    if mngr._pending_step is not None and (wait or not mngr.is_saving_in_progress()):
+        try:  # returns at once when the save is done; re-raises its error if it failed
+            mngr.wait_until_finished()
+            mngr.check_for_errors()
+        except Exception as e:  # noqa: BLE001 - reported below, in one line
+            if mngr.save_error is None:
+                mngr.save_error = e
         if mngr.save_error is None:
             _after_commit(mngr)
     if mngr.save_error is not None:
@@ -196,8 +199,7 @@ def finish(mngr: ocp.CheckpointManager, *, raise_errors: bool = True) -> None:
     """Waits for pending saves and their manifests. A failed save raises CheckpointSaveError, or
     (``raise_errors=False``, while another error propagates) is logged in one line."""
     try:
-        mngr.wait_until_finished()
-        check_save(mngr)
+        check_save(mngr, wait=True)
     except CheckpointSaveError as e:
         if raise_errors:
             raise
