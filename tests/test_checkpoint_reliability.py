@@ -412,7 +412,15 @@ def test_first_ctrl_c_checkpoints_and_exits_cleanly(tmp_path):
     )
     args = [sys.executable, "-m", "nag_jax.training.testing", str(tmp_path)]
     args += ["num_steps=1000", "checkpoint_every=1000", "sleep=0.2", "fsdp=0"]
-    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # A job started in the background inherits an ignored SIGINT, which training respects.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "config.json").exists():
         time.sleep(0.05)

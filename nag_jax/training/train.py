@@ -60,7 +60,9 @@ class _StopFlag:
 
     def install(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            for s in self.SIGNALS:  # an ignored signal (e.g. SIGINT of a background job) stays so
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self._old[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame):
