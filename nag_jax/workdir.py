@@ -114,7 +114,9 @@ class WorkdirLock:
         self._fd = None
 
     def acquire(self) -> WorkdirLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # The flock is held on a read-only descriptor (a long-lived writable one would, e.g.,
+        # block a remount read-only); the record is written through a short-lived one.
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             flocked = self._flock(fd)
             previous = read_holder(self.directory)
@@ -134,9 +136,10 @@ class WorkdirLock:
                     "process gone" if stale else "it no longer holds the lock",
                 )
             record = dict(me, job=self.job, started=time.time())
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-            os.fsync(fd)
+            with open(self.path, "w") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         except BaseException:
             os.close(fd)
             raise
@@ -173,8 +176,8 @@ class WorkdirLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)  # no record of a finished holder
+        with contextlib.suppress(OSError), open(self.path, "w"):
+            pass  # no record of a finished holder
         os.close(self._fd)  # closing the descriptor drops the flock
         self._fd = None
 
@@ -187,9 +190,11 @@ _held_guard = threading.Lock()
 def locked(path, *, job: str):
     """Checks and creates ``path`` (:func:`check_workdir`), holds its lock for the block and
     yields the workdir as a string. Re-entrant within one process (a job inside a job); only
-    process 0 of a multi-process job locks; a remote URI is not locked (a warning says so)."""
+    process 0 of a multi-process job locks; a remote URI is not locked (a warning says so).
+    A job that fails before writing anything into a workdir it created leaves no workdir."""
     import jax
 
+    existed = os.path.lexists(os.fspath(as_path(path))) or is_remote(path)
     directory = check_workdir(path)
     if is_remote(directory):
         logging.warning(
@@ -207,11 +212,16 @@ def locked(path, *, job: str):
         if entry is None:
             entry = _held[directory] = [WorkdirLock(directory, job).acquire(), 0]
         entry[1] += 1
+    failed = True
     try:
         yield directory
+        failed = False
     finally:
         with _held_guard:
             entry[1] -= 1
             if entry[1] == 0:
                 entry[0].release()
                 del _held[directory]
+                if failed and not existed and os.listdir(directory) == [LOCK_FILE]:
+                    os.remove(os.path.join(directory, LOCK_FILE))
+                    os.rmdir(directory)

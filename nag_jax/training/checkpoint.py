@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from nag_jax.paths import as_path
+from nag_jax.paths import as_path, is_remote
 from nag_jax.training.state import TrainState
 from nag_jax.weights import check_params_match, write_json
 from nag_jax.workdir import RunStopped
@@ -148,6 +148,7 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, data_iter=None, *, forc
     """
     check_save(mngr, wait=True)  # Orbax waits for the previous save anyway
     step = int(jax.device_get(state.step))
+    _check_writable(mngr, step)
     items = dict(
         params=ocp.args.StandardSave(state.params),
         ema_params=ocp.args.StandardSave(state.ema_params),
@@ -208,6 +209,17 @@ def finish(mngr: ocp.CheckpointManager, *, raise_errors: bool = True) -> None:
         if isinstance(mngr, _Manager) and mngr._manifest_thread is not None:
             mngr._manifest_thread.join()
             mngr._manifest_thread = None
+
+
+def _check_writable(mngr, step) -> None:
+    """A local checkpoint directory that became read-only (or unwritable) is refused before Orbax
+    starts a save that would fail in its threads (and wait minutes for their signals)."""
+    directory = str(mngr.directory)
+    if is_remote(directory) or os.access(directory, os.W_OK):
+        return
+    readonly = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    n = errno_lib.EROFS if readonly else errno_lib.EACCES
+    raise CheckpointSaveError(_save_message(mngr, step, OSError(n, os.strerror(n), directory)))
 
 
 def _after_commit(mngr: _Manager) -> None:
