@@ -37,6 +37,7 @@ from nag_jax.vae import (
     ORBAX_PARAMS_DIR,
     WEIGHT_FILES,
     AutoencoderKL,
+    find_vae_dir,
     load_diffusers,
     state_dict_from_params,
 )
@@ -90,7 +91,7 @@ def convert(src: str, dst: str, *, force: bool = False) -> str:
     try:
         config, params = load_diffusers(src)
     except pickle.UnpicklingError as e:  # a .bin with pickled code: refused, in one line
-        raise common.torch_load_error(src, e) from None
+        raise common.torch_load_error(os.path.join(find_vae_dir(src), WEIGHT_FILES[1]), e) from None
     return save_orbax(dst, config, params, force=force)
 
 
