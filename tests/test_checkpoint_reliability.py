@@ -497,6 +497,7 @@ def test_vae_bin_with_pickled_code_is_refused_in_one_line(tmp_path, capsys):
         convert_vae.convert(str(src), str(tmp_path / "out"))
     msg = str(e.value)
     assert "\n" not in msg and "refused" in msg and "posix.system" in msg
+    assert "diffusion_pytorch_model.bin" in msg  # the file is named
     assert "weights_only=False" not in msg and "weights_only` set to `False" not in msg
     assert convert_vae.main(["--src", str(src), "--dst", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
