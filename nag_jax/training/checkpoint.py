@@ -14,7 +14,9 @@ process leaves the previous complete checkpoint intact; unfinished tmp dirs are 
 Retention: the last ``keep`` plus every ``keep_every``-th step (Orbax preservation policies).
 
 Integrity: Orbax 0.12.8 checksums only the index of each zarr3 shard (crc32c), not the chunk
-data, so flipped bytes in an array file restore silently; hence the manifest. :func:`restore`
+data, so flipped bytes in an array file restore silently; hence the manifest (local and mounted
+filesystems; a remote gs:// checkpoint carries none and is restored unverified, still falling
+back to the previous step when it fails to restore). :func:`restore`
 verifies it (sha256 of every listed file), then restores; a step that fails either way is
 renamed ``<step>.corrupt`` with a one-line warning and the next older step is tried. A step
 without a manifest (written before manifests existed, or a process killed between the commit
@@ -224,8 +226,8 @@ def _check_writable(mngr, step) -> None:
 
 def _after_commit(mngr: _Manager) -> None:
     step, mngr._pending_step = mngr._pending_step, None
-    if step is None or jax.process_index() != 0:
-        return
+    if step is None or jax.process_index() != 0 or is_remote(str(mngr.directory)):
+        return  # remote (gs://, ...) steps carry no manifest: see the module doc
     if mngr._manifest_thread is not None:
         mngr._manifest_thread.join()
     step_dir = os.path.join(str(mngr.directory), str(step))
@@ -440,15 +442,16 @@ def restore(
 def _restore_step(mngr, step, state_like, data_iter) -> TrainState:
     directory = str(mngr.directory)
     step_dir = os.path.join(directory, str(step))
-    verified = verify_step(step_dir)
-    if not verified:
+    remote = is_remote(directory)
+    verified = False if remote else verify_step(step_dir)
+    if not verified and not remote:
         logging.warning(
             "Checkpoint step %d in %s has no checksum manifest (written by an older version, or "
             "the run was killed right after the save): restoring it unverified.",
             step,
             directory,
         )
-    missing = [k for k in TREE_ITEMS if not os.path.isdir(os.path.join(step_dir, k))]
+    missing = [k for k in TREE_ITEMS if not _has_item(mngr, step, k)]
     if missing:
         raise CorruptCheckpointError(f"item(s) {', '.join(missing)} missing")
     try:
@@ -495,18 +498,18 @@ def _restore_step(mngr, step, state_like, data_iter) -> TrainState:
 
 def _set_aside(directory: str, step: int) -> str:
     """Renames ``<step>`` to ``<step>.corrupt`` (``.corrupt.1``, ... if taken); process 0 only."""
-    src = os.path.join(directory, str(step))
-    dst, i = src + CORRUPT_SUFFIX, 0
-    while os.path.lexists(dst):
+    src = as_path(directory) / str(step)
+    dst, i = src.parent / f"{step}{CORRUPT_SUFFIX}", 0
+    while dst.exists():
         i += 1
-        dst = f"{src}{CORRUPT_SUFFIX}.{i}"
+        dst = src.parent / f"{step}{CORRUPT_SUFFIX}.{i}"
     if jax.process_index() == 0:
-        os.rename(src, dst)
-    return dst
+        src.rename(dst)
+    return str(dst)
 
 
 def _has_item(mngr, step, name) -> bool:
-    return os.path.isdir(os.path.join(str(mngr.directory), str(step), name))
+    return (as_path(str(mngr.directory)) / str(step) / name).is_dir()
 
 
 # ---------------------------------------------------------------------------- run config
@@ -554,11 +557,10 @@ def check_or_write_config(config, workdir: str) -> None:
     differing fields; other differences (num_steps, lr, ...) are allowed and logged by dotted key
     (old -> new); a changed global batch size gets its own warning.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = as_path(workdir) / CONFIG_FILE
     new = config_to_dict(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    if path.exists():
+        old = json.loads(path.read_text())
         old_m, new_m = old.get("model", {}), new.get("model", {})
         diffs = [
             f"model.{k}: workdir {old_m.get(k)!r} vs config {new_m.get(k)!r}"
@@ -591,4 +593,4 @@ def check_or_write_config(config, workdir: str) -> None:
             )
         return
     if jax.process_index() == 0:
-        write_json(path, new)
+        write_json(str(path), new)
