@@ -319,7 +319,7 @@ def _loop(
 
     def check_finite(s, metrics):
         if not bool(jax.device_get(metrics["finite"])):
-            mngr.wait_until_finished()
+            ckpt.check_save(mngr, wait=True)  # the last good step is committed (or reported)
             latest = mngr.latest_step()  # verified at restore, or saved finite by this run
             kept = (
                 f"the last good checkpoint is step {latest} in {mngr.directory}"
