@@ -6,6 +6,7 @@ checkpoint of the wrong kind), as opposed to a bug in the code.
 (``--verbose`` shows it). Anything else keeps its traceback. Raise a subclass from jobs:
 ``nag_jax.weights.CheckpointError`` (weights and conversion), ``nag_jax.config_schema.ConfigError``
 (config values), :class:`MissingDependencyError` (an optional dependency, naming its extra).
+:class:`RunStopped` is the other one-line kind: a run that cannot go on (exit status 1).
 
 No imports here: every module may depend on this one.
 """
@@ -15,6 +16,13 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input the user can fix; the message names the value and the fix."""
+
+
+class RunStopped(RuntimeError):
+    """A job stopped for a reason its one-line message states completely (path, cause, fix): the
+    workdir is locked by another job, a save failed (disk full, read-only), no checkpoint step
+    restores. ``nag_jax.main`` prints it as one ``error:`` line with exit status 1 (the input was
+    fine; the run could not go on), no traceback unless ``--verbose``."""
 
 
 class MissingDependencyError(UserError, ImportError):

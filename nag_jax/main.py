@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nag_jax import config_schema
-from nag_jax.errors import UserError
+from nag_jax.errors import RunStopped, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file (configs/*.py).", lock_config=True
@@ -146,9 +146,9 @@ def _flag_error_message(e: Exception, argv: list[str]) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''} (--verbose: the traceback)"
 
 
-def _error_exit(message: str) -> None:
+def _error_exit(message: str, status: int = USAGE_EXIT) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(USAGE_EXIT)
+    sys.exit(status)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,6 +246,11 @@ def main(argv):
         if _VERBOSE.value:
             raise
         _error_exit(str(e))
+    except RunStopped as e:  # a complete one-line reason (lock, failed save, corrupt checkpoints)
+        if _VERBOSE.value:
+            raise
+        logging.error("%s", e)
+        _error_exit(str(e), status=1)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -113,6 +113,15 @@ def _check_params(model, params, config) -> None:
 
 
 def run(config, workdir: str) -> dict:
+    """:func:`_run` with the workdir locked (nag_jax.workdir: a second job on the same workdir
+    fails at once, naming the holder)."""
+    from nag_jax import workdir as workdir_lib
+
+    with workdir_lib.locked(workdir, job="sample") as locked_workdir:
+        return _run(config, locked_workdir)
+
+
+def _run(config, workdir: str) -> dict:
     """Samples, decodes and writes the grid + .npz; returns a summary dict (paths, timings)."""
     config_schema.validate(config)
     sc = config.sample

@@ -20,6 +20,9 @@ Arrays come back as numpy on the host CPU (also on GPU/TPU machines) unless an a
 
 Writes go through :func:`atomic_publish`: the output is built under a temporary sibling name and
 renamed into place, so a killed or failing write never leaves a partial checkpoint at ``dest``.
+The temporary sibling is ``.NAME.tmp-<pid>@<host>-XXXXXXXX``: removed on failure, and a leftover
+of a killed process (dead pid, this host) is removed by the next write or check of ``dest``.
+User paths go through ``nag_jax.paths.as_path`` (a ``gs://`` destination is kept as a URI).
 
 Param trees are nested dicts; paths are flattened with ``flax.traverse_util.flatten_dict`` (tuple
 keys, or ``sep="/"`` for ``"blocks_0/attn/qkv/kernel"`` strings) everywhere in the project.
@@ -31,14 +34,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Mapping
 
 import numpy as np
+from absl import logging
 from flax import traverse_util
 
 from nag_jax.errors import UserError
+from nag_jax.paths import as_path, is_remote
 
 FORMAT_VERSION = 1
 PARAMS_ITEM = "params"
@@ -59,9 +66,58 @@ class DestinationExistsError(CheckpointError, FileExistsError):
 # Atomic publish
 
 
+def _tmp_prefix(dest: str) -> str:
+    return f".{os.path.basename(dest)}.tmp-"
+
+
+_TMP_OWNER = re.compile(r"^(\d+)@(.+)-[^-]+$")  # "<pid>@<host>-<random>" after the prefix
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(dest: str) -> list[str]:
+    """Removes the temporary siblings of ``dest`` (``.NAME.tmp-<pid>@<host>-*``) left by killed
+    writes: those of a dead pid on this host. Returns the removed paths. A leftover without a
+    recorded owner (written by an older version) is named in a warning, not removed."""
+    dest = str(as_path(dest))
+    parent, prefix = os.path.dirname(dest), _tmp_prefix(dest)
+    if is_remote(dest) or not os.path.isdir(parent):
+        return []
+    removed, host = [], socket.gethostname()
+    for name in sorted(os.listdir(parent)):
+        if not name.startswith(prefix):
+            continue
+        path = os.path.join(parent, name)
+        owner = _TMP_OWNER.match(name[len(prefix) :])
+        if owner is None:
+            logging.warning(
+                "%s looks like the leftover of a killed conversion of %s (no owner recorded); "
+                "delete it if no conversion to that destination is running.",
+                path,
+                dest,
+            )
+        elif owner.group(2) == host and not _pid_alive(int(owner.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            logging.warning("Removed %s: the leftover of a killed write (pid %s).", path, owner[1])
+            removed.append(path)
+    return removed
+
+
 def check_destination(dest: str, force: bool) -> None:
-    """Raises DestinationExistsError when ``dest`` exists and ``force`` is False."""
-    if os.path.lexists(dest) and not force:
+    """Raises DestinationExistsError when ``dest`` exists and ``force`` is False; removes the
+    leftovers of killed writes to ``dest`` (:func:`clean_stale_tmp`)."""
+    dest = str(as_path(dest))
+    clean_stale_tmp(dest)
+    exists = as_path(dest).exists() if is_remote(dest) else os.path.lexists(dest)
+    if exists and not force:
         raise DestinationExistsError(
             f"destination {dest} already exists; pass --force to replace it (the old one is "
             "removed only after the new one is complete) or choose another path."
@@ -74,12 +130,17 @@ def atomic_publish(write_fn: Callable[[str], None], dest: str, force: bool = Fal
     ``write_fn`` creates ``tmp_path`` (a file or a directory). With ``force`` an existing ``dest``
     is first renamed aside and deleted only after the new one is in place; on any failure the
     temporary output is removed and ``dest`` is left untouched. Returns the absolute ``dest``.
+    A remote ``dest`` (gs://, ...) is written locally first, then uploaded (one object at a time:
+    a file is replaced atomically, a directory is not).
     """
-    dest = os.path.abspath(os.path.expanduser(dest))
+    dest = str(as_path(dest))
     check_destination(dest, force)
+    if is_remote(dest):
+        return _publish_remote(write_fn, dest)
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    tmp_root = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.tmp-", dir=parent)
+    prefix = f"{_tmp_prefix(dest)}{os.getpid()}@{socket.gethostname()}-"
+    tmp_root = tempfile.mkdtemp(prefix=prefix, dir=parent)
     tmp = os.path.join(tmp_root, "out")
     old = None
     try:
@@ -95,6 +156,29 @@ def atomic_publish(write_fn: Callable[[str], None], dest: str, force: bool = Fal
             raise
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
+    return dest
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _publish_remote(write_fn: Callable[[str], None], dest: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="nag_jax_upload-") as local:
+        tmp = os.path.join(local, "out")
+        write_fn(tmp)
+        target = as_path(dest)
+        if os.path.isdir(tmp):
+            for root, _, names in os.walk(tmp):
+                for name in names:
+                    src = os.path.join(root, name)
+                    out = target / os.path.relpath(src, tmp)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(_read_bytes(src))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(_read_bytes(tmp))
     return dest
 
 
@@ -118,7 +202,7 @@ def save_tree(directory: str, tree: Mapping) -> None:
     import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.abspath(directory), tree)
+        ckptr.save(str(as_path(directory)), tree)
         ckptr.wait_until_finished()
 
 
@@ -150,14 +234,14 @@ def save_params(directory: str, params: Mapping, metadata: Mapping, *, force: bo
 # Reading
 
 
-def _is_tree(directory: str) -> bool:
+def _is_tree(directory) -> bool:
     """True for a directory holding one Orbax tree (StandardSave / PyTreeSave)."""
-    return os.path.isfile(os.path.join(directory, "_METADATA"))
+    return (as_path(directory) / "_METADATA").is_file()
 
 
-def _latest_step(directory: str, item: str) -> str | None:
-    steps = [d for d in os.listdir(directory) if d.isdigit()]
-    steps = [d for d in steps if os.path.isdir(os.path.join(directory, d, item))]
+def _latest_step(directory, item: str) -> str | None:
+    root = as_path(directory)
+    steps = [d.name for d in root.iterdir() if d.name.isdigit() and (d / item).is_dir()]
     return max(steps, key=int) if steps else None
 
 
@@ -166,29 +250,31 @@ def resolve(path: str, item: str = "ema_params") -> tuple[str, str]:
 
     ``item``: which tree of a training checkpoint ("ema_params" or "params"). Raises
     FileNotFoundError for a missing path and CheckpointError for a directory of no known layout.
+    Local paths are made absolute; remote URIs (gs://, ...) are kept (``nag_jax.paths``).
     """
     if item not in TRAINING_ITEMS:
         raise CheckpointError(f"item={item!r}; expected one of {TRAINING_ITEMS}.")
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    if not os.path.exists(path):
+    root = as_path(path)
+    path = str(root)
+    if not root.exists():
         raise FileNotFoundError(
             f"Checkpoint {path} does not exist; convert a release first with "
             "`python -m nag_jax.convert to-orbax SRC DEST --family SiT|DiT` or point at a training "
             "workdir (or its checkpoints/ directory)."
         )
-    params_dir = os.path.join(path, PARAMS_ITEM)
-    if os.path.isdir(params_dir) and os.path.isdir(os.path.join(path, METADATA_ITEM)):
-        return params_dir, "converted"
-    if os.path.isdir(os.path.join(path, item)) and _is_tree(os.path.join(path, item)):
-        return os.path.join(path, item), "training"  # one step of a training checkpoint
-    for root in (path, os.path.join(path, "checkpoints")):
-        if os.path.isdir(root) and (step := _latest_step(root, item)) is not None:
-            return os.path.join(root, step, item), "training"
-    if os.path.isdir(params_dir) and _is_tree(params_dir):
-        return params_dir, "params_dir"
-    if os.path.isdir(path) and _is_tree(path):
+    params_dir = root / PARAMS_ITEM
+    if params_dir.is_dir() and (root / METADATA_ITEM).is_dir():
+        return str(params_dir), "converted"
+    if (root / item).is_dir() and _is_tree(root / item):
+        return str(root / item), "training"  # one step of a training checkpoint
+    for base in (root, root / "checkpoints"):
+        if base.is_dir() and (step := _latest_step(base, item)) is not None:
+            return str(base / step / item), "training"
+    if params_dir.is_dir() and _is_tree(params_dir):
+        return str(params_dir), "params_dir"
+    if root.is_dir() and _is_tree(root):
         return path, "tree"
-    found = sorted(os.listdir(path))[:10] if os.path.isdir(path) else "(a file)"
+    found = sorted(p.name for p in root.iterdir())[:10] if root.is_dir() else "(a file)"
     raise CheckpointError(
         f"{path} is not a converted checkpoint (params/ + metadata/), a training checkpoints/ "
         f"directory (<step>/{item}/) or an Orbax params tree (found: {found}); create one with "
@@ -210,11 +296,10 @@ def read_metadata(path: str) -> dict:
     """The JSON metadata of a converted checkpoint (cheap: no arrays are read); {} for layouts
     without metadata."""
     tree_dir, layout = resolve(path)
-    meta_file = os.path.join(os.path.dirname(tree_dir), METADATA_ITEM, METADATA_ITEM)
-    if layout != "converted" or not os.path.exists(meta_file):
+    meta_file = as_path(tree_dir).parent / METADATA_ITEM / METADATA_ITEM
+    if layout != "converted" or not meta_file.exists():
         return {}
-    with open(meta_file) as f:
-        return json.load(f)
+    return json.loads(meta_file.read_text())
 
 
 def load_params(path: str, *, target=None, item: str = "ema_params") -> tuple[dict, dict]:

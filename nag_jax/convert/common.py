@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import pickle
 import re
 from collections.abc import Mapping
 
@@ -48,6 +49,30 @@ POS_EMBED_ATOL = 1e-5  # beyond this the checkpoint's pos_embed is not the relea
 # Bad input for a conversion: the message names the value, what was expected, and the fix. One
 # error type for all weights I/O (the runtime loader raises it too).
 ConversionError = CheckpointError
+
+
+def torch_load_error(path, e: BaseException) -> CheckpointError:
+    """The one-line ConversionError for a ``torch.load(weights_only=True)`` failure of ``path``.
+
+    A refused pickle (code or classes other than tensors) says so and names what torch refused;
+    torch's own advice to retry with ``weights_only=False`` (which would run that code) is never
+    repeated."""
+    text = str(e)
+    if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError):
+        refused = next(
+            (ln.strip() for ln in text.splitlines() if "unsupported" in ln or "GLOBAL" in ln),
+            type(e).__name__,
+        )
+        return ConversionError(
+            f"refused to read {path}: it holds pickled objects other than tensors "
+            f"(weights_only=True refuses to run code; {refused.rstrip('.')}). Re-save it as a "
+            "plain state dict of tensors or as safetensors."
+        )
+    msg = text.splitlines()[0][:300] if text.strip() else type(e).__name__
+    return ConversionError(
+        f"could not read {path} as a PyTorch checkpoint: {type(e).__name__}: {msg}. Is the file "
+        "complete (not truncated) and a torch.save() checkpoint?"
+    )
 
 
 # ----------------------------------------------------------------------------------------------

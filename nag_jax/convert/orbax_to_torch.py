@@ -15,7 +15,6 @@ for float32 sources. Time conventions do not enter here (weights only).
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 from flax import traverse_util
@@ -23,6 +22,7 @@ from flax import traverse_util
 from nag_jax import weights
 from nag_jax.convert import common
 from nag_jax.convert.common import ConversionError
+from nag_jax.paths import as_path
 
 COMMAND = "to-torch"
 HELP = "Orbax DiT/SiT checkpoint -> PyTorch .pt / .safetensors (releases' keys)"
@@ -102,7 +102,7 @@ def export(
     checkpoints/ directory (latest step's EMA params), for which ``family`` and ``input_size``
     (and ``num_heads`` for custom widths) are needed.
     """
-    weights.check_destination(os.path.abspath(dest), force)
+    weights.check_destination(dest, force)
     params, meta = weights.load_params(src)
     if not meta:
         if family is None or input_size is None:
@@ -113,7 +113,7 @@ def export(
         arch = common.infer_architecture_from_params(
             params, family, input_size=input_size, num_heads=num_heads
         )
-        meta = dict(arch.metadata(), source=os.path.abspath(src))
+        meta = dict(arch.metadata(), source=str(as_path(src)))
     sd = params_to_state_dict(params, meta, consume=True)
     del params
     save_state_dict(sd, dest, force=force)
@@ -138,5 +138,5 @@ def run(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         num_heads=args.num_heads,
     )
-    print(f"wrote {os.path.abspath(args.dest)} ({meta.get('model')}, releases' key layout)")
+    print(f"wrote {as_path(args.dest)} ({meta.get('model')}, releases' key layout)")
     return 0

@@ -54,16 +54,7 @@ def _torch_load(path: str, return_mmapped: bool = False):
                 mmapped = False
             return (obj, mmapped) if return_mmapped else obj
     except Exception as e:  # noqa: BLE001 - any failure here means "not a readable checkpoint"
-        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        hint = (
-            "It holds pickled objects other than tensors (weights_only=True refuses to run "
-            "code); re-save it as a plain state dict or safetensors."
-            if "Weights only load failed" in str(e)
-            else "Is the file complete (not truncated) and a torch.save() checkpoint?"
-        )
-        raise ConversionError(
-            f"could not read {path} as a PyTorch checkpoint: {type(e).__name__}: {msg}. {hint}"
-        ) from None
+        raise common.torch_load_error(path, e) from None
 
 
 class _SafetensorsDict:

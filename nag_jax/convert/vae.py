@@ -25,16 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 
 import jax
 import numpy as np
 
 from nag_jax import weights
+from nag_jax.convert import common
 from nag_jax.vae import (
     ORBAX_PARAMS_DIR,
     WEIGHT_FILES,
     AutoencoderKL,
+    find_vae_dir,
     load_diffusers,
     state_dict_from_params,
 )
@@ -84,8 +87,11 @@ def save_diffusers(dst: str, config, params, *, force: bool = False) -> str:
 
 def convert(src: str, dst: str, *, force: bool = False) -> str:
     """diffusers folder ``src`` -> Orbax directory ``dst`` (checked before anything is written)."""
-    weights.check_destination(os.path.abspath(os.path.expanduser(dst)), force)
-    config, params = load_diffusers(src)
+    weights.check_destination(dst, force)
+    try:
+        config, params = load_diffusers(src)
+    except pickle.UnpicklingError as e:  # a .bin with pickled code: refused, in one line
+        raise common.torch_load_error(os.path.join(find_vae_dir(src), WEIGHT_FILES[1]), e) from None
     return save_orbax(dst, config, params, force=force)
 
 

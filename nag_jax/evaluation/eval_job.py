@@ -129,6 +129,17 @@ def sample_images(
 
 
 def run(config, workdir: str, **overrides) -> dict:
+    """mode "eval": :func:`_run` with the workdir locked (nag_jax.workdir: a second job on the
+    same workdir fails at once, naming the holder)."""
+    from nag_jax import workdir as workdir_lib
+
+    config_schema.validate(config)
+    parallel.maybe_initialize_distributed()
+    with workdir_lib.locked(workdir, job="eval") as locked_workdir:
+        return _run(config, locked_workdir, **overrides)
+
+
+def _run(config, workdir: str, **overrides) -> dict:
     """mode "eval": sample (resumable) -> ADM .npz -> metrics -> one results row (returned).
 
     With ``config.eval.samples`` set to an existing ADM .npz, sampling is skipped and that file

@@ -17,8 +17,13 @@ Story of ``run(config, workdir)``:
    by the caller on the EMA weights every ``eval_every`` (nag_jax.main passes
    nag_jax.evaluation.evaluators.from_config: FID per config.eval); async checkpoints every
    ``checkpoint_every`` and at the end. Training never imports the evaluation jobs.
-6. SIGTERM (preemption): a flag; at the next step boundary (all processes agree via a tiny
-   all-reduce) a checkpoint is written and ``run`` returns normally (main exits 0).
+6. SIGTERM (preemption) or a first Ctrl-C (SIGINT): a flag; at the next step boundary (all
+   processes agree via a tiny all-reduce) a checkpoint is written, the save in flight completes
+   and ``run`` returns normally (main exits 0). A second Ctrl-C aborts (KeyboardInterrupt).
+7. The workdir is locked for the whole run (nag_jax.workdir: a second job fails at once naming
+   the holder). A failed async save (full disk, read-only workdir) stops the run at the next
+   step with one line naming the path and the errno (checkpoint.CheckpointSaveError); a corrupt
+   latest checkpoint is set aside and the previous one restored (checkpoint.restore).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 from absl import logging
 
 from nag_jax import parallel
+from nag_jax import workdir as workdir_lib
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training.state import TrainState, create_optimizer, init_state
 from nag_jax.training.step import jit_train_step, make_apply_fn, make_nag_loss
@@ -43,26 +49,39 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _StopFlag:
-    """Set by SIGTERM (preemption notice); the loop reads it at step boundaries."""
+    """Set by SIGTERM (preemption notice) or the first Ctrl-C (SIGINT); the loop reads it at step
+    boundaries. A second Ctrl-C raises KeyboardInterrupt (abort)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.event = threading.Event()
-        self._old = None
+        self._old = {}
 
     def install(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
+            for s in self.SIGNALS:  # an ignored signal (e.g. SIGINT of a background job) stays so
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self._old[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame):
         del frame
-        logging.warning("Signal %d received: checkpointing at the next step boundary.", signum)
+        if signum == signal.SIGINT and self.event.is_set():
+            self.uninstall()
+            raise KeyboardInterrupt("second Ctrl-C: aborting without a final checkpoint")
+        again = " (Ctrl-C again to abort)" if signum == signal.SIGINT else ""
+        logging.warning(
+            "Signal %d received: checkpointing at the next step boundary, then exiting%s.",
+            signum,
+            again,
+        )
         self.event.set()
 
     def uninstall(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-            self._old = None
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
 
 
 def model_batch(batch) -> dict:
@@ -230,6 +249,13 @@ def run(
 
 def _run(config, workdir, stop, model, process, loss_fn, data_iter, make_evaluators):
     parallel.maybe_initialize_distributed()
+    with workdir_lib.locked(workdir, job="train") as locked_workdir:  # fails fast if in use
+        return _run_locked(
+            config, locked_workdir, stop, model, process, loss_fn, data_iter, make_evaluators
+        )
+
+
+def _run_locked(config, workdir, stop, model, process, loss_fn, data_iter, make_evaluators):
     mesh = parallel.create_mesh(config.parallel)
     gbs = int(config.data.global_batch_size)
     parallel.check_global_batch(gbs, mesh)
@@ -243,7 +269,6 @@ def _run(config, workdir, stop, model, process, loss_fn, data_iter, make_evaluat
         loss_fn = make_nag_loss(config, process)
     if data_iter is None:
         data_iter = _dataset_iterator(config, gbs)
-    workdir = os.path.abspath(workdir)
     ckpt.check_or_write_config(config, workdir)
     mngr = ckpt.create_manager(
         os.path.join(workdir, "checkpoints"),
@@ -320,17 +345,23 @@ def _loop(
 
     def check_finite(s, metrics):
         if not bool(jax.device_get(metrics["finite"])):
-            mngr.wait_until_finished()
+            ckpt.check_save(mngr, wait=True)  # the last good step is committed (or reported)
+            latest = mngr.latest_step()  # verified at restore, or saved finite by this run
+            kept = (
+                f"the last good checkpoint is step {latest} in {mngr.directory}"
+                if latest is not None
+                else f"no checkpoint has been saved yet in {mngr.directory}"
+            )
             raise NonFiniteLossError(
                 f"Loss or gradient norm is NaN/Inf at step {s} (loss="
-                f"{float(jax.device_get(metrics['loss']))}). Stopped without saving; the last "
-                f"good checkpoint is step {mngr.latest_step()} in {mngr.directory}. Lower "
-                "config.optim.lr, set config.optim.grad_clip, or check the data."
+                f"{float(jax.device_get(metrics['loss']))}). Stopped without saving; {kept}. "
+                "Lower config.optim.lr, set config.optim.grad_clip, or check the data."
             )
 
     logging.info("Training from step %d to %d (global batch %d).", step, num_steps, gbs)
     pending, grid_sampler, evaluate, last_saved = None, None, None, step
     decode_grid = False  # make_grid_decoder(config) once, at the first grid
+    completed = False
     try:
         while step < num_steps:
             try:
@@ -343,6 +374,7 @@ def _loop(
                 logging.info("Compiling the train step (the first step waits for it) ...")
             state, metrics = train_step(state, batch)
             step += 1
+            ckpt.check_save(mngr)  # a failed async save stops the run now (a flag read)
             if pending is None:  # first step of this process compiled: time from here on
                 jax.block_until_ready(metrics)
                 progress.reset(step)
@@ -397,7 +429,9 @@ def _loop(
         if last_saved != step and pending is not None:  # data ran out early: keep the steps
             check_finite(*pending)
             ckpt.save(mngr, state, data_iter, force=True)
+        completed = True
     finally:
-        mngr.wait_until_finished()  # pending async saves complete even when raising
+        # Pending async saves (and their checksum manifests) complete even when raising.
+        ckpt.finish(mngr, raise_errors=completed)
         writer.flush()
     return state
