@@ -66,6 +66,7 @@ CHOICES = {
         "increasing-decreasing",
     ),
     "sample.last_step": (None, "Mean", "Tweedie", "Euler"),
+    "sample.dog_call": ("stacked", "sequential"),
     "eval.extractor": ("inception", "proxy", "random_inception"),
     "eval.inception_preprocess": ("pytorch_fid", "adm_tf"),
     "eval.reference_stats": ("images", "precomputed"),
@@ -107,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
         attention_impl=placeholder(str),  # jax.nn.dot_product_attention: None/"xla"/"cudnn"
         remat=False,  # rematerialise each block in the backward pass
         weights=placeholder(str),  # see the module docstring
+        # Domain Guidance (sample.dog_scale != 1): the PRE-TRAINED weights of the same
+        # architecture, the second network (nag_jax.guidance; nag_jax.generate.with_domain_params)
+        domain_weights=placeholder(str),
     )
     # SiT reads path..sample_eps (a Transport); DiT reads num_timesteps, beta_schedule (DDPM).
     c.process = _section(
@@ -185,6 +189,8 @@ def base_config() -> ml_collections.ConfigDict:
         eta=0.0,  # DDIM
         cfg_scale=1.0,
         nag_scale=0.0,
+        dog_scale=1.0,  # Domain Guidance omega (1 = off): model.domain_weights guides
+        dog_call="stacked",  # DoG's two networks: one vmapped call ("stacked") or "sequential"
         cfg_interval=(0.0, 1.0),  # noise levels where CFG acts
         nag_interval=(0.0, 1.0),
         cfg_channels=placeholder(int),  # guide only the first C channels (the releases' 3)
