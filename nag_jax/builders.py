@@ -99,18 +99,18 @@ def domain_params_like(main_params, domain_params) -> dict:
     """A pre-trained tree made to fit the fine-tuned model's tree, for the DoG branch.
 
     The DoG branch runs the pre-trained weights at the NULL label only, so its label table
-    (``y_embedder/embedding_table``, num_classes + 1 rows, null = last) is rebuilt with the
-    fine-tuned table's shape: zeros, and the pre-trained null row as the last row. A null noise
-    token the pre-trained tree lacks is added as zeros (the DoG branch never drops the noise
-    level). Every other leaf must have the same path and shape (one architecture); otherwise a
-    ValueError names the leaves.
+    (``y_embedder/embedding_table/embedding``, num_classes + 1 rows, null = last) is rebuilt
+    with the fine-tuned table's shape: zeros, and the pre-trained null row as the last row. A
+    null noise token the pre-trained tree lacks is added as zeros (the DoG branch never drops
+    the noise level). Every other leaf must have the same path and shape (one architecture);
+    otherwise a ValueError names the leaves.
     """
     from flax import traverse_util
 
     main = traverse_util.flatten_dict(dict(main_params), sep="/")
     dom = dict(traverse_util.flatten_dict(dict(domain_params), sep="/"))
-    table = "y_embedder/embedding_table"
-    if table in main and table in dom:
+    table = "y_embedder/embedding_table/embedding"
+    if table in main and table in dom and jnp.shape(main[table])[1:] == jnp.shape(dom[table])[1:]:
         t = jnp.zeros(jnp.shape(main[table]), jnp.result_type(main[table]))
         dom[table] = t.at[-1].set(jnp.asarray(dom[table])[-1])
     if "null_noise_token" in main and "null_noise_token" not in dom:

@@ -52,7 +52,6 @@ def sampling_identity(config) -> dict:
         "sample": sample,
         "seed": int(config.seed),
         "weights": weights_path(config),
-        "domain_weights": config.model.domain_weights,
         "vae": config.vae.path,
     }
 
