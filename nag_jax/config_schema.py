@@ -39,6 +39,7 @@ MODES = {
     "lab": "nag_jax.analysis.lab",
     "study": "nag_jax.analysis.demo_study",
     "encode_latents": "nag_jax.data.encode_latents",
+    "sweep": "nag_jax.sweep",
 }
 
 # Enumerated keys and their allowed values (None allowed where listed). The tuples mirror the
@@ -222,6 +223,20 @@ def base_config() -> ml_collections.ConfigDict:
         samples=placeholder(str),  # an existing ADM .npz to score instead of sampling
         results_file=placeholder(str),  # None: <workdir>/eval_results.jsonl (+ .csv)
         train_num_images=1000,  # images per evaluation during training
+    )
+    # mode "sweep" (nag_jax.sweep): a guidance grid scored with config.eval's extractor and
+    # reference, one compiled sampler for every point; intervals are noise levels (1 = noise).
+    c.sweep = _section(
+        cfg_scales=(1.0,),
+        nag_scales=(0.0,),
+        dog_scales=(1.0,),  # Domain Guidance omega (needs model.domain_weights when != 1)
+        cfg_intervals=((0.0, 1.0),),
+        nag_intervals=((0.0, 1.0),),
+        points=placeholder(tuple),  # explicit points (dicts of nag_jax.sweep.Point) instead
+        val_seeds=(100, 101),  # the best point is chosen here ...
+        report_seeds=(0, 1, 2),  # ... and reported on these held-out seeds
+        num_images=1000,  # per seed and point
+        metric="fid",  # the key of the evaluation metrics minimised (fid, class_accuracy...)
     )
     c.parallel = _section(fsdp=True, mesh=_section(data=-1, fsdp=-1, tensor=1), fsdp_min_size=2**16)
     return c

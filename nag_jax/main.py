@@ -11,6 +11,7 @@ before the job starts, so a bad value fails here, naming the key and its choices
     lab             the noise-shift lab report (nag_jax.analysis.lab)
     study           the demo's fuller NAG study (nag_jax.analysis.demo_study)
     encode_latents  encode an image dataset to SD-VAE latent shards (nag_jax.data.encode_latents)
+    sweep           guidance grid (s_cfg, w_nag, DoG, intervals), one compiled sampler
 
 Each job module is imported only when its mode runs, so the core needs none of the others'
 dependencies (TensorFlow, torch).
