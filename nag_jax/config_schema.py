@@ -68,6 +68,7 @@ CHOICES = {
     ),
     "sample.last_step": (None, "Mean", "Tweedie", "Euler"),
     "sample.dog_call": ("stacked", "sequential"),
+    "data.synthetic_variant": ("base", "recoloured"),
     "eval.extractor": ("inception", "proxy", "random_inception"),
     "eval.inception_preprocess": ("pytorch_fid", "adm_tf"),
     "eval.reference_stats": ("images", "precomputed"),
@@ -140,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
         tfds_prepare=False,
         synthetic_seed=0,  # synthetic_shapes only
         num_examples=100_000,  # synthetic_shapes only
+        synthetic_variant="base",  # synthetic_shapes: "recoloured" = new colours (transfer)
     )
     # Image source -> SD-VAE latent shards (mode encode_latents; the ':encode' config variants).
     c.encode = _section(

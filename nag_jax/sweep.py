@@ -34,7 +34,9 @@ identity, the params' fingerprint, the point, seeds, N, extractor and reference)
 
 Selection: the point with the lowest mean ``sweep.metric`` over ``sweep.val_seeds`` (ties: the
 first in grid order); it is then scored on the disjoint ``sweep.report_seeds`` (held out), with
-the unguided point beside it when the grid has one. Writes ``<workdir>/sweep/table.md``,
+the unguided point beside it when the grid has one. Table mode (``sweep.val_seeds = ()``): no
+selection; every point is scored on ``sweep.report_seeds`` (pre-registered rows, e.g. the
+fine-grained table of configs/finetune_fine_grained.py). Writes ``<workdir>/sweep/table.md``,
 ``results.json`` and ``curves.png`` (metric against s_cfg, one line per w_nag, per interval).
 Cost: the one compilation's seconds and each point's sampling images/s are recorded.
 
@@ -290,18 +292,19 @@ def run(config, workdir: str, **overrides) -> dict:
         return row
 
     metric = str(sw.metric)
+    table_mode = not val_seeds
     rows = []
     for i, point in enumerate(points):
-        row = score_point(point, val_seeds)
+        row = score_point(point, rep_seeds if table_mode else val_seeds)
         rows.append(row)
         logging.info("sweep %d/%d %-40s %s", i + 1, len(points), point.name, _fmt(row["mean"]))
         if on_point is not None:
             on_point(i + 1)
     best = select_best(rows, metric)
     best_point = Point(**_point_fields(best["point"]))
-    held_out = [score_point(best_point, rep_seeds)]
+    held_out = [] if table_mode else [score_point(best_point, rep_seeds)]
     base = next((p for p in points if p.unguided and p.weights == best_point.weights), None)
-    if base is not None and base != best_point:
+    if not table_mode and base is not None and base != best_point:
         held_out.append(score_point(base, rep_seeds))
     results = dict(
         metric=metric,
@@ -370,9 +373,19 @@ def format_table(results: dict) -> str:
     keys = sorted(results["points"][0]["mean"]) if results["points"] else []
     shown = [k for k in (metric, "class_accuracy", "precision", "recall") if k in keys]
     head = " | ".join(shown)
+    if results["val_seeds"]:
+        what = (
+            f"Validation seeds {results['val_seeds']} x {results['num_images']} images; "
+            f"selection: lowest mean {metric} ({results['metric_name']})."
+        )
+    else:
+        what = (
+            f"Pre-registered points on report seeds {results['report_seeds']} x "
+            f"{results['num_images']} images (mean +- SE over seeds); {metric} is "
+            f"{results['metric_name']}."
+        )
     lines = [
-        f"Validation seeds {results['val_seeds']} x {results['num_images']} images; "
-        f"selection: lowest mean {metric} ({results['metric_name']}).",
+        what,
         "",
         f"| point | {head} | images/s |",
         "|---|" + "---|" * (len(shown) + 1),
@@ -380,6 +393,8 @@ def format_table(results: dict) -> str:
     for r in results["points"]:
         cells = [_cell(r, k) for k in shown]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['images_per_s']:.1f} |")
+    if not results["val_seeds"]:
+        return "\n".join(lines)
     lines += [
         "",
         f"Best on validation: **{results['best']['name']}**",
