@@ -152,3 +152,27 @@ def test_grid_drops_intervals_of_off_terms_and_seeds_must_be_disjoint(tmp_path):
     c.sweep.report_seeds = (5,)
     with pytest.raises(ValueError, match="overlap"):
         sweep.run(c, str(tmp_path))
+
+
+def test_fine_grained_table_is_six_rows_with_nag_only_on_the_nag_fine_tune():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "finetune_fine_grained.py")
+    spec = importlib.util.spec_from_file_location("_fg", path)
+    fg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fg)
+    for arg in ("food101,table", "shapes,table"):
+        c = fg.get_config(arg)
+        points = sweep.points_of(c.sweep)
+        assert [p.name for p in points] == [
+            "FT", "FT + NAG", "FT w/ CFG", "FT w/ CFG + NAG", "FT w/ DoG", "FT w/ DoG + NAG",
+        ]  # fmt: skip
+        assert [p.nag_scale != 0 for p in points] == [False, True] * 3
+        assert [p.cfg_scale != 1 for p in points] == [False, False, True, True, False, False]
+        assert [p.dog_scale != 1 for p in points] == [False] * 4 + [True] * 2
+        assert c.mode == "sweep" and not c.sweep.val_seeds
+    assert fg.get_config("shapes,table").model.domain_weights.endswith("assets/demo_base")
+    c = fg.get_config("food101,table")
+    assert c.eval.num_images == c.sweep.num_images == 10_000
+    nonag = {p.weights for p in sweep.points_of(c.sweep) if p.nag_scale == 0}
+    assert nonag == {os.path.join("runs", "ft_food101_nonag", "checkpoints")}
