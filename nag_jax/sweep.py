@@ -372,7 +372,7 @@ def format_table(results: dict) -> str:
     metric = results["metric"]
     keys = sorted(results["points"][0]["mean"]) if results["points"] else []
     shown = [k for k in (metric, "class_accuracy", "precision", "recall") if k in keys]
-    head = " | ".join(shown)
+    head = " | ".join(results["metric_name"] if k == metric else k for k in shown)
     if results["val_seeds"]:
         what = (
             f"Validation seeds {results['val_seeds']} x {results['num_images']} images; "
