@@ -433,6 +433,13 @@ def plot_curves(results: dict, path: str) -> None:
         for r in rows:
             p = r["point"]
             groups.setdefault(tuple(str(p[k]) for k in group_keys), []).append(r)
+        if x_key == "nag_scale":  # w_nag = 0 has no interval: it starts every interval's line
+            for r in rows:
+                p = r["point"]
+                for g, rs in groups.items():
+                    same = g[:2] == (str(p["cfg_scale"]), str(p["dog_scale"]))
+                    if p["nag_scale"] == 0.0 and same and r not in rs:
+                        rs.append(r)
         for g, rs in groups.items():
             rs = sorted(rs, key=lambda r: r["point"][x_key])
             if len(rs) < 2:
