@@ -21,7 +21,6 @@ reassociation in the network's matmuls).
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 
 import jax
@@ -30,8 +29,9 @@ import jax.numpy as jnp
 from nag_jax import config_schema, sampling
 from nag_jax.diffusion import GaussianDiffusion, Transport
 from nag_jax.diffusion.family import FAMILIES, Family, family_for
-from nag_jax.guidance import GuidanceConfig, guided_prediction
+from nag_jax.guidance import GuidanceConfig, TwoModelNet, guided_prediction
 from nag_jax.models import DiT, create_model
+from nag_jax.paths import as_path
 
 
 def family_of(config) -> Family:
@@ -74,6 +74,7 @@ def build_guidance(sample_cfg) -> GuidanceConfig:
     return GuidanceConfig(
         cfg_scale=float(s.cfg_scale),
         nag_scale=float(s.nag_scale),
+        dog_scale=float(s.dog_scale),
         cfg_interval=tuple(s.cfg_interval),
         nag_interval=tuple(s.nag_interval),
         cfg_channels=s.cfg_channels,
@@ -92,12 +93,73 @@ def make_net_fn(model: DiT, params, family: str) -> Callable:
     return net_fn
 
 
+# Two-model guidance (Domain Guidance): the params given to a sampler are then this pair.
+MAIN, DOMAIN = "main", "domain"
+
+
+def domain_params_like(main_params, domain_params) -> dict:
+    """A pre-trained tree made to fit the fine-tuned model's tree, for the DoG branch.
+
+    The DoG branch runs the pre-trained weights at the NULL label only, so its label table
+    (``y_embedder/embedding_table/embedding``, num_classes + 1 rows, null = last) is rebuilt
+    with the fine-tuned table's shape: zeros, and the pre-trained null row as the last row. A
+    null noise token the pre-trained tree lacks is added as zeros (the DoG branch never drops
+    the noise level). Every other leaf must have the same path and shape (one architecture);
+    otherwise a ValueError names the leaves.
+    """
+    from flax import traverse_util
+
+    main = traverse_util.flatten_dict(dict(main_params), sep="/")
+    dom = dict(traverse_util.flatten_dict(dict(domain_params), sep="/"))
+    table = "y_embedder/embedding_table/embedding"
+    if table in main and table in dom and jnp.shape(main[table])[1:] == jnp.shape(dom[table])[1:]:
+        t = jnp.zeros(jnp.shape(main[table]), jnp.result_type(main[table]))
+        dom[table] = t.at[-1].set(jnp.asarray(dom[table])[-1])
+    if "null_noise_token" in main and "null_noise_token" not in dom:
+        dom["null_noise_token"] = jnp.zeros_like(main["null_noise_token"])
+    if "null_noise_token" not in main:
+        dom.pop("null_noise_token", None)
+    bad = sorted(
+        k
+        for k in set(main) | set(dom)
+        if k not in main or k not in dom or tuple(jnp.shape(main[k])) != tuple(jnp.shape(dom[k]))
+    )
+    if bad:
+        raise ValueError(
+            f"the pre-trained weights (config.model.domain_weights) do not share the fine-tuned "
+            f"model's architecture: leaves {bad[:6]} differ in path or shape. Domain Guidance "
+            "here runs both with config.model's network; use a pre-trained model of that size."
+        )
+    return traverse_util.unflatten_dict(dom, sep="/")
+
+
+def make_two_model_net(model: DiT, params, family: str, stacked: bool) -> TwoModelNet:
+    """`TwoModelNet` of ``params = {"main": fine-tuned, "domain": pre-trained (fitted by
+    `domain_params_like`)}``; ``stacked``: one vmapped call per step instead of two."""
+    if not (isinstance(params, dict) and set(params) == {MAIN, DOMAIN}):
+        raise ValueError(
+            "sample.dog_scale != 1 (Domain Guidance) samples with two sets of weights: pass "
+            "params={'main': fine-tuned, 'domain': pre-trained} (nag_jax.generate."
+            "with_domain_params reads config.model.domain_weights)."
+        )
+    fam = FAMILIES[family]
+
+    def apply_fn(p, x, t, y, drop_class, drop_noise):
+        out = model.apply({"params": p}, x, t, y, drop_class=drop_class, drop_noise=drop_noise)
+        return fam.net_output(out, model.in_channels)
+
+    return TwoModelNet(apply_fn, params[MAIN], params[DOMAIN], stacked=stacked)
+
+
 def guided_pred_fn(
-    model: DiT, params, config, process=None, scales=None, estimator=None
+    model: DiT, params, config, process=None, scales=None, intervals=None, estimator=None
 ) -> Callable:
     """The guided prediction ``pred_fn(x, t, y)`` (scalar t, family convention) of a config.
 
-    ``scales``: optional traced (s_cfg, w_nag) replacing config.sample's values.
+    ``scales``: optional traced (s_cfg, w_nag) or (s_cfg, w_nag, s_dog) replacing config.sample's
+    values; ``intervals``: optional traced (2, 2) [[cfg_lo, cfg_hi], [nag_lo, nag_hi]] replacing
+    its intervals (guidance.guided_prediction). With sample.dog_scale != 1, ``params`` is
+    ``{"main": ..., "domain": ...}`` (`make_two_model_net`).
     ``estimator``: for ``sample.nag_mode = "classifier"``, the loaded `classifier_estimator`
     (read from ``sample.estimator`` when None; load it outside jit)."""
     family = family_of(config)
@@ -107,17 +169,22 @@ def guided_pred_fn(
     guidance = build_guidance(sc)
     if classifier:  # no null-token branch: NAG comes from the estimator below
         guidance = dataclasses.replace(guidance, nag_scale=0.0)
+    if guidance.use_dog:
+        stacked = str(sc.dog_call) == "stacked"
+        net = make_two_model_net(model, params, family.name, stacked)
+    else:
+        net = make_net_fn(model, params, family.name)
     pred_fn = guided_prediction(
-        make_net_fn(model, params, family.name),
+        net,
         guidance,
         noise_level_fn=process.noise_level,
         guided_channels=family.guided_channels(model.in_channels),
         scales=scales,
+        intervals=intervals,
     )
     if classifier and (scales is not None or float(sc.nag_scale) != 0.0):
-        pred_fn = classifier_nag(
-            pred_fn, sc, process, sc.nag_scale if scales is None else scales[1]
-        )
+        scale = sc.nag_scale if scales is None else scales[1]
+        pred_fn = classifier_nag(pred_fn, sc, process, scale, estimator=estimator)
     return pred_fn
 
 
@@ -135,7 +202,7 @@ def classifier_estimator(sample_cfg):
             "sample.nag_mode='classifier' needs sample.estimator: the noise-level estimator that "
             "mode=noise_shift writes to <workdir>/estimator (or set sample.nag_mode='token')."
         )
-    return noise_estimator.load_estimator(os.path.abspath(os.path.expanduser(sc.estimator)))
+    return noise_estimator.load_estimator(as_path(sc.estimator))
 
 
 def classifier_nag(pred_fn: Callable, sample_cfg, process, scale, estimator=None) -> Callable:
@@ -203,8 +270,13 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
       params: the model's params.
       keys: (N,) PRNG keys, one per image (`generate.image_keys`).
       y: (N,) int32 labels.
-      scales: optional (s_cfg, w_nag) arrays overriding config.sample's scales at run time (one
-        compilation for a whole sweep); the branches computed are those config.sample turns on.
+      scales: optional (s_cfg, w_nag) or (s_cfg, w_nag, s_dog) arrays overriding config.sample's
+        scales at run time (one compilation for a whole sweep); the branches that exist are
+        those config.sample turns on.
+      intervals: optional (2, 2) array [[cfg_lo, cfg_hi], [nag_lo, nag_hi]] (noise levels)
+        overriding config.sample's intervals at run time; each existing branch is then switched
+        per step by interval and scale (guidance.guided_prediction).
+      With sample.dog_scale != 1, params is {"main": fine-tuned, "domain": pre-trained}.
 
     Returns:
       (N, H, W, C) float32 samples in the model's space (pixels in [-1, 1] or latents), or
@@ -224,8 +296,10 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
     num_steps = int(sc.num_steps)
     estimator = classifier_estimator(sc)  # None unless sample.nag_mode = "classifier"
 
-    def sample_fn(params, keys, y, scales=None):
-        pred_fn = guided_pred_fn(model, params, c, process, scales, estimator)
+    def sample_fn(params, keys, y, scales=None, intervals=None):
+        pred_fn = guided_pred_fn(
+            model, params, c, process, scales, intervals=intervals, estimator=estimator
+        )
         x_init = initial_noise(keys, shape)
         noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         common = dict(return_trajectory=return_trajectory)

@@ -52,6 +52,7 @@ MODES = {
     "study": "nag_jax.analysis.demo_study",
     "noise_shift": "nag_jax.analysis.noise_shift",
     "encode_latents": "nag_jax.data.encode_latents",
+    "sweep": "nag_jax.sweep",
 }
 
 # Enumerated keys and their allowed values (None allowed where listed). The tuples mirror the
@@ -81,6 +82,8 @@ CHOICES = {
         "increasing-decreasing",
     ),
     "sample.last_step": (None, "Mean", "Tweedie", "Euler"),
+    "sample.dog_call": ("stacked", "sequential"),
+    "data.synthetic_variant": ("base", "recoloured"),
     "eval.extractor": ("inception", "proxy", "random_inception"),
     "eval.inception_preprocess": ("pytorch_fid", "adm_tf"),
     "eval.reference_stats": ("images", "precomputed"),
@@ -123,6 +126,9 @@ def base_config() -> ml_collections.ConfigDict:
         attention_impl=placeholder(str),  # jax.nn.dot_product_attention: None/"xla"/"cudnn"
         remat=False,  # rematerialise each block in the backward pass
         weights=placeholder(str),  # see the module docstring
+        # Domain Guidance (sample.dog_scale != 1): the PRE-TRAINED weights of the same
+        # architecture, the second network (nag_jax.guidance; nag_jax.generate.with_domain_params)
+        domain_weights=placeholder(str),
     )
     # SiT reads path..sample_eps (a Transport); DiT reads num_timesteps, beta_schedule (DDPM).
     c.process = _section(
@@ -151,6 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
         tfds_prepare=False,
         synthetic_seed=0,  # synthetic_shapes only
         num_examples=100_000,  # synthetic_shapes only
+        synthetic_variant="base",  # synthetic_shapes: "recoloured" = new colours (transfer)
         # an image that does not decode: "skip" (a warning naming it, a running count, and the
         # next good image of the same process's shard in its place: batches and resumes stay
         # deterministic) or "fail" (stop, naming the file)
@@ -205,6 +212,8 @@ def base_config() -> ml_collections.ConfigDict:
         eta=0.0,  # DDIM
         cfg_scale=1.0,
         nag_scale=0.0,
+        dog_scale=1.0,  # Domain Guidance omega (1 = off): model.domain_weights guides
+        dog_call="stacked",  # DoG's two networks: one vmapped call ("stacked") or "sequential"
         cfg_interval=(0.0, 1.0),  # noise levels where CFG acts
         nag_interval=(0.0, 1.0),
         cfg_channels=placeholder(int),  # guide only the first C channels (the releases' 3)
@@ -245,6 +254,20 @@ def base_config() -> ml_collections.ConfigDict:
         samples=placeholder(str),  # an existing ADM .npz to score instead of sampling
         results_file=placeholder(str),  # None: <workdir>/eval_results.jsonl (+ .csv)
         train_num_images=1000,  # images per evaluation during training
+    )
+    # mode "sweep" (nag_jax.sweep): a guidance grid scored with config.eval's extractor and
+    # reference, one compiled sampler for every point; intervals are noise levels (1 = noise).
+    c.sweep = _section(
+        cfg_scales=(1.0,),
+        nag_scales=(0.0,),
+        dog_scales=(1.0,),  # Domain Guidance omega (needs model.domain_weights when != 1)
+        cfg_intervals=((0.0, 1.0),),
+        nag_intervals=((0.0, 1.0),),
+        points=placeholder(tuple),  # explicit points (dicts of nag_jax.sweep.Point) instead
+        val_seeds=(100, 101),  # the best point is chosen here ...
+        report_seeds=(0, 1, 2),  # ... and reported on these held-out seeds
+        num_images=1000,  # per seed and point
+        metric="fid",  # the key of the evaluation metrics minimised (fid, class_accuracy...)
     )
     c.parallel = _section(fsdp=True, mesh=_section(data=-1, fsdp=-1, tensor=1), fsdp_min_size=2**16)
     # nag_jax.main: a bf16 / fp16 config (the releases' FSDP recipe) on a host whose JAX sees only

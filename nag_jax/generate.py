@@ -35,8 +35,11 @@ from nag_jax.paths import as_path
 from nag_jax.utils import to_uint8
 
 
-def _seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-    sample_key, label_key = jax.random.split(jax.random.key(int(seed)))
+def _seed_keys(seed) -> tuple[jax.Array, jax.Array]:
+    """``seed``: a Python int, or a traced int32 scalar (the sweep passes the seed at run time;
+    ``key(s)`` of a non-negative int32 equals ``key(int(s))``)."""
+    seed = int(seed) if isinstance(seed, (int, np.integer)) else seed
+    sample_key, label_key = jax.random.split(jax.random.key(seed))
     return sample_key, label_key
 
 
@@ -93,6 +96,23 @@ def load_weights(path: str) -> tuple[dict, dict]:
     return load_params(path)
 
 
+def with_domain_params(config, params):
+    """The params a sampler of ``config`` takes: ``params`` itself, or with Domain Guidance
+    (``config.sample.dog_scale != 1``) ``{"main": params, "domain": pre-trained}``, the
+    pre-trained weights read from ``config.model.domain_weights`` and fitted to ``params``'s tree
+    (``builders.domain_params_like``: only their null label row is read)."""
+    if float(config.sample.dog_scale) == 1.0:
+        return params
+    if not config.model.domain_weights:
+        raise ValueError(
+            f"config.sample.dog_scale={config.sample.dog_scale} (Domain Guidance) needs the "
+            "pre-trained weights: set config.model.domain_weights to the model the fine-tune "
+            "started from (a converted release or a training checkpoints/ directory)."
+        )
+    domain = load_weights(config.model.domain_weights)[0]
+    return {builders.MAIN: params, builders.DOMAIN: builders.domain_params_like(params, domain)}
+
+
 def load_decoder(config) -> tuple[Callable, object] | None:
     """``(fn(vae_params, latents) -> images in [-1, 1], vae_params)`` for latent models
     (``config.model.in_channels != 3``: the SD-VAE at ``config.vae.path``); None for pixel
@@ -119,9 +139,15 @@ def make_batch_sampler(
     *,
     sample_fn: Callable | None = None,
     decode: tuple[Callable, object] | None = None,
+    traced: bool = False,
 ):
     """Returns ``run_batch(params, indices (B,) int) -> (uint8 images (B, H, W, 3), labels (B,))``,
     numpy, compiled once (params may change between calls: EMA during training).
+
+    ``traced=True`` (the sweep): ``run_batch(params, indices, seed, guide)`` takes the seed (an
+    int, image identity as above) and ``guide`` (a dict of arrays, e.g. ``scales`` and
+    ``intervals``, passed as ``sample_fn(params, keys, y, **guide)``) as run-time arguments, so
+    ONE compilation serves every seed and guidance point.
 
     B must be a multiple of the mesh's batch shards and of the process count
     (`padded_batch_size`). ``params_like``: the params tree or its shapes (for the shardings;
@@ -139,25 +165,33 @@ def make_batch_sampler(
     if decode_params is not None:
         decode_params = jax.device_put(decode_params, parallel.replicated(mesh))
 
-    def _fn(p, dp, idx):
-        y = config_labels(config, idx)
-        x = sample_fn(p, image_keys(config.seed, idx), y)
+    def _fn(p, dp, idx, seed=None, guide=None):
+        seed = config.seed if seed is None else seed
+        y = image_labels(seed, idx, int(config.model.num_classes), config.sample.labels)
+        x = sample_fn(p, image_keys(seed, idx), y, **(guide or {}))
         if decode_fn is not None:
             x = decode_fn(dp, x)
         return x, y
 
-    jitted = jax.jit(
-        _fn,
-        in_shardings=(param_shardings, parallel.replicated(mesh), batch_sharding),
-        out_shardings=batch_sharding,
-    )
+    rep = parallel.replicated(mesh)
+    shardings = (param_shardings, rep, batch_sharding) + ((rep, rep) if traced else ())
+    jitted = jax.jit(_fn, in_shardings=shardings, out_shardings=batch_sharding)
     procs, pi = jax.process_count(), jax.process_index()
 
-    def run_batch(params, indices):
+    def run_batch(params, indices, *traced_args):
+        if len(traced_args) != (2 if traced else 0):
+            raise TypeError(
+                "run_batch takes (params, indices, seed, guide) when traced=True, else "
+                f"(params, indices); got {2 + len(traced_args)} arguments."
+            )
+        if traced:
+            seed, guide = traced_args
+            guide = {k: jnp.asarray(v, jnp.float32) for k, v in guide.items()}
+            traced_args = (np.int32(seed), guide)
         idx = np.asarray(indices, np.uint32)
         local = idx.reshape(procs, -1)[pi]
         g_idx = parallel.global_batch(local, mesh)
-        x, y = jitted(jax.device_put(params, param_shardings), decode_params, g_idx)
+        x, y = jitted(jax.device_put(params, param_shardings), decode_params, g_idx, *traced_args)
         if procs > 1:
             from jax.experimental import multihost_utils
 

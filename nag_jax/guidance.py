@@ -8,12 +8,35 @@ Per sampling step, with up to three branches of the same network,
 
     pred = c + (s_cfg - 1) * (c - u_y) + w_nag * (c - u_t)
 
+Two-model guidance: Domain Guidance (DoG). Zhong, Zhang, Wang and Long, "Domain Guidance: a
+simple transfer approach for a pre-trained diffusion model", ICLR 2025 (arXiv:2504.01521; code
+github.com/thuml/DomainGuidance). A model fine-tuned on a target domain is guided by the
+PRE-TRAINED model used as the unconditional branch, in CFG's form:
+
+    eps_DoG = eps_pre(x, t, null) + omega * (eps_ft(x, t, y) - eps_pre(x, t, null))
+            = c + (omega - 1) * (c - u_pre),      u_pre = f_pre(x, t, null_y_pre)
+
+(the release replaces CFG's unconditional half by the pre-trained model's call with its null
+label; on DiT the variance channels come from the fine-tuned, conditional branch). Here the
+pre-trained branch is ``DOMAIN`` and its scale ``dog_scale`` = omega (1 = off), and all terms add
+up in one step:
+
+    pred = c + (s_cfg - 1)(c - u_y) + (s_dog - 1)(c - u_pre) + w_nag (c - u_t)
+
+(the paper's Table 2 rows "FT w/ DoG + NAG": DoG with NAG of the fine-tuned model). The domain
+branch runs a SECOND set of weights (`TwoModelNet`). When both networks share an architecture
+their params are stacked and both run as ONE vmapped call over the params axis (``stacked``),
+instead of two sequential calls; the fine-tuned model's rows (cond, and u_y / u_t when on) and
+the domain rows (N, repeated to the same count) are the two slices of that call.
+
 The active branches are stacked as rows of one batch, so the network runs once per step with batch
 ``num_active_branches * N``. Which branches exist is decided at trace time from the scales (a
 branch whose scale is off is never computed). Each guidance axis may be restricted to an interval
 of noise levels; outside it the term is zero and, when an interval is set, the step runs a smaller
 batch without that branch (``lax.switch`` over the active subsets, so only the needed branches
-execute).
+execute). Intervals (and scales) may also be TRACED run-time arrays (`guided_prediction`'s
+``intervals`` / ``scales``): every guidance term whose branch exists is then switched per step by
+``in interval and scale != off`` at run time, so one compiled sampler serves a whole sweep.
 
 Time conventions: ``pred_fn(x, t, y)`` takes the scalar model time of the family (SiT: float t in
 [0, 1], 1 = data; DiT: the original step index 0..999). Intervals are in the paper's noise level
@@ -34,6 +57,7 @@ import jax
 import jax.numpy as jnp
 
 COND, CLASS_UNCOND, NOISE_UNCOND = "cond", "class_uncond", "noise_uncond"
+DOMAIN = "domain"  # the second (pre-trained) network at the null class: Domain Guidance
 
 NetFn = Callable[..., jax.Array]  # (x, t (B,), y, drop_class (B,), drop_noise (B,)) -> output
 
@@ -45,6 +69,7 @@ class GuidanceConfig:
     Attributes:
       cfg_scale: s_cfg; 1.0 switches CFG (and its branch) off.
       nag_scale: w_nag; 0.0 switches NAG (and its branch) off.
+      dog_scale: omega of Domain Guidance; 1.0 switches DoG (and the second network) off.
       cfg_interval: (lo, hi) noise levels (1 = noise) where the CFG term is applied.
       nag_interval: (lo, hi) noise levels where the NAG term is applied.
       cfg_channels: None = all guided channels; an int k guides only channels [0, k) with CFG (3 is
@@ -53,6 +78,7 @@ class GuidanceConfig:
 
     cfg_scale: float = 1.0
     nag_scale: float = 0.0
+    dog_scale: float = 1.0
     cfg_interval: tuple[float, float] = (0.0, 1.0)
     nag_interval: tuple[float, float] = (0.0, 1.0)
     cfg_channels: int | None = None
@@ -78,12 +104,17 @@ class GuidanceConfig:
         return float(self.nag_scale) != 0.0
 
     @property
+    def use_dog(self) -> bool:
+        return float(self.dog_scale) != 1.0
+
+    @property
     def branches(self) -> tuple[str, ...]:
         """Branches computed at a step where every term is active, in batch order."""
         return (
             (COND,)
             + ((CLASS_UNCOND,) if self.use_cfg else ())
             + ((NOISE_UNCOND,) if self.use_nag else ())
+            + ((DOMAIN,) if self.use_dog else ())
         )
 
 
@@ -119,10 +150,10 @@ def combine(
 
     ``cfg_on`` / ``nag_on`` (bools, possibly traced) switch the terms; a branch missing from
     ``outputs`` contributes nothing. Channels >= guided_channels come from the conditional branch.
-    ``scales``: optional (s_cfg, w_nag), possibly traced, replacing the config's values (the
-    branch set still comes from the config).
+    ``scales``: optional (s_cfg, w_nag) or (s_cfg, w_nag, s_dog), possibly traced, replacing the
+    config's values (the branch set still comes from the config).
     """
-    s_cfg, w_nag = (guidance.cfg_scale, guidance.nag_scale) if scales is None else scales
+    s_cfg, w_nag, s_dog = _scales(guidance, scales)
     c = outputs[COND]
     gc = c.shape[-1] if guided_channels is None else guided_channels
     guided = c[..., :gc]
@@ -135,15 +166,100 @@ def combine(
     if NOISE_UNCOND in outputs:
         delta = w_nag * (c - outputs[NOISE_UNCOND])[..., :gc]
         guided = guided + jnp.where(nag_on, delta, 0.0)
+    if DOMAIN in outputs:
+        guided = guided + (s_dog - 1.0) * (c - outputs[DOMAIN])[..., :gc]
     if gc == c.shape[-1]:
         return guided
     return jnp.concatenate([guided, c[..., gc:]], axis=-1)
 
 
-def _call_branches(net_fn: NetFn, x, t, y, branches):
+def _scales(guidance: GuidanceConfig, scales):
+    """(s_cfg, w_nag, s_dog): the config's, or the (possibly traced) ``scales`` given."""
+    if scales is None:
+        return guidance.cfg_scale, guidance.nag_scale, guidance.dog_scale
+    if len(scales) == 2:
+        return scales[0], scales[1], guidance.dog_scale
+    if len(scales) == 3:
+        return tuple(scales)
+    raise ValueError(
+        f"scales has {len(scales)} entries; expected (s_cfg, w_nag) or (s_cfg, w_nag, s_dog)."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoModelNet:
+    """The networks of two-model guidance: the main (fine-tuned) model and a second set of
+    weights for the ``DOMAIN`` branch (Domain Guidance's pre-trained model).
+
+    ``apply_fn(params, x, t, y, drop_class, drop_noise) -> (B, ..., C_out)`` is the network of
+    both (one architecture); ``params`` the main weights, ``domain_params`` the second ones with
+    the same tree structure and shapes when ``stacked`` (builders.domain_params_like makes a
+    pre-trained tree fit: only its null label row is read).
+
+    ``stacked=True``: the two trees are stacked on a leading axis once (when the prediction is
+    built, before the sampler's loop) and each step runs ONE ``vmap`` over that axis: slice 0 the
+    main model's rows, slice 1 the domain rows repeated to the same count (k main branches ->
+    (k - 1) N padded rows). ``stacked=False``: two sequential calls (main rows, then N domain
+    rows).
+    """
+
+    apply_fn: Callable
+    params: object
+    domain_params: object
+    stacked: bool = True
+
+    def __post_init__(self):
+        if self.stacked:
+            a = jax.tree_util.tree_structure(self.params)
+            b = jax.tree_util.tree_structure(self.domain_params)
+            shapes = lambda t: [jnp.shape(x) for x in jax.tree.leaves(t)]
+            if a != b or shapes(self.params) != shapes(self.domain_params):
+                raise ValueError(
+                    "stacked two-model guidance needs two param trees of one architecture (same "
+                    "structure and shapes); adapt the pre-trained tree with "
+                    "nag_jax.builders.domain_params_like or use sample.dog_call='sequential'."
+                )
+            stack = lambda p, q: jnp.stack([p, jnp.asarray(q, jnp.result_type(p))])
+            object.__setattr__(
+                self, "_stacked", jax.tree.map(stack, self.params, self.domain_params)
+            )
+
+    def main(self, *inputs):
+        """The main model on stacked branch rows (x, t, y, drop_class, drop_noise)."""
+        return self.apply_fn(self.params, *inputs)
+
+    def both(self, main_inputs, domain_inputs):
+        """(main outputs (k N, ...), domain outputs (N, ...)) of the two row sets."""
+        if not self.stacked:
+            return self.main(*main_inputs), self.apply_fn(self.domain_params, *domain_inputs)
+        rows, n = main_inputs[0].shape[0], domain_inputs[0].shape[0]
+        reps = rows // n
+        padded = [jnp.concatenate([a] * reps, axis=0) if reps > 1 else a for a in domain_inputs]
+        paired = [jnp.stack([a, b]) for a, b in zip(main_inputs, padded)]
+        out = jax.vmap(self.apply_fn)(self._stacked, *paired)
+        return out[0], out[1][:n]
+
+
+def _call_branches(net_fn, x, t, y, branches):
     n = x.shape[0]
-    out = net_fn(*branch_inputs(x, t, y, branches))
-    return {b: out[i * n : (i + 1) * n] for i, b in enumerate(branches)}
+    main = tuple(b for b in branches if b != DOMAIN)
+    main_in = branch_inputs(x, t, y, main)
+    if DOMAIN in branches:
+        if not isinstance(net_fn, TwoModelNet):
+            raise ValueError(
+                "dog_scale != 1 (Domain Guidance) needs a second set of weights: pass a "
+                "guidance.TwoModelNet (builders: params={'main': ..., 'domain': ...}, "
+                "config.model.domain_weights)."
+            )
+        dom_in = branch_inputs(x, t, y, (CLASS_UNCOND,))  # the pre-trained model's null class
+        out, dom = net_fn.both(main_in, dom_in)
+    else:
+        out = net_fn.main(*main_in) if isinstance(net_fn, TwoModelNet) else net_fn(*main_in)
+        dom = None
+    outs = {b: out[i * n : (i + 1) * n] for i, b in enumerate(main)}
+    if dom is not None:
+        outs[DOMAIN] = dom
+    return outs
 
 
 def _in_interval(level, interval):
@@ -152,37 +268,59 @@ def _in_interval(level, interval):
 
 
 def guided_prediction(
-    net_fn: NetFn,
+    net_fn: NetFn | TwoModelNet,
     guidance: GuidanceConfig,
     *,
     noise_level_fn: Callable,
     guided_channels: int | None = None,
     scales=None,
+    intervals=None,
 ) -> Callable:
     """Wraps a raw network call into a guided prediction ``pred_fn(x, t, y)``.
 
     Args:
-      net_fn: ``(x (B,...), t (B,), y (B,), drop_class (B,), drop_noise (B,)) -> (B, ..., C_out)``.
+      net_fn: ``(x (B,...), t (B,), y (B,), drop_class (B,), drop_noise (B,)) -> (B, ..., C_out)``,
+        or a `TwoModelNet` (required when ``guidance.use_dog``).
       guidance: the scales, intervals and channels.
       noise_level_fn: scalar model time -> noise level in [0, 1] (1 = noise).
       guided_channels: number of leading output channels that are guided (None = all).
-      scales: optional traced (s_cfg, w_nag) overriding the config's values, so one compiled
-        sampler serves a sweep or a slider; which branches run is still fixed by ``guidance``.
+      scales: optional traced (s_cfg, w_nag) or (s_cfg, w_nag, s_dog) overriding the config's
+        values, so one compiled sampler serves a sweep or a slider; which branches exist is
+        still fixed by ``guidance``.
+      intervals: optional traced (2, 2) array ``[[cfg_lo, cfg_hi], [nag_lo, nag_hi]]`` (noise
+        levels) overriding the config's intervals. With it, every existing guidance branch is
+        switched at run time (``lax.switch`` over the subsets of terms): CFG where the level is
+        in its interval and s_cfg != 1, NAG likewise with w_nag != 0, DoG where s_dog != 1; an
+        off term's branch is not computed at that step.
 
     Returns:
       ``pred_fn(x, t, y)`` with scalar t in the family's convention, returning (N, ..., C_out).
-      It calls ``net_fn`` exactly once per invocation, on ``active_branches * N`` rows.
+      It calls ``net_fn`` exactly once per invocation, on ``active_branches * N`` rows (a
+      stacked `TwoModelNet`: one vmapped call; sequential: one call per network).
     """
     full = guidance.branches
-    full_cfg = guidance.cfg_interval == (0.0, 1.0)
-    full_nag = guidance.nag_interval == (0.0, 1.0)
+    traced = intervals is not None
+    s_cfg, w_nag, s_dog = _scales(guidance, scales)
+    on = {CLASS_UNCOND: guidance.use_cfg, NOISE_UNCOND: guidance.use_nag, DOMAIN: guidance.use_dog}
+    if traced:
+        iv = jnp.asarray(intervals, jnp.float32).reshape(2, 2)
+        dynamic = [b for b in (CLASS_UNCOND, NOISE_UNCOND, DOMAIN) if on[b]]
+    else:
+        static_iv = {CLASS_UNCOND: guidance.cfg_interval, NOISE_UNCOND: guidance.nag_interval}
+        dynamic = [b for b in (CLASS_UNCOND, NOISE_UNCOND) if on[b] and static_iv[b] != (0, 1)]
 
-    def run(x, t, y, cfg_active: bool, nag_active: bool):
-        branches = tuple(
-            b
-            for b in full
-            if b == COND or (b == CLASS_UNCOND and cfg_active) or (b == NOISE_UNCOND and nag_active)
-        )
+    def active(b, level):
+        """Traced bool: is term ``b`` on at noise level ``level``?"""
+        if not traced:
+            return _in_interval(level, static_iv[b])
+        if b == CLASS_UNCOND:
+            return _in_interval(level, (iv[0, 0], iv[0, 1])) & (s_cfg != 1.0)
+        if b == NOISE_UNCOND:
+            return _in_interval(level, (iv[1, 0], iv[1, 1])) & (w_nag != 0.0)
+        return jnp.asarray(s_dog != 1.0)
+
+    def run(x, t, y, subset: frozenset):
+        branches = tuple(b for b in full if b == COND or b not in dynamic or b in subset)
         outs = _call_branches(net_fn, x, t, y, branches)
         return combine(outs, guidance, guided_channels=guided_channels, scales=scales)
 
@@ -190,23 +328,18 @@ def guided_prediction(
         t = jnp.asarray(t)
         if t.ndim:
             raise ValueError(f"pred_fn expects a scalar time, got shape {t.shape}")
-        dynamic_cfg = guidance.use_cfg and not full_cfg
-        dynamic_nag = guidance.use_nag and not full_nag
-        if not (dynamic_cfg or dynamic_nag):
-            return run(x, t, y, guidance.use_cfg, guidance.use_nag)
+        if not dynamic:
+            return run(x, t, y, frozenset())
         level = noise_level_fn(t)
-        # Enumerate the subsets of the interval-restricted terms; lax.switch executes only one.
-        cfg_opts = (False, True) if dynamic_cfg else (guidance.use_cfg,)
-        nag_opts = (False, True) if dynamic_nag else (guidance.use_nag,)
-        cases = [(c, n) for c in cfg_opts for n in nag_opts]
+        # Enumerate the subsets of the switched terms; lax.switch executes only one.
         index = 0
-        if dynamic_cfg:
-            index = index + _in_interval(level, guidance.cfg_interval).astype(jnp.int32) * len(
-                nag_opts
-            )
-        if dynamic_nag:
-            index = index + _in_interval(level, guidance.nag_interval).astype(jnp.int32)
-        fns = [lambda x, t, y, c=c, n=n: run(x, t, y, c, n) for c, n in cases]
+        for i, b in enumerate(dynamic):
+            index = index + active(b, level).astype(jnp.int32) * (1 << i)
+        subsets = [
+            frozenset(b for i, b in enumerate(dynamic) if k >> i & 1)
+            for k in range(1 << len(dynamic))
+        ]
+        fns = [lambda x, t, y, s=s: run(x, t, y, s) for s in subsets]
         return jax.lax.switch(index, fns, x, t, y)
 
     return pred_fn

@@ -12,6 +12,7 @@ before the job starts, so a bad value fails here, naming the key and its choices
     study           the demo's fuller NAG study (nag_jax.analysis.demo_study)
     noise_shift     noise-shift diagnosis of any checkpoint, Fig. 4 (nag_jax.analysis.noise_shift)
     encode_latents  encode an image dataset to SD-VAE latent shards (nag_jax.data.encode_latents)
+    sweep           guidance grid (s_cfg, w_nag, DoG, intervals), one compiled sampler
 
 Each job module is imported only when its mode runs, so the core needs none of the others'
 dependencies (TensorFlow, torch).

@@ -136,6 +136,7 @@ def _run(config, workdir: str) -> dict:
         logging.info("sample: %s", note)
     model = builders.build_model(config.model)
     _check_params(model, params, config)
+    params = generate.with_domain_params(config, params)  # Domain Guidance: + pre-trained
     decode = generate.load_decoder(config)
     if decode is None and config.vae.path:
         logging.warning("sample: %s is a pixel model; config.vae.path ignored", config.model.name)

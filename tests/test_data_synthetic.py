@@ -111,3 +111,26 @@ def test_bad_arguments_are_named():
     ds = ShapesDataset(num_classes=4)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 4\)"):
         ds.render_batch([0, 1], labels=[0, 5])
+
+
+def test_recoloured_variant_keeps_geometry_and_background_and_changes_only_the_colour():
+    """Same index -> same background and shape mask; inside the shape the colour is the new
+    table's (+- the 0.12 jitter) where the shape covers the pixel fully."""
+    from nag_jax.data.synthetic import VARIANTS, ShapesDataset
+
+    idx = np.arange(32)
+    base = ShapesDataset(16, 16).render_batch(idx)["image"]
+    new_ds = ShapesDataset(16, 16, variant="recoloured")
+    new = new_ds.render_batch(idx)["image"]
+    changed = np.abs(new - base).sum(-1) > 1e-6  # (N, H, W) the shape's pixels
+    assert changed.any(axis=(1, 2)).all()
+    np.testing.assert_array_equal(new[~changed], base[~changed])
+    colours = VARIANTS["recoloured"][1]
+    for i in range(len(idx)):
+        strength = np.abs(new[i] - base[i]).sum(-1)
+        y, x = np.unravel_index(np.argmax(strength), strength.shape)
+        expected = np.clip(colours[idx[i] % 4], -1, 1)
+        assert np.abs(new[i, y, x] - expected).max() <= 0.12 + 1e-5
+    assert new_ds.class_names[:2] == ["orange disk", "purple disk"]
+    with pytest.raises(ValueError, match="synthetic_variant"):
+        ShapesDataset(16, 16, variant="sepia")

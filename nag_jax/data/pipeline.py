@@ -61,6 +61,7 @@ data_cfg keys (ml_collections.ConfigDict or any object with .get; missing keys -
   num_classes        synthetic_shapes only (default 16; 1..20)
   num_examples       synthetic_shapes epoch length (default 100_000)
   synthetic_seed     synthetic_shapes dataset seed (default 0; independent of the shuffle seed)
+  synthetic_variant  synthetic_shapes colours: "base" or "recoloured" (a domain shift)
   split              tfds split (default "train")
   tfds_prepare       tfds only: run download_and_prepare from data_dir/downloads/manual (False)
   random_flip        horizontal flips (default True)
@@ -108,6 +109,7 @@ def build_source(data_cfg):
             num_classes=int(d.num_classes),
             seed=int(d.synthetic_seed),
             size=int(d.num_examples),
+            variant=str(d.synthetic_variant),
         )
     if name == "image_folder":
         from nag_jax.data.sources import ImageFolderSource

@@ -23,6 +23,11 @@ Example ``i`` of ``ShapesDataset(image_size, num_classes, seed)`` is a pure func
   linear gradient (+-0.1 across the image).
 Pixels: float32 in [-1, 1], images NHWC (H, W, 3). Time conventions: none (data only).
 
+Variants (a domain shift for transfer experiments, e.g. Domain Guidance in miniature):
+``variant="base"`` is the table above; ``variant="recoloured"`` keeps the shapes, the jitter and
+the label layout and paints the classes in four NEW colours (orange, purple, cyan, pink), none
+of which the base colours contain: a model trained on "base" has never seen them.
+
 Class colours are saturated and far apart; backgrounds are low-saturation grey, so a small CNN
 separates the 16 classes easily (colour from the mean, shape from edges).
 
@@ -47,6 +52,22 @@ COLOUR_VALUES = np.array(
     dtype=np.float32,
 )
 MAX_CLASSES = len(SHAPES) * len(COLOURS)
+# variant -> (colour names, colour values in [-1, 1] RGB)
+VARIANTS = {
+    "base": (COLOURS, COLOUR_VALUES),
+    "recoloured": (
+        ("orange", "purple", "cyan", "pink"),
+        np.array(
+            [
+                [0.95, 0.05, -0.90],  # orange
+                [0.10, -0.85, 0.75],  # purple
+                [-0.85, 0.70, 0.80],  # cyan
+                [0.90, -0.20, 0.45],  # pink
+            ],
+            dtype=np.float32,
+        ),
+    ),
+}
 
 # Hash slots for the per-example jitter (each slot is an independent uniform in [0, 1)).
 _SLOTS = (
@@ -93,10 +114,19 @@ def hash_uniform(seed: int, indices: np.ndarray, num_slots: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def class_name(label: int) -> str:
-    """Human-readable name of a label, e.g. 0 -> "red disk"."""
+def class_name(label: int, variant: str = "base") -> str:
+    """Human-readable name of a label, e.g. 0 -> "red disk" ("orange disk" when recoloured)."""
     s, c = divmod(int(label), len(COLOURS))
-    return f"{COLOURS[c]} {SHAPES[s]}"
+    return f"{_variant(variant)[0][c]} {SHAPES[s]}"
+
+
+def _variant(variant: str):
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"shapes variant={variant!r} is not known; expected one of {tuple(VARIANTS)} "
+            "(config.data.synthetic_variant)."
+        )
+    return VARIANTS[variant]
 
 
 def _rotate(u: np.ndarray, v: np.ndarray, angle: np.ndarray):
@@ -133,7 +163,12 @@ def _sdf(shape: int, u: np.ndarray, v: np.ndarray, r: np.ndarray, angle: np.ndar
 
 
 def render_shapes(
-    labels: np.ndarray, uniforms: np.ndarray, image_size: int, *, dtype=np.float32
+    labels: np.ndarray,
+    uniforms: np.ndarray,
+    image_size: int,
+    *,
+    dtype=np.float32,
+    variant: str = "base",
 ) -> np.ndarray:
     """Renders one shape image per label.
 
@@ -141,6 +176,7 @@ def render_shapes(
       labels: (N,) int in [0, MAX_CLASSES); shape = label // 4, colour = label % 4.
       uniforms: (N, 13) float in [0, 1): the per-example jitter (see `hash_uniform`).
       image_size: side S in pixels.
+      variant: the colour table (``VARIANTS``).
     Returns:
       (N, S, S, 3) float32 in [-1, 1].
     """
@@ -162,7 +198,7 @@ def render_shapes(
     angle = ((col["angle"] - 0.5) * (np.pi / 6)).astype(f32)
 
     shape_idx, colour_idx = np.divmod(labels, len(COLOURS))
-    colour = COLOUR_VALUES[colour_idx] + 0.24 * (
+    colour = _variant(variant)[1][colour_idx] + 0.24 * (
         np.stack([col["r_jit"], col["g_jit"], col["b_jit"]], -1).astype(f32) - 0.5
     )
     grey = (col["bg"] - 0.5) * 0.7
@@ -210,6 +246,7 @@ class ShapesDataset:
       num_classes: 1..20; default 16 (4 shapes x 4 colours, see the module docstring).
       seed: dataset seed; example i is a pure function of (seed, i).
       size: number of examples `len(ds)` (the generator is unbounded; this fixes an "epoch").
+      variant: "base" or "recoloured" (the module docstring); the jitter is the same.
 
     ``ds[i]`` -> {"image": (S, S, 3) float32 in [-1, 1], "label": int32 scalar}.
     ``ds.render_batch(indices)`` -> {"image": (N, S, S, 3), "label": (N,)}, identical to stacking
@@ -217,8 +254,14 @@ class ShapesDataset:
     """
 
     def __init__(
-        self, image_size: int = 32, num_classes: int = 16, seed: int = 0, size: int = 100_000
+        self,
+        image_size: int = 32,
+        num_classes: int = 16,
+        seed: int = 0,
+        size: int = 100_000,
+        variant: str = "base",
     ):
+        _variant(variant)
         if not 1 <= int(num_classes) <= MAX_CLASSES:
             raise ValueError(
                 f"ShapesDataset num_classes={num_classes} is not supported: expected 1.."
@@ -233,7 +276,8 @@ class ShapesDataset:
         self.num_classes = int(num_classes)
         self.seed = int(seed)
         self.size = int(size)
-        self.class_names = [class_name(c) for c in range(self.num_classes)]
+        self.variant = variant
+        self.class_names = [class_name(c, variant) for c in range(self.num_classes)]
 
     def __len__(self) -> int:
         return self.size
@@ -241,7 +285,7 @@ class ShapesDataset:
     def __repr__(self) -> str:
         return (
             f"ShapesDataset(image_size={self.image_size}, num_classes={self.num_classes}, "
-            f"seed={self.seed}, size={self.size})"
+            f"seed={self.seed}, size={self.size}, variant={self.variant!r})"
         )
 
     def labels_of(self, indices) -> np.ndarray:
@@ -270,7 +314,7 @@ class ShapesDataset:
                     f"{labels.max()}]"
                 )
         uniforms = hash_uniform(self.seed, indices, _NUM_SLOTS)
-        images = render_shapes(labels, uniforms, self.image_size)
+        images = render_shapes(labels, uniforms, self.image_size, variant=self.variant)
         return {"image": images, "label": labels.astype(np.int32)}
 
     def random_batch(self, rng: np.random.Generator | int, batch_size: int, labels=None) -> dict:

@@ -71,7 +71,9 @@ def params_fingerprint(params) -> str:
 
 
 def load_sampling_params(config):
-    """The params at ``config.model.weights`` (converted release or training checkpoints/)."""
+    """The params at ``config.model.weights`` (converted release or training checkpoints/); with
+    Domain Guidance (sample.dog_scale != 1) paired with config.model.domain_weights
+    (`generate.with_domain_params`)."""
     path = weights_path(config)
     if not path:
         raise config_schema.ConfigError(
@@ -79,7 +81,7 @@ def load_sampling_params(config):
             "(python -m nag_jax.convert to-orbax ...) or a training workdir's checkpoints/ "
             "directory (its latest EMA params are used)."
         )
-    return generate.load_weights(path)[0]
+    return generate.with_domain_params(config, generate.load_weights(path)[0])
 
 
 def sample_images(

@@ -65,9 +65,11 @@ def train_classifier(
     num_steps: int = 800,
     batch_size: int = 64,
     lr: float = 3e-3,
+    variant: str = "base",
 ):
-    """Trains the classifier on real shapes; returns (params, held-out real accuracy)."""
-    ds = ShapesDataset(image_size, num_classes, seed=seed + _DATA_SEED_OFFSET)
+    """Trains the classifier on real shapes (of ``variant``); returns (params, held-out real
+    accuracy)."""
+    ds = ShapesDataset(image_size, num_classes, seed=seed + _DATA_SEED_OFFSET, variant=variant)
     model = ShapesClassifier(num_classes)
     params = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))["params"]
     tx = optax.adamw(optax.cosine_decay_schedule(lr, num_steps), weight_decay=1e-4)
@@ -124,20 +126,33 @@ def features(params, num_classes: int, images, batch_size: int = 512) -> np.ndar
     return np.concatenate(out)
 
 
-def cache_path(image_size: int, num_classes: int, seed: int, cache_dir: str | None = None) -> str:
+def cache_path(
+    image_size: int,
+    num_classes: int,
+    seed: int,
+    cache_dir: str | None = None,
+    variant: str = "base",
+) -> str:
     cache_dir = cache_dir or os.environ.get(
         "NAG_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "nag_jax")
     )
+    tag = "" if variant == "base" else f"_{variant}"
     return os.path.join(
-        cache_dir, f"proxy_classifier_{ARCH}_s{image_size}_k{num_classes}_seed{seed}.npz"
+        cache_dir, f"proxy_classifier_{ARCH}_s{image_size}_k{num_classes}_seed{seed}{tag}.npz"
     )
 
 
 def load_or_train(
-    image_size: int, num_classes: int, *, seed: int = 0, path: str | None = None
+    image_size: int,
+    num_classes: int,
+    *,
+    seed: int = 0,
+    path: str | None = None,
+    variant: str = "base",
 ) -> tuple[dict, float]:
-    """(params, held-out real accuracy), from the .npz cache at ``path`` or trained and cached."""
-    path = path or cache_path(image_size, num_classes, seed)
+    """(params, held-out real accuracy), from the .npz cache at ``path`` or trained and cached
+    (on real shapes of ``variant``)."""
+    path = path or cache_path(image_size, num_classes, seed, variant=variant)
     if os.path.exists(path):
         with np.load(path) as f:
             flat = {k: f[k] for k in f.files}
@@ -150,7 +165,7 @@ def load_or_train(
                 node = node.setdefault(p, {})
             node[leaf] = jnp.asarray(value)
         return params, acc
-    params, acc = train_classifier(image_size, num_classes, seed=seed)
+    params, acc = train_classifier(image_size, num_classes, seed=seed, variant=variant)
     flat = {
         "/".join(str(getattr(k, "key", k)) for k in path_): np.asarray(v)
         for path_, v in jax.tree_util.tree_leaves_with_path(params)
@@ -165,7 +180,8 @@ def load_or_train(
 def build_extractor(config):
     """A `FeatureExtractor` for the evaluation job: uint8 images -> pool features and logits.
 
-    Reads ``config.data.image_size`` / ``config.model.num_classes`` and
+    Reads ``config.data.image_size`` / ``config.model.num_classes`` /
+    ``config.data.synthetic_variant`` (the classifier is trained on that variant) and
     ``config.eval.proxy_path`` (None: train it, cached) / ``config.eval.proxy_seed``.
     """
     from nag_jax.evaluation.metrics import FeatureExtractor
@@ -174,7 +190,8 @@ def build_extractor(config):
     size = int(config.data.image_size)
     k = int(config.model.num_classes)
     seed = int(ec.proxy_seed)
-    params, acc = load_or_train(size, k, seed=seed, path=ec.proxy_path)
+    variant = str(config.data.synthetic_variant)
+    params, acc = load_or_train(size, k, seed=seed, path=ec.proxy_path, variant=variant)
     digest = hashlib.sha256(np.asarray(jax.tree.leaves(params)[0]).tobytes()).hexdigest()[:8]
 
     def fn(images_uint8):
@@ -182,8 +199,9 @@ def build_extractor(config):
         feats, logits = _apply(params, k, x)
         return {"pool": feats, "logits": logits}
 
+    tag = "" if variant == "base" else f"_{variant}"
     return FeatureExtractor(
-        f"shapes_proxy_{ARCH}_s{size}_k{k}_seed{seed}-{digest}",
+        f"shapes_proxy_{ARCH}_s{size}_k{k}_seed{seed}{tag}-{digest}",
         fn,
         description=(
             f"demo shapes classifier (held-out real accuracy {acc:.4f}); a relative measure "
