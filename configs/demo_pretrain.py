@@ -13,21 +13,11 @@ XLA flag above); the same config runs unchanged on one device.
 Time convention: SiT, t = 0 noise, t = 1 data.
 """
 
-import importlib.util
-import os
-
-_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
-
-
-def _demo_config():
-    spec = importlib.util.spec_from_file_location("_demo_config", _DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from nag_jax.config_schema import sibling_config
 
 
 def get_config():
-    c = _demo_config()
+    c = sibling_config(__file__, "demo")
     c.mode = "train"
     c.objective.p_class_drop = 0.1
     c.objective.p_noise_drop = 0.0  # the releases' recipe: no noise-condition dropout

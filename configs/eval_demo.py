@@ -16,18 +16,7 @@ Model, process and data fields are read from configs/demo.py, so they match its 
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level (1 = noise).
 """
 
-import importlib.util
-import os
-
-from nag_jax.config_schema import base_config
-
-
-def _demo_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
-    spec = importlib.util.spec_from_file_location("nag_jax_demo_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from nag_jax.config_schema import base_config, sibling_config
 
 
 def get_config():
@@ -36,7 +25,7 @@ def get_config():
     config.seed = 0
     # Model, process, objective and data come from the demo's own config, so they always match
     # the checkpoint the demo trained.
-    demo = _demo_config()
+    demo = sibling_config(__file__, "demo")
     config.model = demo.model
     config.process = demo.process
     config.objective = demo.objective

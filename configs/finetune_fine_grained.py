@@ -62,9 +62,9 @@ Evaluate with 10k samples (FID) as in the paper's table.
 Time convention: DiT, integer step 0..999 (0 = least noise); noise level = (step + 1) / 1000.
 """
 
-import importlib.util
 import os
 
+from nag_jax.config_schema import sibling_module
 from nag_jax.training.defaults import encode_variant, release_config
 
 # dataset -> (data source name for the encode step, number of classes)
@@ -79,13 +79,8 @@ DATASETS = {
 }
 
 
-_CONFIGS = os.path.dirname(os.path.abspath(__file__))
-
-
 def _demo_config():
-    spec = importlib.util.spec_from_file_location("_demo_config", os.path.join(_CONFIGS, "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = sibling_module(__file__, "demo")
     return module, module.get_config()
 
 

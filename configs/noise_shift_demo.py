@@ -14,19 +14,11 @@ configs/demo_study.py).
 Time convention: SiT, t = 0 noise, t = 1 data; reported levels are noise levels (1 = noise).
 """
 
-import importlib.util
-import os
-
-from nag_jax.config_schema import noise_shift_section
-
-_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
+from nag_jax.config_schema import noise_shift_section, sibling_config
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("_demo_config", _DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = sibling_config(__file__, "demo")
     c.mode = "noise_shift"
     c.model.weights = "runs/demo/checkpoints"  # the demo's fine-tuned model (see above)
     c.data.global_batch_size = 64  # the estimator's training batch

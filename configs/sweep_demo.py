@@ -15,17 +15,13 @@ seed is nag_jax.generate's, so every point scores the same images (paired). Outp
 Time convention: SiT, t = 0 noise, t = 1 data; intervals are noise levels (1 = noise).
 """
 
-import importlib.util
 import os
 
-_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
+from nag_jax.config_schema import sibling_config
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("_demo_config", _DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = sibling_config(__file__, "demo")
     c.mode = "sweep"
     c.model.weights = os.path.join("runs", "demo", "checkpoints")  # the demo's NAG fine-tune
     c.eval.update(

@@ -17,17 +17,11 @@ Prerequisites: those of configs/eval_sit_xl.py (converted NAG checkpoint, FID In
 reference batch). Time convention: SiT, t = 0 noise, t = 1 data; intervals are noise levels.
 """
 
-import importlib.util
-import os
-
-_EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval_sit_xl.py")
+from nag_jax.config_schema import sibling_config
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("_eval_sit_xl", _EVAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = sibling_config(__file__, "eval_sit_xl")
     c.mode = "sweep"
     c.sweep.update(
         cfg_scales=(1.0, 1.25, 1.5, 1.75),

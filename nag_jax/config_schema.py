@@ -103,6 +103,27 @@ def _section(**fields) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields)
 
 
+def sibling_module(here: str, name: str):
+    """The config module ``NAME.py`` in the folder of ``here`` (a config file's ``__file__``).
+
+    Configs build on each other (the demo's study, sweep and noise-shift configs start from
+    ``configs/demo.py``) but run by path, from a checkout or the installed package, so they are
+    not imported as a package: this is the one loader they share."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(here)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_nag_jax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sibling_config(here: str, name: str, *args) -> ml_collections.ConfigDict:
+    """``get_config(*args)`` of the sibling config ``NAME.py`` (`sibling_module`)."""
+    return sibling_module(here, name).get_config(*args)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The full schema with its defaults. Model, objective, optimizer and schedule default to the
     releases' recipe (SiT-XL/2, 256px SD-VAE latents; bf16 compute and ImageNet latents are set
