@@ -34,7 +34,7 @@ from nag_jax.convert import common
 from nag_jax.convert import vae as convert_vae
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training import train
-from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
+from nag_jax.training.testing import slow_iterator, standin_loss, tiny_config, tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -245,33 +245,11 @@ def _fail_step_commit(monkeypatch, step, err):
     monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", finalize)
 
 
-def _counting(it, sleep=0.0):
-    """A grain DatasetIterator that counts the batches taken (steps run); ``sleep`` s each (a
-    step of a real model takes longer than a tiny model's async save)."""
-    import grain
-
-    class Counting(grain.DatasetIterator):
-        n = 0
-
-        def __next__(self):
-            self.n += 1
-            time.sleep(sleep)
-            return next(self._parent)
-
-        def get_state(self):
-            return self._parent.get_state()
-
-        def set_state(self, state):
-            self._parent.set_state(state)
-
-    return Counting(it)
-
-
 @pytest.mark.parametrize("err,fix", [(errno.ENOSPC, "free disk space"), (errno.EROFS, "read-only")])
 def test_failed_async_save_stops_at_once_in_one_line(tmp_path, monkeypatch, caplog, err, fix):
     cfg = _cfg(num_steps=40, checkpoint_every=10)
     _fail_step_commit(monkeypatch, 20, err)
-    data = _counting(iter(_data(cfg)), sleep=0.1)
+    data = slow_iterator(iter(_data(cfg)), sleep=0.1)
     with caplog.at_level(logging.INFO), pytest.raises(ckpt.CheckpointSaveError) as e:
         train.run(cfg, str(tmp_path), model=tiny_model(cfg), loss_fn=standin_loss, data_iter=data)
     msg = str(e.value)

@@ -67,7 +67,9 @@ def standin_loss(apply_fn, params, x1, y, key, *, p_class_drop=0.1, p_noise_drop
 
 
 def slow_iterator(it, sleep: float):
-    """Wraps a grain DatasetIterator; sleeps before each batch (kill/SIGTERM tests).
+    """Wraps a grain DatasetIterator; sleeps ``sleep`` s before each batch (kill/SIGTERM tests;
+    a step of a real model takes longer than a tiny model's async save) and counts the batches
+    taken in ``.n`` (the steps run).
 
     A DatasetIterator subclass, so grain's Orbax handler checkpoints it like the original.
     """
@@ -76,7 +78,10 @@ def slow_iterator(it, sleep: float):
     import grain
 
     class SlowIterator(grain.DatasetIterator):
+        n = 0
+
         def __next__(self):
+            self.n += 1
             time.sleep(sleep)
             return next(self._parent)
 
