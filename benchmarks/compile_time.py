@@ -146,12 +146,7 @@ def main(argv=None):
     p.add_argument("--parts", default="compile,rng")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
-    report = dict(
-        benchmark="compile time (unrolled vs scan_blocks) and SDE noise cost",
-        device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        jax=jax.__version__,
-        settings=vars(args),
-    )
+    report = timing.report_header("compile time (unrolled vs scan_blocks) and SDE noise cost", args)
     if "compile" in args.parts:
         rows = compile_times(args)
         report["compile"] = rows

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 
 import jax
@@ -150,14 +149,10 @@ def main(argv=None):
                 row["fused_mfu"] = timing.mfu(flops * calls * args.batch, fused, args.peak_tflops)
             results.append(row)
             print(json.dumps(row), flush=True)
-    report = dict(
-        benchmark="sampler: fused one-call guidance vs one call per branch (SDE Euler)",
-        device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        platform=platform.platform(),
-        jax=jax.__version__,
-        settings=dict(vars(args)),
-        results=results,
+    report = timing.report_header(
+        "sampler: fused one-call guidance vs one call per branch (SDE Euler)", args
     )
+    report["results"] = results
     timing.emit_json(report, args.out)
 
 

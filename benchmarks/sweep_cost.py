@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -144,15 +143,11 @@ def main(argv=None):
     summary["cost_ratio_separate_over_sweep"] = (
         summary["cost_per_point_s"]["separate"] / summary["cost_per_point_s"]["sweep"]
     )
-    report = dict(
-        benchmark="sweep: one traced sampler for every point vs one compiled sampler per point",
-        device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        platform=platform.platform(),
-        jax=jax.__version__,
-        settings=dict(vars(args)),
-        points=rows,
-        summary=summary,
+    report = timing.report_header(
+        "sweep: one traced sampler for every point vs one compiled sampler per point", args
     )
+    report["points"] = rows
+    report["summary"] = summary
     timing.emit_json(report, args.out)
 
 

@@ -28,6 +28,20 @@ import jax
 PEAK_BF16_DENSE_TFLOPS = {"NVIDIA H200": 989.4, "NVIDIA H100 80GB HBM3": 989.4}
 
 
+def report_header(benchmark: str, args) -> dict:
+    """The head of a benchmark's JSON report: what was measured, on which devices and platform,
+    with which JAX, and the script's settings (``vars(args)``); add the results after it."""
+    import platform
+
+    return dict(
+        benchmark=benchmark,
+        device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        platform=platform.platform(),
+        jax=jax.__version__,
+        settings=dict(vars(args)),
+    )
+
+
 def emit_json(report: dict, out: str | None) -> None:
     """Prints a benchmark's JSON report and, when ``out`` is given, also writes it there."""
     text = json.dumps(report, indent=2)

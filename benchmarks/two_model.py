@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 
@@ -124,14 +123,10 @@ def main(argv=None):
             )
             results.append(row)
             print(row, flush=True)
-    report = dict(
-        benchmark="Domain Guidance: stacked (one vmapped call) vs sequential (two calls), SDE",
-        device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        platform=platform.platform(),
-        jax=jax.__version__,
-        settings=dict(vars(args)),
-        results=results,
+    report = timing.report_header(
+        "Domain Guidance: stacked (one vmapped call) vs sequential (two calls), SDE", args
     )
+    report["results"] = results
     timing.emit_json(report, args.out)
 
 
