@@ -18,27 +18,10 @@ Time convention: DiT, integer step 0..999, 0 = least noise; reported levels are 
 (step + 1) / 1000 (1 = noise).
 """
 
-from nag_jax.config_schema import noise_shift_section
-from nag_jax.training.defaults import release_config
+from nag_jax.config_schema import sibling_module
 
 
 def get_config():
-    c = release_config("DiT-XL/2")  # the release's model, process and latents data
-    c.mode = "noise_shift"
-    c.data.update(global_batch_size=256, num_workers=4)
+    c = sibling_module(__file__, "noise_shift_sit_xl").imagenet_config("DiT-XL/2", (0.0, 1.0))
     c.sample.update(sampler="ddpm", num_steps=250)
-    c.parallel.update(fsdp=False)
-    c.parallel.mesh.fsdp = 1
-    c.noise_shift = noise_shift_section()
-    c.noise_shift.rows = (
-        dict(name="none"),
-        dict(name="CFG", cfg_scale=1.5),
-        dict(name="NAG", nag_scale=1.0),
-        dict(name="CFG+NAG", cfg_scale=1.5, nag_scale=1.0),
-        dict(name="cls-NAG", nag_mode="classifier", nag_scale=1.0, nag_interval=(0.0, 1.0)),
-    )
-    c.noise_shift.update(num_images=2048, batch_size=256, max_states=26, kde_states=6)
-    c.noise_shift.estimator.update(
-        num_bins=100, hidden=512, depth=4, conv_layers=3, num_steps=20_000, lr=3e-4
-    )
     return c

@@ -20,12 +20,13 @@ from nag_jax.config_schema import noise_shift_section
 from nag_jax.training.defaults import release_config
 
 
-def get_config():
-    c = release_config("SiT-XL/2")  # the release's model, process and latents data
+def imagenet_config(model: str, cls_nag_interval: tuple[float, float]):
+    """The noise-shift config of an XL/2 release model on ImageNet latents (this file's and
+    configs/noise_shift_dit_xl.py's): rows, image counts and the estimator; the caller sets the
+    sampler. ``cls_nag_interval``: the classifier-NAG row's noise-level interval."""
+    c = release_config(model)  # the release's model, process and latents data
     c.mode = "noise_shift"
     c.data.update(global_batch_size=256, num_workers=4)
-    c.sample.update(sampler="sde", num_steps=250, method="euler", diffusion_form="sigma")
-    c.sample.update(last_step="Mean", last_step_size=0.04)
     c.parallel.update(fsdp=False)
     c.parallel.mesh.fsdp = 1
     c.noise_shift = noise_shift_section()
@@ -34,10 +35,18 @@ def get_config():
         dict(name="CFG", cfg_scale=1.5),
         dict(name="NAG", nag_scale=1.0),
         dict(name="CFG+NAG", cfg_scale=1.5, nag_scale=1.0),
-        dict(name="cls-NAG", nag_mode="classifier", nag_scale=1.0, nag_interval=(0.0, 0.6)),
+        dict(name="cls-NAG", nag_mode="classifier", nag_scale=1.0, nag_interval=cls_nag_interval),
     )
     c.noise_shift.update(num_images=2048, batch_size=256, max_states=26, kde_states=6)
     c.noise_shift.estimator.update(
         num_bins=100, hidden=512, depth=4, conv_layers=3, num_steps=20_000, lr=3e-4
     )
+    return c
+
+
+def get_config():
+    # SiT's velocity is classifier-guided through x (1 - t) / t: the interval ends below noise 1.
+    c = imagenet_config("SiT-XL/2", (0.0, 0.6))
+    c.sample.update(sampler="sde", num_steps=250, method="euler", diffusion_form="sigma")
+    c.sample.update(last_step="Mean", last_step_size=0.04)
     return c
