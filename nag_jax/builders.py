@@ -188,6 +188,12 @@ def guided_pred_fn(
     return pred_fn
 
 
+_NEEDS_ESTIMATOR = (
+    "sample.nag_mode='classifier' needs sample.estimator: the noise-level estimator that "
+    "mode=noise_shift writes to <workdir>/estimator (or set sample.nag_mode='token')."
+)
+
+
 def classifier_estimator(sample_cfg):
     """The noise-level estimator of ``sample.nag_mode = "classifier"`` (None in "token" mode),
     read from ``sample.estimator`` (nag_jax.noise_estimator.load_estimator; host I/O: call it
@@ -198,10 +204,7 @@ def classifier_estimator(sample_cfg):
     if sc.nag_mode != "classifier":
         return None
     if not sc.estimator:
-        raise ValueError(
-            "sample.nag_mode='classifier' needs sample.estimator: the noise-level estimator that "
-            "mode=noise_shift writes to <workdir>/estimator (or set sample.nag_mode='token')."
-        )
+        raise ValueError(_NEEDS_ESTIMATOR)
     return noise_estimator.load_estimator(as_path(sc.estimator))
 
 
@@ -213,10 +216,7 @@ def classifier_nag(pred_fn: Callable, sample_cfg, process, scale, estimator=None
 
     interval = tuple(float(v) for v in sample_cfg.nag_interval)
     if not sample_cfg.estimator and estimator is None:
-        raise ValueError(
-            "sample.nag_mode='classifier' needs sample.estimator: the noise-level estimator that "
-            "mode=noise_shift writes to <workdir>/estimator (or set sample.nag_mode='token')."
-        )
+        raise ValueError(_NEEDS_ESTIMATOR)
     if isinstance(process, Transport) and interval[1] >= 1.0:
         raise ValueError(
             f"sample.nag_interval={interval} with nag_mode='classifier' on a SiT model: the "
