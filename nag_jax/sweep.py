@@ -50,7 +50,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 
@@ -62,7 +61,8 @@ from nag_jax import builders, config_schema, generate, parallel, weights
 from nag_jax.evaluation import eval_job, evaluators
 from nag_jax.evaluation import metrics as metrics_lib
 from nag_jax.evaluation.results import digest, metric_names
-from nag_jax.utils import to_uint8
+from nag_jax.paths import as_path
+from nag_jax.utils import save_figure, to_uint8
 
 FULL = (0.0, 1.0)
 
@@ -211,8 +211,8 @@ def run(config, workdir: str, **overrides) -> dict:
             "point is chosen on val_seeds and reported on held-out seeds; make them disjoint."
         )
     n = int(sw.num_images)
-    out_dir = os.path.join(os.path.abspath(workdir), "sweep")
-    point_dir = os.path.join(out_dir, "points")
+    out_dir = as_path(workdir) / "sweep"
+    point_dir = out_dir / "points"
     mesh = overrides.pop("mesh", None) or parallel.create_mesh(config.parallel)
     sconf = sampler_config(config, points)
     model = overrides.pop("model", None) or builders.build_model(config.model)
@@ -250,10 +250,9 @@ def run(config, workdir: str, **overrides) -> dict:
         fp = eval_job.params_fingerprint(params)
         key = digest({**identity, "params": fp, "point": dataclasses.asdict(point),
                       "seeds": seeds, "num_images": n})  # fmt: skip
-        path = os.path.join(point_dir, f"{key}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f)
+        path = point_dir / f"{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
         placed = run_batch.place(params)
         guide = point.guide()
         if timing["compile_s"] is None:  # the one compilation, timed apart from sampling
@@ -323,11 +322,10 @@ def run(config, workdir: str, **overrides) -> dict:
         devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     )
     if jax.process_index() == 0:
-        weights.write_json(os.path.join(out_dir, "results.json"), results, force=True)
+        weights.write_json(out_dir / "results.json", results, force=True)
         table = format_table(results)
-        with open(os.path.join(out_dir, "table.md"), "w") as f:
-            f.write(table + "\n")
-        plot_curves(results, os.path.join(out_dir, "curves.png"))
+        (out_dir / "table.md").write_text(table + "\n")
+        plot_curves(results, out_dir / "curves.png")
         print(table, flush=True)
     return results
 
@@ -460,8 +458,7 @@ def plot_curves(results: dict, path: str) -> None:
             ax.legend(fontsize=6)
     fig.suptitle(f"best: {results['best']['name']}", fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 

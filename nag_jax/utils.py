@@ -99,3 +99,14 @@ def progress_bar(
         file=sys.stderr,
         **kwargs,
     )
+
+
+def save_figure(fig, path, dpi: int = 110) -> None:
+    """Writes a matplotlib figure as PNG at ``path`` (local or gs:// / s3://, nag_jax.paths),
+    creating its folder."""
+    from nag_jax.paths import as_path
+
+    path = as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)

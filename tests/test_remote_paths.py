@@ -227,3 +227,31 @@ def test_weights_and_workdir_paths_keep_their_scheme(gcs):
     assert eval_job.sampling_identity(c)["weights"] == "gs://bucket/ckpt/sit"
     with pytest.raises(FileNotFoundError, match="config.model.weights=gs://bucket/ckpt/sit does"):
         generate.load_weights("gs://bucket/ckpt/sit")
+
+
+def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeypatch):
+    """sweep / noise_shift write their figures (utils.save_figure), tables and reports to a
+    gs:// workdir, and nothing lands on the local disk."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from nag_jax.analysis import noise_shift
+    from nag_jax.utils import save_figure
+
+    monkeypatch.chdir(tmp_path)
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, "gs://bucket/run/sweep/curves.png")  # creates the folder
+    plt.close(fig)
+    with (gcs / "run" / "sweep" / "curves.png").open("rb") as f:
+        assert Image.open(f).size == (220, 110)  # 2 x 1 inches at dpi 110
+    results = dict(model="SiT-S/2", sampler="sde euler 4 steps", estimator={}, late=0.25,
+                   rows={"none": dict(late=0.01, all=0.02, abs_all=0.03)}, num_images=8,
+                   elapsed_s=1.0, devices="1 x cpu")  # fmt: skip
+    text = noise_shift.write_report("gs://bucket/run", results, ["noise_shift_kde.png"])
+    assert (gcs / "run" / "report.md").read_text() == text
+    assert "| none | +0.0100 | +0.0200 | 0.0300 |" in text
+    assert list(tmp_path.iterdir()) == []

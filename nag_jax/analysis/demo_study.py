@@ -41,6 +41,7 @@ from nag_jax import builders, demo, weights
 from nag_jax.analysis import shift as S
 from nag_jax.analysis.estimator import train_estimator
 from nag_jax.demo import Row
+from nag_jax.utils import save_figure
 
 
 def _train(config, workdir: str):
@@ -262,7 +263,7 @@ def write_figures(workdir: str, results: dict, study) -> list[str]:
     axes[2].set_xlabel("NAG interval (noise levels)")
     axes[2].set_title(f"NAG w={pts[0]['value']:g} by interval")
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "guidance_curves.png"), dpi=110)
+    save_figure(fig, os.path.join(workdir, "guidance_curves.png"))
     plt.close(fig)
     figs.append("guidance_curves.png")
 
@@ -277,7 +278,7 @@ def write_figures(workdir: str, results: dict, study) -> list[str]:
     ax.set_title("noise shift along SDE trajectories (report seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "noise_shift.png"), dpi=110)
+    save_figure(fig, os.path.join(workdir, "noise_shift.png"))
     plt.close(fig)
     figs.append("noise_shift.png")
 
@@ -294,7 +295,7 @@ def write_figures(workdir: str, results: dict, study) -> list[str]:
     ax.set_ylabel("proxy FD (report seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "steps.png"), dpi=110)
+    save_figure(fig, os.path.join(workdir, "steps.png"))
     plt.close(fig)
     figs.append("steps.png")
     return figs

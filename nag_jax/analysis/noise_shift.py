@@ -30,7 +30,6 @@ Time conventions: models keep their family's time (SiT float t, 0 = noise; DiT o
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -42,6 +41,8 @@ from nag_jax import builders, config_schema, generate, parallel, weights
 from nag_jax.analysis import shift as S
 from nag_jax.analysis.estimator import train_estimator_sharded
 from nag_jax.noise_estimator import NoiseLevelEstimator, load_estimator, save_estimator
+from nag_jax.paths import as_path
+from nag_jax.utils import save_figure
 
 ROW_KEYS = ("name", "cfg_scale", "nag_scale", "nag_interval", "nag_mode", "estimator")
 
@@ -67,12 +68,12 @@ def get_estimator(config, workdir: str, mesh, process) -> tuple[object, str, dic
     """(estimator, its path, info): loaded from ``noise_shift.estimator.weights`` or
     ``<workdir>/estimator``, else trained on config.data and saved there."""
     ec = config.noise_shift.estimator
-    path = ec.weights or os.path.join(workdir, "estimator")
-    info: dict = {"path": os.path.abspath(path)}
-    if os.path.exists(path):
+    path = as_path(ec.weights or as_path(workdir) / "estimator")
+    info: dict = {"path": str(path)}
+    if path.exists():
         logging.info("noise_shift: estimator from %s", path)
         info["trained_here"] = False
-        return load_estimator(os.path.abspath(path)), os.path.abspath(path), info
+        return load_estimator(path), str(path), info
     module = NoiseLevelEstimator(
         num_bins=int(ec.num_bins),
         hidden=int(ec.hidden),
@@ -106,7 +107,7 @@ def get_estimator(config, workdir: str, mesh, process) -> tuple[object, str, dic
         save_estimator(path, est, extra=dict(data=str(config.data.name)))
     info.update(validate_estimator(est, config, process, mesh))
     logging.info("noise_shift: estimator %s", info)
-    return est, os.path.abspath(path), info
+    return est, str(path), info
 
 
 def validate_estimator(est, config, process, mesh) -> dict:
@@ -250,7 +251,7 @@ def write_figures(workdir: str, rows: dict, title: str) -> list[str]:
     axes[-1].legend(fontsize=6, title="nominal", title_fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "noise_shift_kde.png"), dpi=110)
+    save_figure(fig, as_path(workdir) / "noise_shift_kde.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -265,7 +266,7 @@ def write_figures(workdir: str, rows: dict, title: str) -> list[str]:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "noise_shift_delta.png"), dpi=110)
+    save_figure(fig, as_path(workdir) / "noise_shift_delta.png")
     plt.close(fig)
     return ["noise_shift_kde.png", "noise_shift_delta.png"]
 
@@ -282,8 +283,7 @@ def write_report(workdir: str, results: dict, figs: list[str]) -> str:
     lines[-1] += f"{r['devices']}."
     lines += [""] + [f"![{f}]({f})" for f in figs]
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(text)
+    (as_path(workdir) / "report.md").write_text(text)
     return text
 
 
@@ -296,7 +296,7 @@ def run(config, workdir: str) -> dict:
             "mode=noise_shift measures a trained model: set --config.model.weights to a "
             "converted release or a training workdir's checkpoints/ directory."
         )
-    os.makedirs(workdir, exist_ok=True)
+    as_path(workdir).mkdir(parents=True, exist_ok=True)
     ns = config.noise_shift
     mesh = parallel.create_mesh(config.parallel)
     model = builders.build_model(config.model)
@@ -337,6 +337,6 @@ def run(config, workdir: str) -> dict:
     figs = []
     if jax.process_index() == 0:
         figs = write_figures(workdir, rows, f"{results['model']}, {results['sampler']}")
-        weights.write_json(os.path.join(workdir, "results.json"), results, force=True)
+        weights.write_json(as_path(workdir) / "results.json", results, force=True)
         print(write_report(workdir, results, figs), flush=True)
     return results

@@ -13,6 +13,7 @@ from absl import logging
 
 from nag_jax.analysis import gmm as G
 from nag_jax.analysis.lab.common import fmt, json_default
+from nag_jax.utils import save_figure
 
 
 def _pyplot():
@@ -54,7 +55,7 @@ def delta_figure(path, step_counts, series, names, title, ylabel) -> None:
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -97,7 +98,7 @@ def gmm_figures(workdir, curves, lab, names) -> list[str]:
         axes[0][-1].legend(fontsize=6)
         fig.tight_layout()
         fn = f"posterior_{sampler_name}.png"
-        fig.savefig(os.path.join(workdir, fn), dpi=110)
+        save_figure(fig, os.path.join(workdir, fn))
         plt.close(fig)
         files.append(fn)
     return files
