@@ -399,10 +399,12 @@ _OPTIONAL_POSITIVE_INT = (lambda v: v is None or (_int(v) and v >= 1), "None or 
 _PROBABILITY = (lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1]")
 _FINITE = (_finite, "a finite number")
 _NONNEG = (lambda v: _finite(v) and v >= 0, "a finite number >= 0")
+_ADAM_BETA = (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)")
+_INTERVAL = (_interval, "(lo, hi) noise levels with 0 <= lo <= hi <= 1")
 VALUE_CHECKS = {
     "seed": (_int, "an integer"),
-    "model.input_size": (lambda v: v is None or (_int(v) and v >= 1), "None or an integer >= 1"),
-    "data.image_size": (lambda v: v is None or (_int(v) and v >= 1), "None or an integer >= 1"),
+    "model.input_size": _OPTIONAL_POSITIVE_INT,
+    "data.image_size": _OPTIONAL_POSITIVE_INT,
     "data.global_batch_size": _POSITIVE_INT,
     "data.num_workers": _COUNT,
     "data.num_threads": _COUNT,
@@ -415,8 +417,8 @@ VALUE_CHECKS = {
     # lr = 0 holds the weights (a frozen run: EMA, data and logging only); tests use it
     "optim.lr": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (the releases: 1e-4)"),
     "optim.weight_decay": _NONNEG,
-    "optim.b1": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "optim.b2": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optim.b1": _ADAM_BETA,
+    "optim.b2": _ADAM_BETA,
     "optim.eps": _NONNEG,
     "optim.grad_clip": (lambda v: v is None or (_finite(v) and v > 0), "None or a number > 0"),
     "optim.warmup_steps": _COUNT,
@@ -440,8 +442,8 @@ VALUE_CHECKS = {
     "sample.eta": _NONNEG,
     "sample.cfg_scale": _FINITE,
     "sample.nag_scale": _FINITE,
-    "sample.cfg_interval": (_interval, "(lo, hi) noise levels with 0 <= lo <= hi <= 1"),
-    "sample.nag_interval": (_interval, "(lo, hi) noise levels with 0 <= lo <= hi <= 1"),
+    "sample.cfg_interval": _INTERVAL,
+    "sample.nag_interval": _INTERVAL,
     "eval.num_images": _POSITIVE_INT,
     "eval.batch_size": _POSITIVE_INT,
     "eval.feature_batch_size": _POSITIVE_INT,
@@ -531,8 +533,7 @@ def validate(config) -> None:
             "build job configs from nag_jax.config_schema.base_config() and change values only."
         )
     for dotted, allowed in CHOICES.items():
-        section, _, key = dotted.rpartition(".")
-        value = config[section][key] if section else config[key]
+        value = _get(config, dotted)
         if value not in allowed:
             import difflib
 
