@@ -110,3 +110,26 @@ def save_figure(fig, path, dpi: int = 110) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         fig.savefig(f, format="png", dpi=dpi)
+
+
+def sha256_file(path, *, progress: bool = False, chunk: int = 1 << 22) -> str:
+    """The hex sha256 of a file (local or remote, nag_jax.paths), read in ``chunk``-byte blocks;
+    ``progress``: a tqdm bar in bytes (large weight files)."""
+    import contextlib
+    import hashlib
+
+    from nag_jax.paths import as_path
+
+    path = as_path(path)
+    h = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(path.open("rb"))
+        bar = None
+        if progress:
+            size = path.stat().length
+            bar = stack.enter_context(progress_bar(total=size, desc="sha256", unit="B"))
+        while block := f.read(chunk):
+            h.update(block)
+            if bar is not None:
+                bar.update(len(block))
+    return h.hexdigest()

@@ -33,7 +33,6 @@ Time conventions do not enter here (weights only); see nag_jax.models.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import pickle
 import re
 from collections.abc import Mapping
@@ -434,22 +433,6 @@ def check_keys(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tup
             + "\n  ".join(lines)
             + "\nIs this a checkpoint of another architecture (or a different --weights entry)?"
         )
-
-
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
-    import os
-
-    from nag_jax.utils import progress_bar
-
-    h = hashlib.sha256()
-    with (
-        open(path, "rb") as f,
-        progress_bar(total=os.path.getsize(path), desc="sha256", unit="B") as bar,
-    ):
-        while block := f.read(chunk):
-            h.update(block)
-            bar.update(len(block))
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from flax import traverse_util
 from nag_jax import weights
 from nag_jax.convert import common
 from nag_jax.convert.common import ConversionError
+from nag_jax.utils import sha256_file
 
 COMMAND = "to-orbax"
 HELP = "PyTorch DiT/SiT .pt/.safetensors -> Orbax checkpoint"
@@ -655,7 +656,7 @@ def load_torch_checkpoint(
     meta.update(extra)
     meta.update(hub_info)
     meta["source"] = path if hub_info else os.path.abspath(path)
-    meta["sha256"] = common.sha256_file(weights_file) if compute_sha256 else None
+    meta["sha256"] = sha256_file(weights_file, progress=True) if compute_sha256 else None
     meta["converter"] = "nag_jax.convert.torch_to_orbax"
     return params, meta
 

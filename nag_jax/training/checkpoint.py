@@ -34,7 +34,6 @@ through the one weights loader, ``nag_jax.weights.load_params``.
 from __future__ import annotations
 
 import errno as errno_lib
-import hashlib
 import json
 import logging as py_logging
 import os
@@ -48,6 +47,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 from nag_jax.errors import RunStopped
 from nag_jax.paths import as_path, is_remote
 from nag_jax.training.state import TrainState
+from nag_jax.utils import sha256_file
 from nag_jax.weights import check_params_match, write_json
 
 CONFIG_FILE = "config.json"
@@ -310,14 +310,6 @@ def _latest_committed(mngr) -> str:
 # ---------------------------------------------------------------------------- checksums
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(step_dir: str) -> list[str]:
     out = []
     for root, _, names in os.walk(step_dir):
@@ -332,7 +324,7 @@ def write_manifest(step_dir: str) -> str:
     """Writes ``<step_dir>/nag_jax_sha256.json``: {relative file: [size, sha256]} of every file
     of a committed step, atomically (a temporary file renamed into place). Returns its path."""
     manifest = {
-        rel: [os.path.getsize(p), _sha256(p)]
+        rel: [os.path.getsize(p), sha256_file(p)]
         for rel in _files(step_dir)
         for p in [os.path.join(step_dir, rel)]
     }
@@ -369,7 +361,7 @@ def verify_step(step_dir: str) -> bool:
             raise CorruptCheckpointError(
                 f"file {rel} has {os.path.getsize(p)} bytes, {size} were written (truncated?)"
             )
-        if _sha256(p) != digest:
+        if sha256_file(p) != digest:
             raise CorruptCheckpointError(f"file {rel} does not match its sha256 (corrupt bytes)")
     return True
 
