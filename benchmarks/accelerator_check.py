@@ -57,7 +57,7 @@ PARTS = ("environment", "numerics", "sampler", "train", "ddpm", "vae")
 GFLOP_PER_FORWARD = 237.0
 
 # name -> sizes. "full" is sized for one H200 in under 8 minutes; "smoke" runs the same code on a
-# CPU in seconds (tiny widths, depths and batches; overrides go to builders.build_model).
+# CPU in seconds (tiny widths, depths and batches; overrides go to build.build_model).
 TINY = dict(hidden_size=32, depth=2, num_heads=2)
 SIZES = {
     "full": dict(
@@ -290,9 +290,9 @@ def _imports():
 
     from benchmarks import timing
     from benchmarks.sampler import make_config, per_branch_sampler
-    from nag_jax import builders
+    from nag_jax.sampling import build
 
-    return jax, jnp, np, timing, builders, make_config, per_branch_sampler
+    return jax, jnp, np, timing, build, make_config, per_branch_sampler
 
 
 def rel_err(a, b) -> float:
@@ -489,7 +489,7 @@ def part_environment(p: Part, sizes: dict, ctx: dict):
 
 
 def part_numerics(p: Part, sizes: dict, ctx: dict):
-    jax, jnp, np, timing, builders, make_config, _ = _imports()
+    jax, jnp, np, timing, build, make_config, _ = _imports()
     cpu = jax.devices("cpu")[0]
     acc = jax.devices()[0]
     size, n, ov = int(sizes["input_size"]), int(sizes["batch"]), sizes["overrides"]
@@ -509,7 +509,7 @@ def part_numerics(p: Part, sizes: dict, ctx: dict):
 
         def gpu_vs_cpu(name=name, family=family):
             cfg = _config(make_config, name, size, 2, 1.0, 0.0, "float32", ov)
-            model = builders.build_model(cfg.model)
+            model = build.build_model(cfg.model)
             params = jax.device_get(random_params(model, seed=1))
             inputs = model_inputs(model, n, family)
             ref = forward(model, params, inputs, cpu, "highest")
@@ -528,16 +528,16 @@ def part_numerics(p: Part, sizes: dict, ctx: dict):
         rows = {}
         c32 = _config(make_config, name, size, steps, 1.5, 1.0, "float32", ov)
         c16 = _config(make_config, name, size, steps, 1.5, 1.0, "bfloat16", ov)
-        m32, m16 = builders.build_model(c32.model), builders.build_model(c16.model)
+        m32, m16 = build.build_model(c32.model), build.build_model(c16.model)
         params = random_params(m32, seed=2)
         inputs = jax.device_put(model_inputs(m32, n, "SiT"))
         ref = forward(m32, params, inputs, acc, "highest")
         rows["forward_rel_err"] = rel_err(forward(m16, params, inputs, acc), ref)
-        keys = builders.per_image_keys(jax.random.key(3), np.arange(n))
+        keys = build.per_image_keys(jax.random.key(3), np.arange(n))
         y = jnp.asarray(inputs[2])
         with jax.default_matmul_precision("highest"):
-            s32 = jax.jit(builders.build_sampler(c32, m32))(params, keys, y)
-        s16 = jax.jit(builders.build_sampler(c16, m16))(params, keys, y)
+            s32 = jax.jit(build.build_sampler(c32, m32))(params, keys, y)
+        s16 = jax.jit(build.build_sampler(c16, m16))(params, keys, y)
         rows["sample_rel_err"] = rel_err(s16, s32)
         rows["sample_norm"] = float(np.linalg.norm(np.asarray(s32)))
         rows["sample_finite"] = bool(np.isfinite(np.asarray(s16)).all())
@@ -552,7 +552,7 @@ def part_numerics(p: Part, sizes: dict, ctx: dict):
             )
             return None
         cfg = _config(make_config, name, size, 2, 1.0, 0.0, "bfloat16", ov)
-        m_xla = builders.build_model(cfg.model)
+        m_xla = build.build_model(cfg.model)
         m_cudnn = m_xla.clone(attention_impl="cudnn")
         params = random_params(m_xla, seed=4)
         inputs = jax.device_put(model_inputs(m_xla, n, "SiT"))
@@ -575,7 +575,7 @@ def part_numerics(p: Part, sizes: dict, ctx: dict):
 
         def xl_bf16():
             c32 = _config(make_config, xl, size, 2, 1.0, 0.0, "float32", {})
-            m32 = builders.build_model(c32.model)
+            m32 = build.build_model(c32.model)
             m16 = m32.clone(dtype=jnp.bfloat16)
             params = random_params(m32, seed=5)
             inputs = jax.device_put(model_inputs(m32, n, "SiT"))
@@ -609,10 +609,10 @@ def _sampler_row(jax, timing, compiled, compile_s, args, batch, branches, steps,
 
 
 def part_sampler(p: Part, sizes: dict, ctx: dict):
-    jax, jnp, np, timing, builders, make_config, per_branch_sampler = _imports()
+    jax, jnp, np, timing, build, make_config, per_branch_sampler = _imports()
     name, size, ov, steps = sizes["model"], sizes["input_size"], sizes["overrides"], sizes["steps"]
     base = _config(make_config, name, size, steps, 1.0, 0.0, "bfloat16", ov)
-    model = builders.build_model(base.model)
+    model = build.build_model(base.model)
     params = random_params(model, seed=0)
     ctx["gflop_per_forward"] = (
         ctx.get("gflop_override") or timing.transformer_forward_flops(model) / 1e9
@@ -627,7 +627,7 @@ def part_sampler(p: Part, sizes: dict, ctx: dict):
         if batch == sizes["batches"][0]:
             plan.append((batch, 0, "forward"))  # forward diagnostics after the first batch
     for batch, branches, how in plan:
-        keys = builders.per_image_keys(jax.random.key(1), np.arange(batch))
+        keys = build.per_image_keys(jax.random.key(1), np.arange(batch))
         y = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
         if how == "forward":
             forward_diagnostics(p, model, params, batch * 3, sizes, ctx)
@@ -636,7 +636,7 @@ def part_sampler(p: Part, sizes: dict, ctx: dict):
         config = _config(make_config, name, size, steps, cfg, nag, "bfloat16", ov)
 
         def run(config=config, batch=batch, branches=branches, how=how, keys=keys, y=y):
-            make = builders.build_sampler if how == "fused" else per_branch_sampler
+            make = build.build_sampler if how == "fused" else per_branch_sampler
             compiled, compile_s = timing.aot_compile(make(config, model), params, keys, y)
             if how == "fused" and branches == 3 and batch == sizes["batches"][0]:
                 p.rec["hlo"] = _save_hlo(ctx["out"], f"sampler_b{batch}_br3", compiled)
@@ -713,11 +713,11 @@ def forward_diagnostics(p: Part, model, params, rows: int, sizes: dict, ctx: dic
 
 
 def part_train(p: Part, sizes: dict, ctx: dict):
-    jax, jnp, np, timing, builders, *_ = _imports()
+    jax, jnp, np, timing, build, *_ = _imports()
     from nag_jax import parallel
+    from nag_jax.config.release import release_config
     from nag_jax.training import step as step_lib
-    from nag_jax.training.defaults import release_config
-    from nag_jax.training.train import setup_state
+    from nag_jax.training.loop import setup_state
 
     name = sizes["model"]
     ndev = jax.device_count()
@@ -733,7 +733,7 @@ def part_train(p: Part, sizes: dict, ctx: dict):
                 remat=remat, input_size=int(sizes["input_size"]), **sizes["overrides"]
             )
             config.data.global_batch_size = per_device * ndev
-            model = builders.build_model(config.model).clone(scan_blocks=scan)
+            model = build.build_model(config.model).clone(scan_blocks=scan)
             gflop = ctx.get("gflop_override") or timing.transformer_forward_flops(model) / 1e9
             mesh = parallel.create_mesh(config.parallel)
             state, shardings, tx = setup_state(config, model, mesh)
@@ -741,7 +741,7 @@ def part_train(p: Part, sizes: dict, ctx: dict):
                 shardings,
                 mesh,
                 apply_fn=step_lib.make_apply_fn(model),
-                loss_fn=step_lib.make_nag_loss(config, builders.build_process(config)),
+                loss_fn=step_lib.make_nag_loss(config, build.build_process(config)),
                 tx=tx,
                 ema_decay=float(config.optim.ema_decay),
             )
@@ -820,7 +820,7 @@ def _memory_analysis(compiled) -> dict | None:
 
 
 def part_ddpm(p: Part, sizes: dict, ctx: dict):
-    jax, jnp, np, timing, builders, make_config, _ = _imports()
+    jax, jnp, np, timing, build, make_config, _ = _imports()
     name, steps, batch = sizes["model"], int(sizes["steps"]), int(sizes["batch"])
     size = int(sizes["input_size"])
     config = _config(
@@ -828,13 +828,13 @@ def part_ddpm(p: Part, sizes: dict, ctx: dict):
     )
 
     def run():
-        model = builders.build_model(config.model)
+        model = build.build_model(config.model)
         gflop = ctx.get("gflop_override") or timing.transformer_forward_flops(model) / 1e9
         params = random_params(model, seed=6)
-        keys = builders.per_image_keys(jax.random.key(2), np.arange(batch))
+        keys = build.per_image_keys(jax.random.key(2), np.arange(batch))
         y = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
         compiled, compile_s = timing.aot_compile(
-            builders.build_sampler(config, model), params, keys, y
+            build.build_sampler(config, model), params, keys, y
         )
         t = timing.time_calls(lambda: compiled(params, keys, y), int(sizes.get("repeats", 1)))
         per_step = t.median / steps
@@ -995,18 +995,18 @@ def main(argv=None) -> dict:
 
 def _profile_sampler(out: str, sizes: dict, report: Report):
     """A jax.profiler trace of one fused 3-branch sampler call (xplane file, gzipped)."""
-    jax, jnp, np, timing, builders, make_config, _ = _imports()
+    jax, jnp, np, timing, build, make_config, _ = _imports()
     import glob
     import shutil
     import tempfile
 
     batch, ov = sizes["batches"][0], sizes["overrides"]
     config = _config(make_config, sizes["model"], sizes["input_size"], 2, 1.5, 1.0, "bfloat16", ov)
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     params = random_params(model, 0)
-    keys = builders.per_image_keys(jax.random.key(1), np.arange(batch))
+    keys = build.per_image_keys(jax.random.key(1), np.arange(batch))
     y = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
-    fn = jax.jit(builders.build_sampler(config, model))
+    fn = jax.jit(build.build_sampler(config, model))
     jax.block_until_ready(fn(params, keys, y))
     tmp = tempfile.mkdtemp()
     with jax.profiler.trace(tmp):

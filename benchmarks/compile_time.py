@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from benchmarks.sampler import make_config  # noqa: E402
-from nag_jax import builders, parallel, sampling  # noqa: E402
+from nag_jax import parallel, sampling  # noqa: E402
+from nag_jax.sampling import build
 
 
 def compile_times(args) -> list[dict]:
@@ -48,7 +49,7 @@ def compile_times(args) -> list[dict]:
     rows = []
     for rep in range(args.repeats):
         for scan in (False, True) if rep % 2 == 0 else (True, False):  # alternate who goes first
-            model = builders.build_model(config.model).clone(scan_blocks=scan)
+            model = build.build_model(config.model).clone(scan_blocks=scan)
             params = jax.eval_shape(
                 lambda k, m=model: m.init(
                     k, jnp.zeros((1, 32, 32, 4)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
@@ -59,7 +60,7 @@ def compile_times(args) -> list[dict]:
             fwd = lambda p, x, t, y, m=model: m.apply({"params": p}, x, t, y)
             row["forward_s"] = timing.aot_compile(fwd, params, x, t, y)[1]
             keys = jax.ShapeDtypeStruct((n,), jax.random.key(0).dtype)
-            sample_fn = builders.build_sampler(config, model)
+            sample_fn = build.build_sampler(config, model)
             row["sampler_cfg_nag_s"] = timing.aot_compile(sample_fn, params, keys, y)[1]
             tx = create_optimizer(config_optim(), params)
             state = jax.eval_shape(
@@ -115,7 +116,7 @@ def rng_cost(args) -> list[dict]:
             pred, None, x0, None, transport=transport, num_steps=steps, noise=z
         )
 
-    keys = builders.per_image_keys(jax.random.key(1), np.arange(n))
+    keys = build.per_image_keys(jax.random.key(1), np.arange(n))
     variants = (
         ("per_image_keys", per_image, keys),
         ("one_key", one_key, jax.random.key(0)),

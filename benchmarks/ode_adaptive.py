@@ -32,7 +32,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import timing  # noqa: E402
-from nag_jax import builders, demo, sampling, weights  # noqa: E402
+from nag_jax import sampling  # noqa: E402
+from nag_jax.jobs import demo
+from nag_jax.sampling import build
+from nag_jax.storage import weights
 
 
 def _log(what: str, **row) -> dict:
@@ -61,13 +64,13 @@ def main(argv=None):
 
     config = get_config()
     config.model.weights = a.weights
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     params = jax.tree.map(jnp.asarray, weights.load_params(a.weights)[0])
-    process = builders.build_process(config, for_sampling=True)
+    process = build.build_process(config, for_sampling=True)
     n, k = int(a.num_images), int(config.model.num_classes)
     keys, labels = demo.image_batch(a.seed, n, k)
     shape = (model.input_size, model.input_size, model.in_channels)
-    x_init = builders.initial_noise(keys, shape)
+    x_init = build.initial_noise(keys, shape)
     rows = {r["name"]: r for r in (dict(s) for s in config.demo.settings)}
     report = dict(
         weights=a.weights,
@@ -84,13 +87,13 @@ def main(argv=None):
         c.sample.nag_interval = tuple(row.get("nag_interval", (0.0, 1.0)))
 
         def adaptive(p_, x, y, atol, rtol, c=c):
-            pred = builders.guided_pred_fn(model, p_, c, process)
+            pred = build.guided_pred_fn(model, p_, c, process)
             return sampling.sample_ode_adaptive(
                 pred, x, y, transport=process, atol=atol, rtol=rtol, return_stats=True
             )
 
         def heun(p_, x, y, steps, c=c):
-            pred = builders.guided_pred_fn(model, p_, c, process)
+            pred = build.guided_pred_fn(model, p_, c, process)
             return sampling.sample_ode(
                 pred, x, y, transport=process, num_steps=steps, method="heun"
             )
@@ -162,7 +165,7 @@ def main(argv=None):
     c = config.copy_and_resolve_references()
 
     def loglik(p_, x, y, key):
-        pred = builders.guided_pred_fn(model, p_, c, process)
+        pred = build.guided_pred_fn(model, p_, c, process)
         return sampling.ode_log_likelihood(pred, x, y, transport=process, key=key)
 
     fn, comp_s = timing.aot_compile(loglik, params, real, y_real, jax.random.key(a.seed))

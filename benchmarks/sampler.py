@@ -30,8 +30,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import timing  # noqa: E402
-from nag_jax import builders, sampling  # noqa: E402
+from nag_jax import sampling  # noqa: E402
 from nag_jax.guidance import branch_inputs, combine  # noqa: E402
+from nag_jax.sampling import build
 
 SETTINGS = {1: (1.0, 0.0), 2: (1.5, 0.0), 3: (1.5, 1.0)}  # branches -> (cfg_scale, nag_scale)
 
@@ -60,12 +61,12 @@ def make_config(name, input_size, channels, steps, cfg, nag, dtype, sampler="sde
 
 def per_branch_sampler(config, model):
     """Same sampler and guidance algebra, but one network call per branch per step."""
-    process = builders.build_process(config, for_sampling=True)
-    guidance = builders.build_guidance(config.sample)
+    process = build.build_process(config, for_sampling=True)
+    guidance = build.build_guidance(config.sample)
     shape = (model.input_size, model.input_size, model.in_channels)
 
     def sample_fn(params, keys, y):
-        net = builders.make_net_fn(model, params, "SiT")
+        net = build.make_net_fn(model, params, "SiT")
 
         def pred_fn(x, t, yy):
             outs = {b: net(*branch_inputs(x, t, yy, (b,))) for b in guidance.branches}
@@ -118,7 +119,7 @@ def main(argv=None):
     args.peak_tflops = args.peak_tflops or timing.peak_bf16_tflops(jax.devices()[0].device_kind)
     for name in args.models.split(","):
         base = make_config(name, args.input_size, args.channels, args.steps, 1.0, 0.0, args.dtype)
-        model = builders.build_model(base.model)
+        model = build.build_model(base.model)
         params = jax.jit(model.init)(
             jax.random.key(0),
             jnp.zeros((1, args.input_size, args.input_size, args.channels)),
@@ -126,13 +127,13 @@ def main(argv=None):
             jnp.zeros((1,), jnp.int32),
         )["params"]
         flops = forward_flops(model, params, args.batch)
-        keys = builders.per_image_keys(jax.random.key(1), np.arange(args.batch))
+        keys = build.per_image_keys(jax.random.key(1), np.arange(args.batch))
         y = jnp.arange(args.batch, dtype=jnp.int32) % 1000
         for branches, (cfg, nag) in SETTINGS.items():
             config = make_config(
                 name, args.input_size, args.channels, args.steps, cfg, nag, args.dtype
             )
-            fused = time_fn(builders.build_sampler(config, model), (params, keys, y), args.repeats)
+            fused = time_fn(build.build_sampler(config, model), (params, keys, y), args.repeats)
             split = time_fn(per_branch_sampler(config, model), (params, keys, y), args.repeats)
             calls = args.steps * branches  # network evaluations per image (SDE: one per step)
             row = dict(

@@ -3,7 +3,8 @@ sampler compiled per point.
 
     nice -n 10 python benchmarks/sweep_cost.py --out=benchmarks/results/sweep/cost_cpu.json
 
-Both sides draw through ``nag_jax.generate.make_batch_sampler`` (the sharded sampler of eval and
+Both sides draw through ``nag_jax.sampling.generate.make_batch_sampler`` (the sharded sampler of
+eval and
 sweep), for the same points, seed and images: ``sweep`` is built once with every branch on and
 ``traced=True`` (scales, intervals and seed are run-time arguments, what mode "sweep" runs);
 ``separate`` builds the sampler of each point with static scales and intervals (what K separate
@@ -29,9 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import timing  # noqa: E402
 from benchmarks.two_model import _params  # noqa: E402
-from nag_jax import builders, generate, parallel  # noqa: E402
-from nag_jax.config_schema import base_config  # noqa: E402
-from nag_jax.sweep import Point, sampler_config  # noqa: E402
+from nag_jax import parallel  # noqa: E402
+from nag_jax.config.schema import base_config  # noqa: E402
+from nag_jax.jobs.sweep import Point, sampler_config  # noqa: E402
+from nag_jax.sampling import build, generate
 
 POINTS = (
     Point(),
@@ -70,7 +72,7 @@ def main(argv=None):
 
     config = demo_like_config(args.steps)
     config.seed = args.seed
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     params = _params(model, 16, 3, 0)
     mesh = parallel.create_mesh(config.parallel)
     idx = np.arange(args.images)

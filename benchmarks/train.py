@@ -34,8 +34,8 @@ def measure(num_devices: int, args) -> dict:
     from benchmarks import timing
     from nag_jax import parallel
     from nag_jax.training import step as step_lib
+    from nag_jax.training.loop import setup_state
     from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
-    from nag_jax.training.train import setup_state
 
     cfg = tiny_config()
     cfg.model.update(hidden_size=args.hidden, depth=args.depth, num_heads=4, input_size=16)

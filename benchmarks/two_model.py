@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import timing  # noqa: E402
 from benchmarks.sampler import make_config  # noqa: E402
-from nag_jax import builders  # noqa: E402
+from nag_jax.sampling import build  # noqa: E402
 
 # name -> (cfg_scale, nag_scale, dog_scale); main-model branches 1, 2, 3 (+ the pre-trained one)
 SETTINGS = {"DoG": (1.0, 0.0, 1.5), "DoG+NAG": (1.0, 1.0, 1.5), "DoG+CFG+NAG": (1.5, 1.0, 1.5)}
@@ -73,11 +73,11 @@ def main(argv=None):
         base = make_config(
             name, args.input_size, args.channels, args.steps, 1.0, 0.0, args.dtype, **overrides
         )
-        model = builders.build_model(base.model)
+        model = build.build_model(base.model)
         ft = _params(model, args.input_size, args.channels, 0)
         pre = _params(model, args.input_size, args.channels, 1)
-        pair = {builders.MAIN: ft, builders.DOMAIN: builders.domain_params_like(ft, pre)}
-        keys = builders.per_image_keys(jax.random.key(1), np.arange(args.batch))
+        pair = {build.MAIN: ft, build.DOMAIN: build.domain_params_like(ft, pre)}
+        keys = build.per_image_keys(jax.random.key(1), np.arange(args.batch))
         y = jnp.arange(args.batch, dtype=jnp.int32) % 1000
         for setting, (cfg, nag, dog) in SETTINGS.items():
             compiled, compile_s = {}, {}
@@ -87,7 +87,7 @@ def main(argv=None):
                     **overrides,
                 )  # fmt: skip
                 c.sample.update(dog_scale=dog, dog_call=call)
-                fn = builders.build_sampler(c, model)
+                fn = build.build_sampler(c, model)
                 compiled[call], compile_s[call] = timing.aot_compile(fn, pair, keys, y)
             same = np.abs(
                 np.asarray(compiled["stacked"](pair, keys, y))

@@ -1,4 +1,4 @@
-"""SD-VAE throughput: the Flax port (nag_jax.vae) decoding / encoding, JSON on stdout.
+"""SD-VAE throughput: the Flax port (nag_jax.models.vae) decoding / encoding, JSON on stdout.
 
     python benchmarks/vae.py                                  # decode 8 x (32, 32, 4) latents
     python benchmarks/vae.py --mode both --batch 8 --dtype bfloat16 --chunk-size 4
@@ -41,7 +41,7 @@ def run(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from nag_jax.vae import AutoencoderKL
+    from nag_jax.models.vae import AutoencoderKL
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     vae = AutoencoderKL(getattr(args, "vae_config", None), dtype=dtype, chunk_size=args.chunk_size)
@@ -104,7 +104,7 @@ def _torch_decode(params, z, jax_out, args) -> dict:
     import numpy as np
     import torch
 
-    from nag_jax.vae import state_dict_from_params
+    from nag_jax.models.vae import state_dict_from_params
 
     try:
         from diffusers import AutoencoderKL as TorchVAE

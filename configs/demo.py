@@ -18,7 +18,7 @@ Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise leve
 import os
 
 import nag_jax
-from nag_jax.config_schema import base_config
+from nag_jax.config.schema import base_config
 
 # The base model the demo fine-tunes: trained by configs/demo_pretrain.py (no noise dropout).
 # Found through the package, so the packaged copy of this file (nag_jax.configs) finds it too.
@@ -76,7 +76,7 @@ def get_config():
         sample_every=0,
         eval_every=0,
         null_token_init="mean_t_embedding",
-        tensorboard=True,  # training curves + the demo's settings (nag_jax.demo)
+        tensorboard=True,  # training curves + the demo's settings (nag_jax.jobs.demo)
     )
     c.sample.update(
         sampler="sde",

@@ -13,7 +13,7 @@ XLA flag above); the same config runs unchanged on one device.
 Time convention: SiT, t = 0 noise, t = 1 data.
 """
 
-from nag_jax.config_schema import sibling_config
+from nag_jax.config.schema import sibling_config
 
 
 def get_config():

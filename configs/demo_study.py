@@ -20,7 +20,7 @@ Time convention: SiT, t = 0 noise, t = 1 data; intervals are noise levels (1 = n
 
 import ml_collections
 
-from nag_jax.config_schema import sibling_config
+from nag_jax.config.schema import sibling_config
 
 
 def get_config():

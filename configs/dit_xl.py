@@ -18,7 +18,7 @@ See dit_xl_nag_finetune.py to add NAG to the released checkpoint in ~10 epochs.
 Time convention: DiT, integer step 0..999 (0 = least noise); noise level = (step + 1) / 1000.
 """
 
-from nag_jax.training.defaults import encode_variant, release_config
+from nag_jax.config.release import encode_variant, release_config
 
 
 def get_config(arg: str = ""):

@@ -16,8 +16,8 @@ Sample afterwards with configs/eval_dit_xl.py and --config.sample.nag_scale.
 Time convention: DiT, integer step 0..999 (0 = least noise); noise level = (step + 1) / 1000.
 """
 
-from nag_jax.config_schema import steps_for_epochs
-from nag_jax.training.defaults import release_config
+from nag_jax.config.release import release_config
+from nag_jax.config.schema import steps_for_epochs
 
 
 def get_config(arg: str = "all"):

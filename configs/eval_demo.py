@@ -16,7 +16,7 @@ Model, process and data fields are read from configs/demo.py, so they match its 
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level (1 = noise).
 """
 
-from nag_jax.config_schema import base_config, sibling_config
+from nag_jax.config.schema import base_config, sibling_config
 
 
 def get_config():

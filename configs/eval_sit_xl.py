@@ -22,8 +22,8 @@ Output: <workdir>/eval/<key>/samples_50000.npz (ADM format, arr_0 uint8) and one
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level (1 = noise).
 """
 
+from nag_jax.config.release import release_config
 from nag_jax.evaluation.protocol import ADM_EVAL
-from nag_jax.training.defaults import release_config
 
 
 def get_config():
@@ -38,5 +38,5 @@ def get_config():
     c.parallel.mesh.fsdp = 1
     c.eval.update(ADM_EVAL)
     # config.model.weights, config.vae.path, config.eval.inception_path and
-    # config.eval.reference are set on the command line (nag_jax.config_schema documents them).
+    # config.eval.reference are set on the command line (nag_jax.config.schema documents them).
     return c

@@ -64,8 +64,8 @@ Time convention: DiT, integer step 0..999 (0 = least noise); noise level = (step
 
 import os
 
-from nag_jax.config_schema import sibling_module
-from nag_jax.training.defaults import encode_variant, release_config
+from nag_jax.config.release import encode_variant, release_config
+from nag_jax.config.schema import sibling_module
 
 # dataset -> (data source name for the encode step, number of classes)
 DATASETS = {

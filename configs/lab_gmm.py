@@ -14,7 +14,7 @@ report and every interval use the noise level lambda = 1 - t (1 = pure noise).
 
 import ml_collections
 
-from nag_jax.config_schema import base_config
+from nag_jax.config.schema import base_config
 
 
 def _row(name, cfg=1.0, nag=0.0, cls_nag=0.0, nag_interval=(0.0, 1.0), cls_interval=(0.0, 0.6)):

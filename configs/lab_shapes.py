@@ -13,7 +13,7 @@ Time convention: SiT, t = 0 noise, t = 1 data; reported levels are lambda = 1 - 
 
 import ml_collections
 
-from nag_jax.config_schema import base_config
+from nag_jax.config.schema import base_config
 
 
 def _row(name, cfg=1.0, nag=0.0, cls_nag=0.0):

@@ -4,7 +4,7 @@
     python -m nag_jax.main --config=configs/noise_shift_demo.py --workdir=runs/noise_shift_demo \
         --config.model.weights=runs/demo/checkpoints
 
-mode=noise_shift (nag_jax.analysis.noise_shift): trains the conv noise-level estimator g(lambda |
+mode=noise_shift (nag_jax.jobs.noise_shift): trains the conv noise-level estimator g(lambda |
 x) on the shapes data (the study's estimator settings), samples the demo's rows with its sampler
 (SDE, 40 steps) and classifier-based NAG with that estimator, and writes results.json, report.md,
 noise_shift_kde.png and noise_shift_delta.png (committed: benchmarks/results/noise_shift/).
@@ -14,7 +14,7 @@ configs/demo_study.py).
 Time convention: SiT, t = 0 noise, t = 1 data; reported levels are noise levels (1 = noise).
 """
 
-from nag_jax.config_schema import noise_shift_section, sibling_config
+from nag_jax.config.schema import noise_shift_section, sibling_config
 
 
 def get_config():

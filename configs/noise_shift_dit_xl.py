@@ -18,7 +18,7 @@ Time convention: DiT, integer step 0..999, 0 = least noise; reported levels are 
 (step + 1) / 1000 (1 = noise).
 """
 
-from nag_jax.config_schema import sibling_module
+from nag_jax.config.schema import sibling_module
 
 
 def get_config():

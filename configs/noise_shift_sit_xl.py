@@ -16,8 +16,8 @@ Sampler: SiT's FID setting (Euler-Maruyama SDE, 250 steps); the adaptive ODE:
 Time convention: SiT, t = 0 noise, t = 1 data; reported levels are noise levels (1 = noise).
 """
 
-from nag_jax.config_schema import noise_shift_section
-from nag_jax.training.defaults import release_config
+from nag_jax.config.release import release_config
+from nag_jax.config.schema import noise_shift_section
 
 
 def imagenet_config(model: str, cls_nag_interval: tuple[float, float]):

@@ -21,7 +21,7 @@ Time convention: DiT, integer step 0..999 (0 = least noise), respaced to num_ste
 intervals in noise level (1 = noise).
 """
 
-from nag_jax.training.defaults import release_config
+from nag_jax.config.release import release_config
 
 
 def get_config(arg: str = ""):
@@ -38,5 +38,5 @@ def get_config(arg: str = ""):
     c.sample.num_images = 8
     c.sample.batch_size = 8
     # config.model.weights: a `python -m nag_jax.convert to-orbax` output; config.vae.path: the
-    # SD-VAE folder or its converted Orbax dir (the schema's defaults: nag_jax.config_schema).
+    # SD-VAE folder or its converted Orbax dir (the schema's defaults: nag_jax.config.schema).
     return c

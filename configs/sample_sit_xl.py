@@ -20,7 +20,7 @@ The architecture (input size, classes, widths) comes from the checkpoint's metad
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals in noise level (1 = noise).
 """
 
-from nag_jax.training.defaults import release_config
+from nag_jax.config.release import release_config
 
 
 def get_config(arg: str = ""):
@@ -38,5 +38,5 @@ def get_config(arg: str = ""):
     c.sample.num_images = 8
     c.sample.batch_size = 8
     # config.model.weights: a `python -m nag_jax.convert to-orbax` output; config.vae.path: the
-    # SD-VAE folder or its converted Orbax dir (the schema's defaults: nag_jax.config_schema).
+    # SD-VAE folder or its converted Orbax dir (the schema's defaults: nag_jax.config.schema).
     return c

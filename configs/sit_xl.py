@@ -19,7 +19,7 @@ launch/slurm_gpu.sh.
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise levels (1 = noise).
 """
 
-from nag_jax.training.defaults import encode_variant, release_config
+from nag_jax.config.release import encode_variant, release_config
 
 
 def get_config(arg: str = ""):

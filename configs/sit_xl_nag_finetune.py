@@ -18,8 +18,8 @@ Sample afterwards with configs/eval_sit_xl.py and --config.sample.nag_scale.
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise levels (1 = noise).
 """
 
-from nag_jax.config_schema import steps_for_epochs
-from nag_jax.training.defaults import release_config
+from nag_jax.config.release import release_config
+from nag_jax.config.schema import steps_for_epochs
 
 
 def get_config(arg: str = "all"):

@@ -9,7 +9,7 @@ Grid: s_cfg in {1, 1.25, 1.5} x w_nag in {0, 0.5, 1} x NAG interval in {[0, 0.5]
 compiled sampler. Metric: the proxy classifier's Fréchet distance (proxy FD, not FID) against
 1024 real shapes, on 128 images of each validation seed (100, 101: the demo study's); the lowest
 mean is reported on seeds 0-2 (the demo's report seeds) beside the unguided point. Image i of a
-seed is nag_jax.generate's, so every point scores the same images (paired). Outputs under
+seed is nag_jax.sampling.generate's, so every point scores the same images (paired). Outputs under
 <workdir>/sweep/: points/*.json (one per point, resumable), results.json, table.md, curves.png.
 
 Time convention: SiT, t = 0 noise, t = 1 data; intervals are noise levels (1 = noise).
@@ -17,7 +17,7 @@ Time convention: SiT, t = 0 noise, t = 1 data; intervals are noise levels (1 = n
 
 import os
 
-from nag_jax.config_schema import sibling_config
+from nag_jax.config.schema import sibling_config
 
 
 def get_config():

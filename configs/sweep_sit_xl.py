@@ -17,7 +17,7 @@ Prerequisites: those of configs/eval_sit_xl.py (converted NAG checkpoint, FID In
 reference batch). Time convention: SiT, t = 0 noise, t = 1 data; intervals are noise levels.
 """
 
-from nag_jax.config_schema import sibling_config
+from nag_jax.config.schema import sibling_config
 
 
 def get_config():

@@ -4,7 +4,8 @@ checkpoint of the wrong kind), as opposed to a bug in the code.
 ``nag-jax`` (nag_jax.main) and ``nag-convert`` (nag_jax.convert) print such an error as one
 ``error: ...`` line that names the value and the fix, with exit status 2, and no traceback
 (``--verbose`` shows it). Anything else keeps its traceback. Raise a subclass from jobs:
-``nag_jax.weights.CheckpointError`` (weights and conversion), ``nag_jax.config_schema.ConfigError``
+``nag_jax.storage.weights.CheckpointError`` (weights and conversion),
+``nag_jax.config.schema.ConfigError``
 (config values), :class:`MissingDependencyError` (an optional dependency, naming its extra).
 :class:`RunStopped` is the other one-line kind: a run that cannot go on (exit status 1).
 

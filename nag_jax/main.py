@@ -1,17 +1,17 @@
 """Entry point: ``nag-jax --config=configs/NAME.py --workdir=DIR`` (or ``python -m nag_jax.main``).
 
-``config.mode`` picks the job (nag_jax.config_schema.MODES); ``--config.a.b=value`` overrides any
-field (ml_collections); the config is checked against the one schema (nag_jax.config_schema)
+``config.mode`` picks the job (nag_jax.config.schema.MODES); ``--config.a.b=value`` overrides any
+field (ml_collections); the config is checked against the one schema (nag_jax.config.schema)
 before the job starts, so a bad value fails here, naming the key and its choices:
 
-    train           train or fine-tune (nag_jax.training.train)
+    train           train or fine-tune (nag_jax.training.loop)
     demo            the built-in demo: NAG fine-tune of the shipped base, none/CFG/NAG/CFG+NAG
-    sample          sample a grid + .npz from converted or trained weights (nag_jax.sample_job)
-    eval            sample N images and score them (nag_jax.evaluation.eval_job)
+    sample          sample a grid + .npz from converted or trained weights (nag_jax.jobs.sample)
+    eval            sample N images and score them (nag_jax.jobs.eval)
     lab             the noise-shift lab report (nag_jax.analysis.lab)
-    study           the demo's fuller NAG study (nag_jax.analysis.demo_study)
-    noise_shift     noise-shift diagnosis of any checkpoint, Fig. 4 (nag_jax.analysis.noise_shift)
-    encode_latents  encode an image dataset to SD-VAE latent shards (nag_jax.data.encode_latents)
+    study           the demo's fuller NAG study (nag_jax.jobs.study)
+    noise_shift     noise-shift diagnosis of any checkpoint, Fig. 4 (nag_jax.jobs.noise_shift)
+    encode_latents  encode an image dataset to SD-VAE latent shards (nag_jax.jobs.encode_latents)
     sweep           guidance grid (s_cfg, w_nag, DoG, intervals), one compiled sampler
 
 Each job module is imported only when its mode runs, so the core needs none of the others'
@@ -36,7 +36,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nag_jax import config_schema
+from nag_jax.config import schema
 from nag_jax.errors import RunStopped, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -51,16 +51,10 @@ USAGE_EXIT = 2  # the status of every user error (as argparse)
 
 
 def run(config, workdir: str):
-    """Validates ``config`` (nag_jax.config_schema) and runs ``config.mode``'s job
-    ``run(config, workdir)``. Training gets its evaluators from nag_jax.evaluation.evaluators
-    here, so training and evaluation never import each other."""
-    config_schema.validate(config)
-    module = importlib.import_module(config_schema.MODES[config.mode])
-    if config.mode == "train":
-        from nag_jax.evaluation import evaluators
-
-        return module.run(config, workdir, make_evaluators=evaluators.from_config(config, workdir))
-    return module.run(config, workdir)
+    """Validates ``config`` (nag_jax.config.schema) and runs ``config.mode``'s job
+    ``nag_jax.jobs.<mode>.run(config, workdir)``."""
+    schema.validate(config)
+    return importlib.import_module(schema.MODES[config.mode]).run(config, workdir)
 
 
 class _QuietLibraries:
@@ -134,7 +128,7 @@ def _flag_error_message(e: Exception, argv: list[str]) -> str:
         given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
         hint = next((s for s in lines[1:] if s.lower().startswith("did you mean")), "")
         where = given[0] if given else f"--config.…{key}"
-        fix = f" {hint}" if hint else " See the keys in nag_jax/config_schema.py."
+        fix = f" {hint}" if hint else " See the keys in nag_jax/schema.py."
         return f"unknown config override {where}: no key {key!r}.{fix}"
     if isinstance(e, flags.Error):
         first = text.splitlines()[0] if text else type(e).__name__
@@ -164,14 +158,14 @@ def check_inputs(config, workdir: str | None) -> None:
     """Everything checkable before JAX starts: the workdir flag, the schema (values, mode), and
     that the input paths given exist. Raises UserError (ConfigError, FileNotFoundError-like
     CheckpointError) with the fix."""
-    from nag_jax import paths
+    from nag_jax.storage import paths
 
     if not workdir:
         raise UserError("--workdir=DIR is required (checkpoints, samples and logs go there).")
-    config_schema.validate(config)
+    schema.validate(config)
     weights_path = config.model.weights
     if weights_path and not paths.is_remote(weights_path):
-        from nag_jax import weights
+        from nag_jax.storage import weights
 
         try:
             weights.resolve(weights_path)

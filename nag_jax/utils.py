@@ -102,9 +102,10 @@ def progress_bar(
 
 
 def save_figure(fig, path, dpi: int = 110) -> None:
-    """Writes a matplotlib figure as PNG at ``path`` (local or gs:// / s3://, nag_jax.paths),
+    """Writes a matplotlib figure as PNG at ``path`` (local or gs:// / s3://,
+    nag_jax.storage.paths),
     creating its folder."""
-    from nag_jax.paths import as_path
+    from nag_jax.storage.paths import as_path
 
     path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,12 +114,13 @@ def save_figure(fig, path, dpi: int = 110) -> None:
 
 
 def sha256_file(path, *, progress: bool = False, chunk: int = 1 << 22) -> str:
-    """The hex sha256 of a file (local or remote, nag_jax.paths), read in ``chunk``-byte blocks;
+    """The hex sha256 of a file (local or remote, nag_jax.storage.paths), read in ``chunk``-byte
+    blocks;
     ``progress``: a tqdm bar in bytes (large weight files)."""
     import contextlib
     import hashlib
 
-    from nag_jax.paths import as_path
+    from nag_jax.storage.paths import as_path
 
     path = as_path(path)
     h = hashlib.sha256()

@@ -151,10 +151,11 @@ def test_no_recompiles_between_train_steps_or_sampler_calls():
     and labels of the same shapes does not retrace."""
     import numpy as np
 
-    from nag_jax import builders, parallel
+    from nag_jax import parallel
+    from nag_jax.sampling import build
     from nag_jax.training import step as step_lib
+    from nag_jax.training.loop import setup_state
     from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
-    from nag_jax.training.train import setup_state
 
     cfg = tiny_config()
     mesh = parallel.create_mesh(cfg.parallel, jax.devices()[:1])
@@ -179,8 +180,8 @@ def test_no_recompiles_between_train_steps_or_sampler_calls():
     assert fn._cache_size() == 1
 
     cfg.sample.update(sampler="sde", cfg_scale=1.5, nag_scale=1.0)
-    sample = jax.jit(builders.build_sampler(cfg, model))
+    sample = jax.jit(build.build_sampler(cfg, model))
     for seed in range(3):
-        keys = builders.per_image_keys(jax.random.key(seed), np.arange(4) + 4 * seed)
+        keys = build.per_image_keys(jax.random.key(seed), np.arange(4) + 4 * seed)
         sample(state.params, keys, jnp.asarray(rng.integers(0, 4, 4), jnp.int32))
     assert sample._cache_size() == 1

@@ -14,12 +14,12 @@ from nag_jax.analysis.estimator import (
     Estimator,
     bin_log_posterior,
     posterior_gap,
-    score_to_velocity_correction,
     train_estimator,
 )
 from nag_jax.analysis.networks import MLPDenoiser, NoiseLevelEstimator
 from nag_jax.diffusion.transport import Transport
 from nag_jax.guidance import GuidanceConfig, guided_prediction
+from nag_jax.guidance.classifier import score_to_velocity_correction
 from nag_jax.sampling import sample_ode, sample_sde
 
 T = Transport(path="linear", prediction="velocity")
@@ -253,7 +253,7 @@ def test_estimator_accepts_images_and_vectors():
 
 
 def test_classifier_nag_adds_the_converted_estimator_gradient_inside_its_interval():
-    from nag_jax.analysis.estimator import classifier_nag_prediction
+    from nag_jax.guidance.classifier import classifier_nag_prediction
 
     e = NoiseLevelEstimator(num_bins=10, hidden=16, depth=1)
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))

@@ -123,6 +123,6 @@ def test_only_the_converter_imports_nag_jax_convert(graph):
         for importer in graph.find_modules_that_directly_import(imported)
         if not (importer == CONVERT or importer.startswith(CONVERT + "."))
     )
-    assert not outside, "the runtime imports the converter (use nag_jax.weights):\n" + "\n".join(
-        outside
+    assert not outside, (
+        "the runtime imports the converter (use nag_jax.storage.weights):\n" + "\n".join(outside)
     )

@@ -28,12 +28,13 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 
-from nag_jax import parallel, weights
-from nag_jax import workdir as workdir_lib
+from nag_jax import parallel
 from nag_jax.convert import common
 from nag_jax.convert import vae as convert_vae
+from nag_jax.storage import weights
+from nag_jax.storage import workdir as workdir_lib
 from nag_jax.training import checkpoint as ckpt
-from nag_jax.training import train
+from nag_jax.training import loop as train
 from nag_jax.training.testing import slow_iterator, standin_loss, tiny_config, tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -319,7 +320,7 @@ def test_second_job_on_a_locked_workdir_fails_fast_naming_the_holder(tmp_path):
         assert f"pid {holder.pid} on host {socket.gethostname()}" in msg and "train job" in msg
         assert "\n" not in msg
         assert not (tmp_path / "checkpoints").exists()  # nothing written by the second job
-        from nag_jax import sample_job
+        from nag_jax.jobs import sample as sample_job
 
         with pytest.raises(workdir_lib.WorkdirLockedError, match=f"pid {holder.pid}"):
             sample_job.run(cfg, str(tmp_path))

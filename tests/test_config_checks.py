@@ -1,4 +1,4 @@
-"""Impossible config values fail in config_schema.validate (before any compile), one line each
+"""Impossible config values fail in schema.validate (before any compile), one line each
 naming the key, the value and what is allowed (issue 11 item 7)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from nag_jax import config_schema
+from nag_jax.config import schema
 from nag_jax.training.testing import tiny_config
 
 NAN, INF = float("nan"), float("inf")
@@ -58,7 +58,7 @@ def test_bad_value_is_one_line_naming_key_value_and_choices(key, value, allowed,
     section, name = key.split(".")
     c[section][name] = value
     with pytest.raises(ValueError) as e:
-        config_schema.validate(c)
+        schema.validate(c)
     msg = str(e.value)
     assert "\n" not in msg
     assert f"config.{key}={value!r}" in msg
@@ -92,7 +92,7 @@ def test_data_and_model_shapes_agree(updates, message):
         section, name = key.split(".")
         c[section][name] = value
     with pytest.raises(ValueError) as e:
-        config_schema.validate(c)
+        schema.validate(c)
     assert message in str(e.value)
 
 
@@ -100,11 +100,11 @@ def test_consistent_latent_config_and_several_errors_at_once():
     c = tiny_config()
     c.data.update(name="latents", image_size=64)
     c.model.in_channels = 4
-    config_schema.validate(c)  # 64px -> 8x8x4 latents: fine
+    schema.validate(c)  # 64px -> 8x8x4 latents: fine
     c.optim.lr = NAN
     c.train.num_steps = -5
     with pytest.raises(ValueError) as e:
-        config_schema.validate(c)
+        schema.validate(c)
     lines = str(e.value).splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("config.optim.lr=nan") and lines[1].startswith("config.train")
@@ -115,7 +115,7 @@ def test_training_keys_are_not_checked_outside_training_modes():
     c.mode = "eval"
     c.train.num_steps = 0  # eval configs do not train
     c.data.image_size = 64  # nor read the training data
-    config_schema.validate(c)
+    schema.validate(c)
 
 
 def test_every_shipped_config_is_valid():
@@ -124,4 +124,4 @@ def test_every_shipped_config_is_valid():
         spec = importlib.util.spec_from_file_location("cfg", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        config_schema.validate(module.get_config())
+        schema.validate(module.get_config())

@@ -1,4 +1,4 @@
-"""The one config schema (nag_jax.config_schema): every job config derives from it, enumerated
+"""The one config schema (nag_jax.config.schema): every job config derives from it, enumerated
 values fail at validation naming the key, and the schema's choices match the modules using them."""
 
 import glob
@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from nag_jax import config_schema, main, sampling
+from nag_jax import main, sampling
+from nag_jax.config import schema
 from nag_jax.diffusion import family, transport
 from nag_jax.training.testing import tiny_config
 
@@ -34,16 +35,16 @@ def _keys(cfg, prefix=""):
 @pytest.mark.parametrize("name", FILES)
 def test_every_config_holds_every_schema_key_and_validates(name):
     c = _config(name)
-    missing = _keys(config_schema.base_config()) - _keys(c)
+    missing = _keys(schema.base_config()) - _keys(c)
     assert not missing, missing
-    config_schema.validate(c)
-    assert c.mode in config_schema.MODES
+    schema.validate(c)
+    assert c.mode in schema.MODES
 
 
 def test_the_tiny_test_config_derives_from_the_schema():
     c = tiny_config()
-    assert _keys(config_schema.base_config()) <= _keys(c)
-    config_schema.validate(c)
+    assert _keys(schema.base_config()) <= _keys(c)
+    schema.validate(c)
 
 
 @pytest.mark.parametrize(
@@ -63,9 +64,9 @@ def test_a_bad_enumerated_value_fails_at_validation_naming_key_value_and_choices
     c = _config("sample_sit_xl.py")
     section, _, k = key.rpartition(".")
     (c[section] if section else c)[k] = value
-    allowed = config_schema.CHOICES[key]
+    allowed = schema.CHOICES[key]
     with pytest.raises(ValueError) as err:
-        config_schema.validate(c)
+        schema.validate(c)
     msg = str(err.value)
     assert f"config.{key}={value!r}" in msg and str(allowed) in msg
 
@@ -82,27 +83,27 @@ def test_a_sampler_of_the_other_family_fails_at_validation():
     c = _config("dit_xl.py")
     c.sample.sampler = "sde"  # a SiT sampler
     with pytest.raises(ValueError, match=r"sampler='sde' does not apply to DiT-XL/2.*'ddpm'"):
-        config_schema.validate(c)
+        schema.validate(c)
 
 
 def test_trainable_must_be_all_null_token_or_a_regex():
     c = tiny_config()
     c.optim.trainable = "t_embedder|null"
-    config_schema.validate(c)
+    schema.validate(c)
     c.optim.trainable = "(unclosed"
     with pytest.raises(ValueError, match="optim.trainable='\\(unclosed'"):
-        config_schema.validate(c)
+        schema.validate(c)
 
 
 def test_a_config_missing_a_schema_key_is_refused():
     c = tiny_config()
     del c.eval["batch_size"]
     with pytest.raises(ValueError, match=r"eval.batch_size"):
-        config_schema.validate(c)
+        schema.validate(c)
 
 
 def test_schema_choices_agree_with_the_modules_that_use_them():
-    ch = config_schema.CHOICES
+    ch = schema.CHOICES
     assert set(ch["sample.method"]) == set(sampling.ODE_METHODS) == set(sampling.SDE_METHODS)
     assert ch["sample.last_step"] == sampling.LAST_STEPS
     assert ch["sample.diffusion_form"] == transport.DIFFUSION_FORMS
@@ -110,7 +111,7 @@ def test_schema_choices_agree_with_the_modules_that_use_them():
     assert ch["process.prediction"] == transport.PREDICTIONS
     samplers = [s for f in family.FAMILIES.values() for s in f.samplers]
     assert sorted(ch["sample.sampler"]) == sorted(samplers)
-    assert main.config_schema.MODES is config_schema.MODES
+    assert main.schema.MODES is schema.MODES
 
 
 def test_one_name_for_weights_and_vae_and_train_overrides_valid_for_eval():
@@ -124,14 +125,14 @@ def test_one_name_for_weights_and_vae_and_train_overrides_valid_for_eval():
         c.model.weights, c.vae.path = "ckpt/w", "ckpt/vae"  # typed placeholders take paths
         # overrides valid for training are valid here too
         c.model.patch_size, c.model.attention_impl, c.model.remat = 4, "xla", True
-        config_schema.validate(c)
+        schema.validate(c)
         assert "checkpoint" not in c.sample and "checkpoint" not in c.eval
         assert "init_from" not in c.train and "vae_path" not in c.encode
 
 
 def test_complete_fills_a_partial_config_from_the_schema():
-    c = config_schema.complete(dict(model=dict(name="DiT-S/2", input_size=8), sample=dict(eta=0.5)))
-    base = config_schema.base_config()
+    c = schema.complete(dict(model=dict(name="DiT-S/2", input_size=8), sample=dict(eta=0.5)))
+    base = schema.base_config()
     assert (c.model.name, c.model.input_size, c.sample.eta) == ("DiT-S/2", 8, 0.5)
     assert c.model.dtype == base.model.dtype and c.sample.cfg_interval == (0.0, 1.0)
-    assert config_schema.complete(dict(remat=True), "model").num_classes == 1000
+    assert schema.complete(dict(remat=True), "model").num_classes == 1000

@@ -18,10 +18,10 @@ import torch_reference as R
 from flax import traverse_util
 
 from nag_jax import convert as C
-from nag_jax import weights
 from nag_jax.convert import common
 from nag_jax.convert import torch_to_orbax as T
 from nag_jax.convert.__main__ import main as cli
+from nag_jax.storage import weights
 
 TINY = dict(input_size=8, hidden_size=32, depth=2, num_heads=4, num_classes=10)
 

@@ -1,4 +1,4 @@
-"""Tests for the resumable latent encoder (nag_jax.data.encode_latents)."""
+"""Tests for the resumable latent encoder (nag_jax.jobs.encode_latents)."""
 
 import os
 
@@ -8,11 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nag_jax.config_schema import base_config
-from nag_jax.data import encode_latents
+from nag_jax.config.schema import base_config
 from nag_jax.data.latents import LatentsSource, read_metadata
 from nag_jax.data.pipeline import create_dataset
 from nag_jax.data.synthetic import ShapesDataset
+from nag_jax.jobs import encode_latents
 
 
 def fake_encode(params, images, key):
@@ -123,8 +123,9 @@ def test_run_uses_config(tmp_path):
 
 
 def test_encode_with_a_tiny_flax_vae(tmp_path):
-    """The real nag_jax.vae encoder runs under the device-sharded jit (tiny random config)."""
-    from nag_jax import vae as vae_lib
+    """The real nag_jax.models.vae encoder runs under the device-sharded jit (tiny random
+    config)."""
+    from nag_jax.models import vae as vae_lib
 
     vae = vae_lib.AutoencoderKL(
         vae_lib.VAEConfig(block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4),

@@ -206,9 +206,9 @@ def test_bad_images_fail_names_file_and_fix(tmp_path):
 def test_encode_latents_leaves_out_and_lists_bad_images(tmp_path):
     import jax.numpy as jnp
 
-    from nag_jax.data import encode_latents
     from nag_jax.data.latents import LatentsSource, read_metadata
     from nag_jax.data.sources import BadImageError, ImageFolderSource
+    from nag_jax.jobs import encode_latents
 
     garbage, truncated = _image_folder(str(tmp_path / "img"), size=16)
     src = ImageFolderSource(str(tmp_path / "img"))

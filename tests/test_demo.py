@@ -1,5 +1,5 @@
 """The built-in demo: the shipped base model, the NAG fine-tune, the table's statistics, the study's
-seed discipline, and one tiny end-to-end run of ``nag_jax.demo.run``."""
+seed discipline, and one tiny end-to-end run of ``nag_jax.jobs.demo.run``."""
 
 import importlib.util
 import json
@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nag_jax import builders, demo
 from nag_jax.data.synthetic import ShapesDataset
-from nag_jax.demo import Row
+from nag_jax.jobs import demo
+from nag_jax.jobs.demo import Row
+from nag_jax.sampling import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,7 @@ def test_row_from_config_forms():
 
 
 def test_study_rejects_overlapping_seeds(tmp_path):
-    from nag_jax.analysis import demo_study
+    from nag_jax.jobs import study as demo_study
 
     c = _config("demo_study.py")
     c.study.val_seeds = (0, 5)
@@ -64,14 +65,14 @@ def test_study_config_holds_validation_out_of_the_report():
 
 def test_shipped_base_model_is_a_release_like_checkpoint():
     """No null noise token (like the releases), the demo's architecture, loadable by the loader."""
-    from nag_jax.weights import load_params
+    from nag_jax.storage.weights import load_params
 
     c = _config()
     assert os.path.isdir(c.model.weights), c.model.weights
     params, meta = load_params(c.model.weights)
     assert meta["model"] == c.model.name and meta["hidden_size"] == c.model.hidden_size
     assert "null_noise_token" not in params
-    model = builders.build_model(c.model)
+    model = build.build_model(c.model)
     x = jnp.zeros((1, 16, 16, 3))
     template = jax.eval_shape(
         lambda: model.init(jax.random.key(0), x, jnp.ones((1,)), jnp.zeros((1,), jnp.int32))
@@ -125,11 +126,11 @@ def test_demo_writes_table_grids_and_metrics(tiny_demo):
 def test_demo_model_depends_on_class_noise_level_and_null_token(tiny_demo):
     """The fine-tuned demo model: conditional, class-unconditional and noise-unconditional
     outputs differ, and the output changes with t (a fresh model outputs exactly zero)."""
-    from nag_jax.weights import load_params
+    from nag_jax.storage.weights import load_params
 
     c, workdir, _ = tiny_demo
     params = jax.tree.map(jnp.asarray, load_params(os.path.join(workdir, "checkpoints"))[0])
-    model = builders.build_model(c.model)
+    model = build.build_model(c.model)
     real = ShapesDataset(16, 16).render_batch(np.arange(2**40, 2**40 + 32))
     x1, y = jnp.asarray(real["image"]), jnp.asarray(real["label"])
     x0 = jax.random.normal(jax.random.key(0), x1.shape)
@@ -160,7 +161,7 @@ def test_row_sampler_compiles_per_batch_size_and_is_deterministic(tiny_demo):
     """One compiled sampler per (branches, interval, steps, batch): a second batch size gets its
     own program, and the same seed gives the same images (image i is a function of (seed, i))."""
     c, _, _ = tiny_demo
-    model = builders.build_model(c.model)
+    model = build.build_model(c.model)
     params = model.init(
         jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.ones((1,)), jnp.zeros((1,), jnp.int32)
     )["params"]

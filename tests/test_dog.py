@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nag_jax import builders
 from nag_jax.guidance import GuidanceConfig, TwoModelNet, guided_prediction
+from nag_jax.sampling import build
 from tests.helpers import conv_batch_sizes, init_params, rerandomize, tiny_model
 
 N = 3
@@ -46,8 +46,8 @@ def test_dog_equals_the_hand_assembled_combination(two_models, stacked, s_cfg, w
     """pred = c + (s_cfg-1)(c-u_y) + (s_dog-1)(c-u_pre) + w_nag(c-u_t), each branch a SEPARATE
     call; u_pre is the ORIGINAL 7-class pre-trained model at its own null label (row 7)."""
     ft_model, pre_model, ft, pre, x, y = two_models
-    params = {"main": ft, "domain": builders.domain_params_like(ft, pre)}
-    net = builders.make_two_model_net(ft_model, params, "SiT", stacked)
+    params = {"main": ft, "domain": build.domain_params_like(ft, pre)}
+    net = build.make_two_model_net(ft_model, params, "SiT", stacked)
     g = GuidanceConfig(cfg_scale=s_cfg, nag_scale=w_nag, dog_scale=s_dog)
     pred = jax.jit(guided_prediction(net, g, noise_level_fn=lambda t: 1 - t))(
         x, jnp.float32(0.4), y
@@ -82,25 +82,25 @@ def test_stacked_sampler_equals_two_sequential_calls(two_models, nag):
     """The whole SDE sampler with the two networks as one vmapped call equals the sampler with
     two sequential calls (DoG alone: equal rows; DoG + NAG: the domain rows padded)."""
     ft_model, _, ft, pre, _, y = two_models
-    params = {"main": ft, "domain": builders.domain_params_like(ft, pre)}
-    keys = builders.per_image_keys(jax.random.key(5), jnp.arange(N))
+    params = {"main": ft, "domain": build.domain_params_like(ft, pre)}
+    keys = build.per_image_keys(jax.random.key(5), jnp.arange(N))
     out = {}
     for call in ("stacked", "sequential"):
-        fn = jax.jit(builders.build_sampler(_config(nag=nag, dog=2.0, call=call), ft_model))
+        fn = jax.jit(build.build_sampler(_config(nag=nag, dog=2.0, call=call), ft_model))
         out[call] = np.asarray(fn(params, keys, y))
     np.testing.assert_allclose(out["stacked"], out["sequential"], rtol=1e-5, atol=1e-5)
-    plain = jax.jit(builders.build_sampler(_config(nag=nag), ft_model))(ft, keys, y)
+    plain = jax.jit(build.build_sampler(_config(nag=nag), ft_model))(ft, keys, y)
     assert np.abs(out["stacked"] - np.asarray(plain)).max() > 1e-3  # DoG changed the samples
 
 
 def test_stacked_is_one_network_call_sequential_two(two_models):
     """Network calls per step (the backbone's one convolution): stacked 1, sequential 2."""
     ft_model, _, ft, pre, x, y = two_models
-    params = {"main": ft, "domain": builders.domain_params_like(ft, pre)}
+    params = {"main": ft, "domain": build.domain_params_like(ft, pre)}
     g = GuidanceConfig(nag_scale=1.0, dog_scale=2.0)
     sizes = {}
     for stacked in (True, False):
-        net = builders.make_two_model_net(ft_model, params, "SiT", stacked)
+        net = build.make_two_model_net(ft_model, params, "SiT", stacked)
         pred_fn = guided_prediction(net, g, noise_level_fn=lambda t: 1 - t)
         sizes[stacked] = conv_batch_sizes(pred_fn, x, jnp.float32(0.3), y)
     assert len(sizes[True]) == 1
@@ -109,18 +109,18 @@ def test_stacked_is_one_network_call_sequential_two(two_models):
 
 def test_dog_without_a_second_network_is_a_clear_error(two_models):
     ft_model, _, ft, _, x, y = two_models
-    net = builders.make_net_fn(ft_model, ft, "SiT")
+    net = build.make_net_fn(ft_model, ft, "SiT")
     pred_fn = guided_prediction(net, GuidanceConfig(dog_scale=2.0), noise_level_fn=lambda t: t)
     with pytest.raises(ValueError, match="second set of weights"):
         pred_fn(x, jnp.float32(0.5), y)
     with pytest.raises(ValueError, match="domain_weights"):
-        builders.make_two_model_net(ft_model, ft, "SiT", True)
+        build.make_two_model_net(ft_model, ft, "SiT", True)
 
 
 def test_pretrained_of_another_architecture_is_named(two_models):
     _, _, ft, _, _, _ = two_models
     wide = init_params(tiny_model(hidden_size=64))
     with pytest.raises(ValueError, match="do not share the fine-tuned model's architecture"):
-        builders.domain_params_like(ft, wide)
+        build.domain_params_like(ft, wide)
     with pytest.raises(ValueError, match="dog_call='sequential'"):
         TwoModelNet(lambda p, *a: a[0], {"w": jnp.zeros(2)}, {"w": jnp.zeros(3)}, stacked=True)

@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nag_jax import generate, parallel
-from nag_jax.evaluation import eval_job, evaluators, metrics, results, store
+from nag_jax import parallel
+from nag_jax.evaluation import evaluators, metrics, results, store
+from nag_jax.jobs import eval as eval_job
+from nag_jax.sampling import generate
 from nag_jax.training.testing import tiny_config, tiny_model
 
 
@@ -233,7 +235,7 @@ sys.path.insert(0, {root!r})
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 from tests.test_eval_job import _config, _make_model_and_params
-from nag_jax.evaluation import eval_job
+from nag_jax.jobs import eval as eval_job
 model, params = _make_model_and_params()
 def hang(done):
     print("CHUNK", done, flush=True)

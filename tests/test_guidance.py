@@ -6,7 +6,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nag_jax import builders
 from nag_jax.guidance import (
     CLASS_UNCOND,
     COND,
@@ -15,6 +14,7 @@ from nag_jax.guidance import (
     branch_inputs,
     guided_prediction,
 )
+from nag_jax.sampling import build
 from tests.helpers import (
     conv_batch_sizes,
     init_params,
@@ -113,7 +113,7 @@ def test_interval_branches_are_not_computed_outside_the_interval(inputs):
     x, y = inputs
     model = tiny_model()
     params = rerandomize(init_params(model))
-    net = builders.make_net_fn(model, params, "SiT")
+    net = build.make_net_fn(model, params, "SiT")
     g = GuidanceConfig(nag_scale=1.0, nag_interval=(0.0, 0.5))
     pred_fn = guided_prediction(net, g, noise_level_fn=lambda t: 1 - t)
     sizes = conv_batch_sizes(pred_fn, x, jnp.float32(0.3), y)
@@ -152,10 +152,10 @@ def demo_config(sampler="ode", num_steps=4, cfg=1.0, nag=0.0, name="SiT-S/2"):
 )
 def test_one_network_call_per_step_with_all_active_branches(sampler, name, cfg, nag, branches):
     config = demo_config(sampler, cfg=cfg, nag=nag, name=name)
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     params = init_params(model)
-    sample_fn = builders.build_sampler(config, model)
-    keys = builders.per_image_keys(jax.random.key(0), jnp.arange(N))
+    sample_fn = build.build_sampler(config, model)
+    keys = build.per_image_keys(jax.random.key(0), jnp.arange(N))
     sizes = conv_batch_sizes(sample_fn, params, keys, jnp.arange(N))
     # The scan body is traced once: one call per step; the SDE's "Mean" last step adds one.
     expected_calls = 2 if sampler == "sde" else 1
@@ -170,11 +170,11 @@ def test_samples_equal_a_hand_assembled_guided_sde():
     'Mean' last step (float64 numpy). Another key gives other samples."""
     s_cfg, w_nag, n_steps = 1.5, 1.0, 5
     config = demo_config("sde", num_steps=n_steps, cfg=s_cfg, nag=w_nag)
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     params = rerandomize(init_params(model))
-    sample_fn = jax.jit(builders.build_sampler(config, model))
+    sample_fn = jax.jit(build.build_sampler(config, model))
     y = jnp.arange(4)
-    keys = builders.per_image_keys(jax.random.key(7), y)
+    keys = build.per_image_keys(jax.random.key(7), y)
     shape = (model.input_size, model.input_size, model.in_channels)
     x_init = np.stack(
         [np.asarray(jax.random.normal(jax.random.fold_in(k, 0), shape)) for k in keys]
@@ -207,16 +207,16 @@ def test_samples_equal_a_hand_assembled_guided_sde():
     expected = linear_em_reference(velocity, x_init, noise, n_steps)
     got = np.asarray(sample_fn(params, keys, y))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    other = sample_fn(params, builders.per_image_keys(jax.random.key(8), y), y)
+    other = sample_fn(params, build.per_image_keys(jax.random.key(8), y), y)
     assert not np.allclose(got, np.asarray(other))
 
 
 def test_image_depends_only_on_its_own_key():
     config = demo_config("sde", num_steps=5, cfg=1.5, nag=1.0)
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     params = rerandomize(init_params(model))
-    sample_fn = jax.jit(builders.build_sampler(config, model))
-    keys = builders.per_image_keys(jax.random.key(3), jnp.arange(4))
+    sample_fn = jax.jit(build.build_sampler(config, model))
+    keys = build.per_image_keys(jax.random.key(3), jnp.arange(4))
     full = sample_fn(params, keys, jnp.arange(4))
     part = sample_fn(params, keys[2:], jnp.arange(4)[2:])
     np.testing.assert_allclose(np.asarray(full[2:]), np.asarray(part), atol=1e-5)
@@ -225,7 +225,7 @@ def test_image_depends_only_on_its_own_key():
 def test_sampler_family_mismatch_is_named():
     config = demo_config("ddpm", name="SiT-S/2")
     with pytest.raises(ValueError, match="SiT models sample with one of"):
-        builders.build_sampler(config, builders.build_model(config.model))
+        build.build_sampler(config, build.build_model(config.model))
 
 
 def test_traced_scales_reuse_one_compilation_and_match_static_scales(inputs):

@@ -33,10 +33,10 @@ import torch
 import torch_reference as R
 from flax import traverse_util
 
-from nag_jax import weights
 from nag_jax.convert import create_model_from_metadata
 from nag_jax.convert import torch_to_orbax as T
 from nag_jax.convert.common import ConversionError
+from nag_jax.storage import weights
 
 diffusers = pytest.importorskip("diffusers")
 huggingface_hub = pytest.importorskip("huggingface_hub")
@@ -281,8 +281,8 @@ def test_nag_on_a_release_without_token_warns_in_one_line(offline, caplog):
     """A hub release has no null noise token: building a NAG sampler for it says so loudly."""
     import importlib.util
 
-    from nag_jax import builders
-    from nag_jax.sample_job import reconcile_model_config
+    from nag_jax.jobs.sample import reconcile_model_config
+    from nag_jax.sampling import build
 
     params, meta = T.load_torch_checkpoint(f"hf://{REPO}")
     path = os.path.join(os.path.dirname(__file__), "..", "configs", "sample_dit_xl.py")
@@ -292,12 +292,12 @@ def test_nag_on_a_release_without_token_warns_in_one_line(offline, caplog):
     config = mod.get_config()
     config.sample.nag_scale = 0.0
     reconcile_model_config(config, meta, params)  # no token -> model.null_noise = "zero"
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     caplog.set_level("WARNING")
-    builders.build_sampler(config, model)
+    build.build_sampler(config, model)
     assert not [r for r in caplog.records if "null noise token" in r.getMessage()]
     config.sample.nag_scale = 1.5
-    builders.build_sampler(config, model)
+    build.build_sampler(config, model)
     msgs = [r.getMessage() for r in caplog.records if "null noise token" in r.getMessage()]
     assert len(msgs) == 1 and "\n" not in msgs[0] and "nag_scale=1.5" in msgs[0]
 

@@ -148,7 +148,7 @@ def test_converter_roundtrip_and_loader(tmp_path, torch_model, flax_params):
 
 
 def test_params_directory_output_and_legacy_orbax_tree_load(tmp_path, torch_model, flax_params):
-    """A non-.npz --dst is a params directory in the one layout (nag_jax.weights); the
+    """A non-.npz --dst is a params directory in the one layout (nag_jax.storage.weights); the
     {"params": tree} Orbax directories of earlier versions still load."""
     import orbax.checkpoint as ocp
 

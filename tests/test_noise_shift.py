@@ -16,18 +16,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nag_jax import builders, config_schema
-from nag_jax.analysis import noise_shift
 from nag_jax.analysis import shift as S
+from nag_jax.config import schema
 from nag_jax.diffusion.gaussian import create_diffusion
 from nag_jax.diffusion.transport import Transport
-from nag_jax.noise_estimator import (
+from nag_jax.guidance.classifier import classifier_nag_prediction
+from nag_jax.jobs import noise_shift
+from nag_jax.models.noise_estimator import (
     Estimator,
     NoiseLevelEstimator,
-    classifier_nag_prediction,
     load_estimator,
     save_estimator,
 )
+from nag_jax.sampling import build
 from nag_jax.training.testing import tiny_config
 
 
@@ -106,14 +107,14 @@ def test_sample_nag_mode_classifier_through_builders(estimator, tmp_path):
     )
     c = tiny_config()
     c.sample.update(nag_mode="classifier", nag_scale=1.5, nag_interval=(0.0, 0.6), estimator=path)
-    config_schema.validate(c)
-    model = builders.build_model(c.model)
+    schema.validate(c)
+    model = build.build_model(c.model)
     params = model.init(jax.random.key(0), x, jnp.zeros(2), jnp.zeros(2, jnp.int32))["params"]
     y = jnp.array([1, 2], jnp.int32)
     t = jnp.float32(0.7)  # noise level 0.3: inside the interval
-    guided = builders.guided_pred_fn(model, params, c, Transport())(x, t, y)
+    guided = build.guided_pred_fn(model, params, c, Transport())(x, t, y)
     c.sample.update(nag_mode="token", nag_scale=0.0)
-    plain = builders.guided_pred_fn(model, params, c, Transport())(x, t, y)
+    plain = build.guided_pred_fn(model, params, c, Transport())(x, t, y)
     # SiT linear velocity: dv = (1 - t) / t * w * grad log g(0.3 | x)
     expected = np.asarray(plain) + (0.3 / 0.7) * 1.5 * _fd_grad(estimator, x, 0.3)
     np.testing.assert_allclose(np.asarray(guided), expected, atol=2e-3)
@@ -123,19 +124,19 @@ def test_sample_nag_mode_classifier_through_builders(estimator, tmp_path):
 def test_classifier_mode_errors_name_the_fix(estimator):
     c = tiny_config()
     c.sample.update(nag_mode="classifier", nag_scale=1.0, nag_interval=(0.0, 0.6))
-    model = builders.build_model(c.model)
+    model = build.build_model(c.model)
     with pytest.raises(ValueError, match="needs sample.estimator"):
-        builders.guided_pred_fn(model, {}, c, Transport())
+        build.guided_pred_fn(model, {}, c, Transport())
     c.sample.update(estimator="/nonexistent", nag_interval=(0.0, 1.0))
     with pytest.raises(ValueError, match="end the interval below 1"):
-        builders.guided_pred_fn(model, {}, c, Transport())
+        build.guided_pred_fn(model, {}, c, Transport())
 
 
 def _random_checkpoint(c, path):
     """A converted-checkpoint layout with re-randomised weights (fresh ones output zero)."""
-    from nag_jax import weights
+    from nag_jax.storage import weights
 
-    model = builders.build_model(c.model)
+    model = build.build_model(c.model)
     x = jnp.zeros((1, 8, 8, 3))
     params = model.init(jax.random.key(0), x, jnp.zeros(1), jnp.zeros(1, jnp.int32))["params"]
     leaves, tree = jax.tree.flatten(params)
@@ -154,7 +155,7 @@ def test_noise_shift_mode_end_to_end_on_a_tiny_model(tmp_path):
     c.mode = "noise_shift"
     c.model.weights = str(tmp_path / "model")
     _random_checkpoint(c, c.model.weights)
-    c.noise_shift = config_schema.noise_shift_section()
+    c.noise_shift = schema.noise_shift_section()
     c.noise_shift.update(num_images=8, batch_size=8, max_states=4, kde_states=2)
     c.noise_shift.rows = (
         dict(name="none"),
@@ -182,7 +183,7 @@ def test_noise_shift_mode_end_to_end_on_a_tiny_model(tmp_path):
     assert out["rows"]["cls-NAG"]["mean_traj"][-1] != pytest.approx(row["mean_traj"][-1])
     # A second run reuses the saved estimator.
     mesh = parallel.create_mesh(c.parallel)
-    process = builders.build_process(c, for_sampling=True)
+    process = build.build_process(c, for_sampling=True)
     _, path, info = noise_shift.get_estimator(c, str(tmp_path / "ns"), mesh, process)
     assert info["trained_here"] is False and path.endswith("estimator")
 
@@ -196,8 +197,8 @@ def test_noise_shift_configs_validate_and_their_rows_build(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()
-    assert c.mode == "noise_shift" and c.mode in config_schema.MODES
-    config_schema.validate(c)
+    assert c.mode == "noise_shift" and c.mode in schema.MODES
+    schema.validate(c)
     names = [r["name"] for r in c.noise_shift.rows]
     assert names == ["none", "CFG", "NAG", "CFG+NAG", "cls-NAG"]
     for row in c.noise_shift.rows:
@@ -207,7 +208,7 @@ def test_noise_shift_configs_validate_and_their_rows_build(name):
 
 def test_unknown_row_key_is_refused():
     c = tiny_config()
-    c.noise_shift = config_schema.noise_shift_section()
+    c.noise_shift = schema.noise_shift_section()
     with pytest.raises(ValueError, match="unknown keys.*'cls_nag'"):
         noise_shift.row_config(c, dict(name="x", cls_nag=1.0), "est")
 

@@ -169,15 +169,15 @@ def test_likelihood_matches_release_within_tolerance(small_pair, exact):
 
 
 def test_schema_solvers_are_the_samplers():
-    from nag_jax import config_schema
+    from nag_jax.config import schema
 
-    assert config_schema.CHOICES["sample.ode_solver"] == sampling.ADAPTIVE_SOLVERS
+    assert schema.CHOICES["sample.ode_solver"] == sampling.ADAPTIVE_SOLVERS
 
 
 @pytest.mark.slow  # ~60 s on the loaded machine: the vmapped (per-image) solve compiles slowly
 def test_config_sampler_ode_adaptive_agrees_with_fine_heun():
     # Independent check of the builder path: a fine fixed-step Heun solution of the same ODE.
-    from nag_jax import builders
+    from nag_jax.sampling import build
     from nag_jax.training.testing import tiny_config, tiny_model
 
     c = tiny_config()
@@ -190,11 +190,11 @@ def test_config_sampler_ode_adaptive_agrees_with_fine_heun():
     params = jax.tree.unflatten(  # re-randomised: fresh weights output zero
         tree, [jax.random.normal(k, p.shape) * 0.2 for k, p in zip(keys, leaves)]
     )
-    keys = builders.per_image_keys(jax.random.key(2), jnp.arange(2))
+    keys = build.per_image_keys(jax.random.key(2), jnp.arange(2))
     y = jnp.array([0, 3], jnp.int32)
-    adaptive = jax.jit(builders.build_sampler(c, model))(params, keys, y)
+    adaptive = jax.jit(build.build_sampler(c, model))(params, keys, y)
     c.sample.update(sampler="ode", method="heun", num_steps=200)
-    heun = jax.jit(builders.build_sampler(c, model))(params, keys, y)
+    heun = jax.jit(build.build_sampler(c, model))(params, keys, y)
     assert float(jnp.max(jnp.abs(heun))) > 0.1
     np.testing.assert_allclose(np.asarray(adaptive), np.asarray(heun), atol=2e-4)
 

@@ -76,8 +76,8 @@ def test_writer_off_writes_nothing(tmp_path):
 def tiny_run(tmp_path_factory):
     """A 4-step run of the tiny config through the project's NAG objective, TensorBoard on,
     logging every 2 steps, lr warming up linearly over 4 steps."""
+    from nag_jax.training.loop import run
     from nag_jax.training.testing import tiny_config, tiny_model
-    from nag_jax.training.train import run
 
     workdir = str(tmp_path_factory.mktemp("tb_run"))
     cfg = tiny_config(num_steps=4, log_every=2, checkpoint_every=0, tensorboard=True)
@@ -121,7 +121,7 @@ def test_inspect_reads_a_training_checkpoints_directory(tiny_run, capsys):
 
 
 def test_latent_grids_are_decoded_when_a_decoder_is_given(tmp_path):
-    from nag_jax.training.train import write_grid
+    from nag_jax.training.loop import write_grid
 
     writer = create_writer(str(tmp_path))
     latents = np.zeros((4, 2, 2, 4), np.float32)

@@ -185,7 +185,7 @@ def test_vae_from_a_bucket(gcs):
     import jax
     from safetensors.numpy import save
 
-    from nag_jax import vae as vae_lib
+    from nag_jax.models import vae as vae_lib
 
     cfg = {
         "in_channels": 3,
@@ -217,8 +217,8 @@ def test_vae_from_a_bucket(gcs):
 
 
 def test_weights_and_workdir_paths_keep_their_scheme(gcs):
-    from nag_jax import generate
-    from nag_jax.evaluation import eval_job
+    from nag_jax.jobs import eval as eval_job
+    from nag_jax.sampling import generate
     from nag_jax.training.testing import tiny_config
 
     c = tiny_config()
@@ -238,7 +238,7 @@ def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeyp
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from nag_jax.analysis import noise_shift
+    from nag_jax.jobs import noise_shift
     from nag_jax.utils import save_figure
 
     monkeypatch.chdir(tmp_path)

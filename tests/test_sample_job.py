@@ -15,8 +15,10 @@ import pytest
 import torch
 import torch_reference as R
 
-from nag_jax import builders, generate, sample_job, utils
+from nag_jax import utils
 from nag_jax.convert import torch_to_orbax as T
+from nag_jax.jobs import sample as sample_job
+from nag_jax.sampling import build, generate
 
 TINY = dict(input_size=8, hidden_size=32, depth=2, num_heads=4, num_classes=10)
 
@@ -55,8 +57,8 @@ def test_pixel_model_grid_npz_match_torch_reference(tmp_path):
     assert out["batch_size"] == 8  # padded to the 8 devices
     assert (tmp_path / "wd" / "samples" / "grid.png").exists()
     # Independent expectation: torch reference ODE (release grid K = steps + 1) from the x0 of
-    # images 0..4 of seed 0 (the public identity: generate.image_keys, builders.initial_noise).
-    x0 = builders.initial_noise(generate.image_keys(0, np.arange(5)), (8, 8, 3))
+    # images 0..4 of seed 0 (the public identity: generate.image_keys, build.initial_noise).
+    x0 = build.initial_noise(generate.image_keys(0, np.arange(5)), (8, 8, 3))
     x0 = torch.from_numpy(np.asarray(x0).transpose(0, 3, 1, 2).copy())
     ref = R.sit_euler_ode(tm, x0, torch.tensor([1, 2, 3, 1, 2]), 4, cfg_scale=2.0)
     ref = utils.to_uint8(ref.numpy().transpose(0, 2, 3, 1))
@@ -71,7 +73,7 @@ def test_latent_model_decodes_with_vae(tmp_path, monkeypatch):
     _, ckpt = make_ckpt(tmp_path, in_channels=4)
     with pytest.raises(ValueError, match="set --config.vae.path"):
         sample_job.run(sample_config(ckpt), str(tmp_path / "wd"))
-    import nag_jax.vae as vae_lib
+    import nag_jax.models.vae as vae_lib
 
     calls = []
 
@@ -108,7 +110,7 @@ def test_dit_checkpoint_with_sit_config_is_refused(tmp_path):
 def test_sample_mode_and_eval_mode_draw_the_same_image_i(tmp_path):
     """Image i of a seed is one thing: mode "sample" and mode "eval" give bit-identical uint8
     images and labels for the same weights, seed and sampling settings."""
-    from nag_jax.evaluation import eval_job
+    from nag_jax.jobs import eval as eval_job
 
     _, ckpt = make_ckpt(tmp_path)
     c = sample_config(ckpt, labels=None)

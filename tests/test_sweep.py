@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nag_jax import builders, sweep
 from nag_jax.evaluation import metrics, reference_stats
+from nag_jax.jobs import sweep
+from nag_jax.sampling import build
 from nag_jax.training.testing import tiny_config, tiny_model
 from tests.helpers import init_params, rerandomize
 
@@ -32,16 +33,16 @@ def test_traced_intervals_give_the_static_intervals_samples(model_params):
     """One sampler with every branch on and traced scales + intervals reproduces the samplers
     compiled with each setting's static scales and intervals (incl. an unguided point)."""
     model, params = model_params
-    keys = builders.per_image_keys(jax.random.key(2), jnp.arange(4))
+    keys = build.per_image_keys(jax.random.key(2), jnp.arange(4))
     y = jnp.arange(4) % 4
-    traced = jax.jit(builders.build_sampler(_sample_config(2.0, 1.0), model))
+    traced = jax.jit(build.build_sampler(_sample_config(2.0, 1.0), model))
     for cfg, nag, civ, niv in [
         (1.5, 1.0, (0.3, 0.8), (0.0, 0.5)),
         (2.0, 0.0, (0.5, 1.0), (0.0, 1.0)),
         (1.0, 2.0, (0.0, 1.0), (0.2, 0.6)),
         (1.0, 0.0, (0.0, 1.0), (0.0, 1.0)),
     ]:
-        static = jax.jit(builders.build_sampler(_sample_config(cfg, nag, civ, niv), model))
+        static = jax.jit(build.build_sampler(_sample_config(cfg, nag, civ, niv), model))
         want = np.asarray(static(params, keys, y))
         got = traced(params, keys, y, jnp.array([cfg, nag]), jnp.array([civ, niv]))
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)

@@ -15,9 +15,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from nag_jax import parallel
+from nag_jax.storage.weights import save_params
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training import step as step_lib
 from nag_jax.training.finetune import mean_time_embedding, training_times
+from nag_jax.training.loop import NonFiniteLossError, run, setup_state
 from nag_jax.training.state import (
     TrainState,
     create_optimizer,
@@ -25,8 +27,6 @@ from nag_jax.training.state import (
     trainable_labels,
 )
 from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
-from nag_jax.training.train import NonFiniteLossError, run, setup_state
-from nag_jax.weights import save_params
 
 
 def _one_device_setup(cfg, loss_fn=standin_loss):
@@ -360,10 +360,11 @@ def test_trainer_calls_the_evaluators_it_is_given_every_eval_every_steps(tmp_pat
 
 
 def test_training_grid_draws_images_0_to_n_of_the_seed_like_sample_and_eval(tmp_path):
-    """The periodic grid is images 0..N-1 of config.seed (nag_jax.generate), labels 0, 1, ...:
+    """The periodic grid is images 0..N-1 of config.seed (nag_jax.sampling.generate), labels 0, 1,
+    ...:
     the same images the sharded batch sampler of sample / eval mode draws for those labels."""
-    from nag_jax import generate
-    from nag_jax.training.train import make_grid_sampler, write_grid
+    from nag_jax.sampling import generate
+    from nag_jax.training.loop import make_grid_sampler, write_grid
     from nag_jax.utils import to_uint8
 
     cfg = tiny_config()

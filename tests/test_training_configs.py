@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nag_jax import builders, parallel
+from nag_jax import parallel
+from nag_jax.sampling import build
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 FILES = [
@@ -69,7 +70,7 @@ def test_release_and_finetune_numbers():
 
 def test_sit_xl_param_count_and_fsdp_bytes_from_abstract_shapes():
     c = _load("sit_xl.py").get_config()
-    model = builders.build_model(c.model)
+    model = build.build_model(c.model)
     x = jnp.zeros((1, 32, 32, 4))
     abstract = jax.eval_shape(
         lambda k: model.init(k, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"],

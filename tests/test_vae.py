@@ -1,4 +1,4 @@
-"""SD-VAE (nag_jax.vae) parity with PyTorch, scaling, chunking, dtype, and loading.
+"""SD-VAE (nag_jax.models.vae) parity with PyTorch, scaling, chunking, dtype, and loading.
 
 Reference: diffusers' torch ``AutoencoderKL`` (a test requirement, CPU torch, no torchvision
 needed; a missing one is an import error, not a skip) and our own torch port
@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 from vae_torch_reference import TorchAutoencoderKL
 
-from nag_jax import vae as vae_lib
+from nag_jax.models import vae as vae_lib
 
 TINY = dict(
     block_out_channels=(32, 64),

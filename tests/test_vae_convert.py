@@ -1,5 +1,6 @@
-"""SD-VAE weights: diffusers folder -> Flax (nag_jax.vae), converted folders (nag_jax.convert.vae)
-and nag_jax.vae.load_vae.
+"""SD-VAE weights: diffusers folder -> Flax (nag_jax.models.vae), converted folders
+(nag_jax.convert.vae)
+and nag_jax.models.vae.load_vae.
 
 Pins: strict conversion (missing / extra / mis-shaped keys, config that does not match the
 weights) with errors naming the keys and nothing written; loading a diffusers folder the test
@@ -29,8 +30,8 @@ from test_vae import (
     torch_decode,
 )
 
-from nag_jax import vae as vae_lib
 from nag_jax.convert import vae as convert_vae
+from nag_jax.models import vae as vae_lib
 
 
 @pytest.fixture(scope="module")

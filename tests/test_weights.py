@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from nag_jax import weights
+from nag_jax.storage import weights
 
 
 def tree(seed: float):

@@ -1,7 +1,8 @@
 """Training and validation of the noise-level estimator g(lambda | x).
 
 The estimator itself (network, ``Estimator``, save / load, classifier-based NAG) lives in
-nag_jax.noise_estimator, where sampling uses it (``sample.nag_mode = "classifier"``); its names
+nag_jax.models.noise_estimator, where sampling uses it (``sample.nag_mode = "classifier"``); its
+names
 are re-exported here for the analysis code.
 
 Time conventions
@@ -27,12 +28,10 @@ import numpy as np
 import optax
 
 from nag_jax.analysis.shift import forward_at_level, sample_levels
-from nag_jax.noise_estimator import (  # noqa: F401  (re-exported for the analysis code)
+from nag_jax.models.noise_estimator import (  # noqa: F401  (re-exported for the analysis code)
     Estimator,
     NoiseLevelEstimator,
     bin_index,
-    classifier_nag_prediction,
-    score_to_velocity_correction,
 )
 
 

@@ -3,7 +3,7 @@
 Time conventions
 ----------------
 ``MLPDenoiser`` speaks the SiT convention, like the image models it stands in for: float t in
-[0, 1], t = 0 noise, t = 1 data. ``NoiseLevelEstimator`` (defined in nag_jax.noise_estimator)
+[0, 1], t = 0 noise, t = 1 data. ``NoiseLevelEstimator`` (defined in nag_jax.models.noise_estimator)
 is indexed by noise level lambda (1 = pure noise, lambda = 1 - t on SiT paths) on a uniform grid
 of ``num_bins`` bins.
 
@@ -16,10 +16,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from nag_jax.models.embeddings import timestep_embedding
-from nag_jax.noise_estimator import NoiseLevelEstimator, bin_index
+from nag_jax.models.noise_estimator import NoiseLevelEstimator, bin_index
 
 __all__ = ["MLPDenoiser", "NoiseLevelEstimator", "bin_index"]  # the estimator's home:
-# nag_jax.noise_estimator (sampling uses it for classifier-based NAG)
+# nag_jax.models.noise_estimator (sampling uses it for classifier-based NAG)
 
 
 class MLPDenoiser(nn.Module):

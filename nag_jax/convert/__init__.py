@@ -2,14 +2,15 @@
 
 This package holds only what touches PyTorch files: the DiT/SiT key table (``common``), reading
 and writing .pt/.safetensors, and the CLI. The on-disk layout, the one loader and the atomic
-publish are the runtime's (``nag_jax.weights``); the VAE and Inception key tables sit beside their
-models (``nag_jax.vae``, ``nag_jax.evaluation.inception``), which read the releases' files
+publish are the runtime's (``nag_jax.storage.weights``); the VAE and Inception key tables sit
+beside their
+models (``nag_jax.models.vae``, ``nag_jax.evaluation.inception``), which read the releases' files
 directly. The runtime never imports this package.
 
 Python API (torch is imported only by the functions that read or write PyTorch files):
 
     from nag_jax.convert import load_torch_checkpoint, create_model_from_metadata
-    from nag_jax.weights import load_params, save_params
+    from nag_jax.storage.weights import load_params, save_params
     params, meta = load_torch_checkpoint("SiT-XL-2-256.pt", "SiT")   # no file written
     params, meta = load_torch_checkpoint("hf://facebook/DiT-XL-2-256")  # hub, diffusers layout
     save_params("ckpt/sit", params, meta)                            # Orbax, atomic

@@ -22,7 +22,7 @@ ways; a release checkpoint has none, and the converter never invents one (a lear
 created by fine-tuning; ``null_noise="learned"`` on a source without it is an error that says so).
 
 Converted checkpoint layout (an Orbax composite checkpoint, one directory, written and read by
-``nag_jax.weights.save_params`` / ``load_params``):
+``nag_jax.storage.weights.save_params`` / ``load_params``):
     DEST/params      the Flax params tree (StandardCheckpointHandler), float32
     DEST/metadata    JSON: family, model, input_size, in_channels, num_classes, learn_sigma,
                      hidden_size, depth, num_heads, patch_size, null_noise, source, sha256, ...
@@ -40,7 +40,7 @@ from collections.abc import Mapping
 import numpy as np
 from flax import traverse_util
 
-from nag_jax.weights import CheckpointError
+from nag_jax.storage.weights import CheckpointError
 
 POS_EMBED_ATOL = 1e-5  # beyond this the checkpoint's pos_embed is not the releases' sin-cos
 
@@ -436,7 +436,7 @@ def check_keys(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tup
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing (the layout and the atomic publish are nag_jax.weights')
+# Writing (the layout and the atomic publish are nag_jax.storage.weights')
 
 
 def to_host_jax_inplace(tree: dict) -> dict:

@@ -9,7 +9,8 @@ torchvision's Inception3 with the FID patches, 1008 classes, no AuxLogits.
 The key table, the .pth reader and the strict check sit beside the model
 (`nag_jax.evaluation.inception.params_from_state_dict` / `read_flat_params`; evaluation also reads
 the .pth directly); this module writes the result: a .npz of flat '/'-joined keys, or for any
-other path a params directory in the one layout of `nag_jax.weights.save_params`. Every expected
+other path a params directory in the one layout of `nag_jax.storage.weights.save_params`. Every
+expected
 key must be present with the expected shape and nothing else may be there (torchvision's ImageNet
 Inception, a DiT checkpoint, ... are rejected with the reason). Nothing is written on error.
 """
@@ -22,12 +23,12 @@ import os
 import numpy as np
 from flax import traverse_util
 
-from nag_jax import weights
 from nag_jax.evaluation.inception import (
     INCEPTION_WEIGHTS_FILE,
     INCEPTION_WEIGHTS_URL,
     read_flat_params,
 )
+from nag_jax.storage import weights
 
 COMMAND = "inception"
 HELP = "pytorch-fid FID Inception .pth -> Flax params (.npz or Orbax dir)"

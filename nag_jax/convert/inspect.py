@@ -47,7 +47,7 @@ def _flatten_metadata(tree) -> dict:
 
 def describe(path: str) -> dict:
     """-> {"format", "entries": {name: (shape, dtype)}, "num_params", "metadata"}."""
-    from nag_jax import weights
+    from nag_jax.storage import weights
 
     if os.path.isdir(path):
         try:  # metadata is {} for a params tree without converter metadata

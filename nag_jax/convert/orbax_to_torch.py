@@ -19,10 +19,10 @@ import argparse
 import numpy as np
 from flax import traverse_util
 
-from nag_jax import weights
 from nag_jax.convert import common
 from nag_jax.convert.common import ConversionError
-from nag_jax.paths import as_path
+from nag_jax.storage import weights
+from nag_jax.storage.paths import as_path
 
 COMMAND = "to-torch"
 HELP = "Orbax DiT/SiT checkpoint -> PyTorch .pt / .safetensors (releases' keys)"
@@ -97,7 +97,8 @@ def export(
 ) -> dict:
     """Orbax checkpoint at ``src`` -> PyTorch file ``dest``. Returns the metadata.
 
-    ``src``: any layout of ``nag_jax.weights.load_params``: a converted checkpoint (its metadata
+    ``src``: any layout of ``nag_jax.storage.weights.load_params``: a converted checkpoint (its
+    metadata
     fixes the architecture), or a params tree without metadata such as a training run's
     checkpoints/ directory (latest step's EMA params), for which ``family`` and ``input_size``
     (and ``num_heads`` for custom widths) are needed.

@@ -29,9 +29,9 @@ import warnings
 import numpy as np
 from flax import traverse_util
 
-from nag_jax import weights
 from nag_jax.convert import common
 from nag_jax.convert.common import ConversionError
+from nag_jax.storage import weights
 from nag_jax.utils import sha256_file
 
 COMMAND = "to-orbax"

@@ -1,4 +1,5 @@
-"""SD-VAE weights: diffusers ``AutoencoderKL`` format <-> Flax params (``nag_jax.vae``) and Orbax.
+"""SD-VAE weights: diffusers ``AutoencoderKL`` format <-> Flax params (``nag_jax.models.vae``) and
+Orbax.
 
 CLI (discovered by ``python -m nag_jax.convert`` through ``COMMAND`` / ``HELP`` /
 ``add_arguments`` / ``run``; ``register(subparsers)`` adds it to any other argparse CLI)::
@@ -9,14 +10,17 @@ CLI (discovered by ``python -m nag_jax.convert`` through ``COMMAND`` / ``HELP`` 
 ``--src`` is a diffusers folder (config.json + diffusion_pytorch_model.safetensors or .bin, e.g.
 ``hf download stabilityai/sd-vae-ft-ema --local-dir DIR``), or a pipeline folder with
 a ``vae/`` subfolder. ``--dst`` receives ``config.json`` (the diffusers config) and ``params/`` (an
-Orbax checkpoint of the float32 Flax param tree); ``nag_jax.vae.load_vae(dst)`` reads it back.
+Orbax checkpoint of the float32 Flax param tree); ``nag_jax.models.vae.load_vae(dst)`` reads it
+back.
 
-The key table and the reading of diffusers folders are the runtime's (``nag_jax.vae``: sampling
+The key table and the reading of diffusers folders are the runtime's (``nag_jax.models.vae``:
+sampling
 and encoding read a diffusers folder directly); this module writes: the converted folder and,
 back to the PyTorch side, a diffusers folder (``save_diffusers``).
 
 Conversion is strict: every weight must be used and every shape must match the config; otherwise
-``nag_jax.vae.VAEWeightsError`` lists the missing / unexpected / mismatched names (and, when the
+``nag_jax.models.vae.VAEWeightsError`` lists the missing / unexpected / mismatched names (and, when
+the
 weights describe a different network, the config values they imply) and nothing is written.
 """
 
@@ -31,9 +35,8 @@ import sys
 import jax
 import numpy as np
 
-from nag_jax import weights
 from nag_jax.convert import common
-from nag_jax.vae import (
+from nag_jax.models.vae import (
     ORBAX_PARAMS_DIR,
     WEIGHT_FILES,
     AutoencoderKL,
@@ -41,6 +44,7 @@ from nag_jax.vae import (
     load_diffusers,
     state_dict_from_params,
 )
+from nag_jax.storage import weights
 
 COMMAND = "vae"
 HELP = "SD-VAE: diffusers AutoencoderKL folder (stabilityai/sd-vae-ft-ema) -> Orbax"
@@ -55,7 +59,8 @@ def save_orbax(dst: str, config, params, *, force: bool = False) -> str:
     """Writes ``dst/config.json`` + ``dst/params`` (Orbax) atomically; returns abs ``dst``.
 
     The folder is assembled under a temporary name next to ``dst`` and renamed into place
-    (``nag_jax.weights.atomic_publish``), so a failed run leaves nothing at ``dst``. An existing
+    (``nag_jax.storage.weights.atomic_publish``), so a failed run leaves nothing at ``dst``. An
+    existing
     ``dst`` is refused unless ``force``.
     """
     config = AutoencoderKL(config).config

@@ -31,7 +31,8 @@ Images that did not decode when encoding (``data.bad_images="skip"``) are left o
 holds fewer records, ``<shard>.skipped.json`` lists them ({"index", "file", "error"}) and
 metadata.json gathers them under "skipped" (its "count" is the records actually stored).
 
-Paths go through nag_jax.paths (epath): metadata.json and the shards can be written to and the
+Paths go through nag_jax.storage.paths (epath): metadata.json and the shards can be written to and
+the
 metadata read from ``gs://``. Reading the shards needs local files (array_record's reader opens
 local paths only: google/array_record#120); a remote directory gets an error saying so.
 """
@@ -44,7 +45,7 @@ import tempfile
 
 import numpy as np
 
-from nag_jax.paths import as_path, is_remote
+from nag_jax.storage.paths import as_path, is_remote
 
 FORMAT = "nag_jax.latents.v1"
 METADATA_FILE = "metadata.json"
@@ -116,8 +117,8 @@ def write_shard(path: str, labels, latents, dtype: str = "float16") -> None:
 
 
 def write_metadata(directory: str, metadata: dict) -> None:
-    """Writes metadata.json atomically (nag_jax.weights.write_json); fills "format"."""
-    from nag_jax.weights import write_json
+    """Writes metadata.json atomically (nag_jax.storage.weights.write_json); fills "format"."""
+    from nag_jax.storage.weights import write_json
 
     write_json(str(as_path(directory) / METADATA_FILE), {"format": FORMAT, **metadata}, force=True)
 
@@ -130,7 +131,7 @@ def read_metadata(directory: str) -> dict:
             f"latents data_dir {directory!r} does not exist: expected a directory with "
             f"{METADATA_FILE} and latents-*.array_record shards, written by "
             "`python -m nag_jax.main --config=... --config.mode=encode_latents` "
-            "(nag_jax.data.encode_latents)"
+            "(nag_jax.jobs.encode_latents)"
         )
     path = as_path(directory) / METADATA_FILE
     if not path.exists():

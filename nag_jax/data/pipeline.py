@@ -83,7 +83,7 @@ import threading
 import numpy as np
 from absl import logging
 
-from nag_jax import config_schema
+from nag_jax.config import schema
 from nag_jax.data.preprocess import center_crop_arr, flip_decisions, to_float
 
 SYNTHETIC = "synthetic_shapes"
@@ -94,7 +94,7 @@ MAX_CONSECUTIVE_BAD = 64
 
 def _complete(data_cfg):
     """``config.data`` with the schema's defaults for keys a hand-built dict leaves out."""
-    return config_schema.complete(data_cfg, "data")
+    return schema.complete(data_cfg, "data")
 
 
 def build_source(data_cfg):

@@ -6,7 +6,7 @@ preprocessing (ADM centre crop, flip, [-1, 1]) happens in the pipeline. Sources:
 - ``ShapesDataset`` (nag_jax.data.synthetic): built-in, rendered at the target size directly.
 - ``ImageFolderSource(root)``: ``root/<class_name>/**/*.{jpg,jpeg,png,webp}``; labels are the
   indices of the sorted class-folder names. ``root`` may be local or remote (``gs://``,
-  nag_jax.paths). A file that does not decode (garbage, a truncated JPEG) raises
+  nag_jax.storage.paths). A file that does not decode (garbage, a truncated JPEG) raises
   ``BadImageError`` naming it; the pipeline skips or fails on it (``config.data.bad_images``).
 - ``TfdsSource(name, split, data_dir)``: a prepared tensorflow-datasets dataset read with
   ``tfds.data_source`` (array_record; random access, no TensorFlow graph). ImageNet must be
@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from nag_jax.paths import as_path
+from nag_jax.storage.paths import as_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 

@@ -110,5 +110,5 @@ def family_of_process(process) -> Family:
             return family
     raise TypeError(
         f"process is a {type(process).__name__}; expected a Transport (SiT) or a "
-        "GaussianDiffusion (DiT) from nag_jax.diffusion (see builders.build_process)."
+        "GaussianDiffusion (DiT) from nag_jax.diffusion (see build.build_process)."
     )

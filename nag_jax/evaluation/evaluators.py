@@ -3,7 +3,7 @@
 ``from_config(config, workdir)`` returns the trainer's evaluator factory (as big_vision's
 evaluators/common.py): ``make(model, mesh) -> {"fid": evaluate}`` with
 ``evaluate(params) -> {"eval/fid": ..., ...}``. nag_jax.main hands it to
-nag_jax.training.train.run, so training never imports the evaluation jobs and evaluation never
+nag_jax.training.loop.run, so training never imports the evaluation jobs and evaluation never
 imports training.
 
 Extractors (``config.eval.extractor``): "inception" (pytorch-fid weights at
@@ -22,10 +22,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from nag_jax import generate, parallel
+from nag_jax import parallel
 from nag_jax.evaluation import metrics as metrics_lib
 from nag_jax.evaluation import reference_stats
 from nag_jax.evaluation.results import metric_names
+from nag_jax.sampling import generate
 
 
 def build_extractor(config) -> metrics_lib.FeatureExtractor:

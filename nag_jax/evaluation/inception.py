@@ -49,8 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from nag_jax import weights
-from nag_jax.paths import as_path
+from nag_jax.storage import weights
+from nag_jax.storage.paths import as_path
 
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -431,8 +431,9 @@ def check_flat_params(flat: dict[str, np.ndarray], source: str = "<params>") -> 
 
 def read_flat_params(path: str) -> dict[str, np.ndarray]:
     """Checked flat '/'-keyed FID Inception params from an .npz (flat '/' keys), a params
-    directory (any layout of ``nag_jax.weights.load_params``), or the original pytorch-fid .pth
-    (converted in memory; needs torch); local or remote (``gs://``, nag_jax.paths)."""
+    directory (any layout of ``nag_jax.storage.weights.load_params``), or the original pytorch-fid
+    .pth
+    (converted in memory; needs torch); local or remote (``gs://``, nag_jax.storage.paths)."""
     if not path or not as_path(path).exists():
         raise FileNotFoundError(f"Inception weights not found at {path!r}. {_MISSING_WEIGHTS_HELP}")
     if as_path(path).is_dir():

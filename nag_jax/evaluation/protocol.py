@@ -1,5 +1,5 @@
 """The ADM evaluation protocol as ``config.eval`` values, shared by configs/eval_sit_xl.py and
-configs/eval_dit_xl.py (the keys and their meaning: nag_jax.config_schema).
+configs/eval_dit_xl.py (the keys and their meaning: nag_jax.config.schema).
 
 50k samples scored like openai/guided-diffusion's evaluator: FID Inception with TF-graph
 preprocessing, FID/sFID against the reference batch's stored full-train-set statistics,

@@ -17,7 +17,8 @@ Sources:
 Cache: `<cache_dir>/ref-<extractor>-<hash>.npz`, the hash over the source identity (absolute path,
 size and mtime of a file; the data config for a dataset), the number of images and the extractor
 name. Stored: mu, sigma, mu_s, sigma_s, pool_features (for precision/recall), meta (JSON).
-Files and the cache directory may be local or remote (``gs://``, nag_jax.paths; opened through
+Files and the cache directory may be local or remote (``gs://``, nag_jax.storage.paths; opened
+through
 epath).
 """
 
@@ -34,7 +35,7 @@ import zipfile
 import numpy as np
 
 from nag_jax.evaluation.metrics import FeatureExtractor, extract_features, mean_cov
-from nag_jax.paths import as_path, is_remote
+from nag_jax.storage.paths import as_path, is_remote
 
 
 def file_identity(path: str) -> dict:

@@ -3,7 +3,7 @@
 One JSON line per evaluation is appended to ``config.eval.results_file`` (default
 <workdir>/eval_results.jsonl) and the same row to a CSV next to it (columns RESULT_COLUMNS),
 keyed by ``row["key"]``: the hash of the full sampling identity + N + extractor + reference.
-Paths may be local or remote (``gs://``; nag_jax.paths).
+Paths may be local or remote (``gs://``; nag_jax.storage.paths).
 
 Torn lines: a local append writes the whole line in one ``write`` and fsyncs it; a file left
 ending without a newline (a killed append) gets a newline first, so the next row is never glued
@@ -27,7 +27,7 @@ import time
 import jax
 from absl import logging
 
-from nag_jax.paths import as_path, is_remote
+from nag_jax.storage.paths import as_path, is_remote
 
 METRICS = ("fid", "sfid", "inception_score", "precision", "recall")
 PROXY_NAMES = {

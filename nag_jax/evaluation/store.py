@@ -1,6 +1,6 @@
 """The resumable sample store of an evaluation: chunk files -> one ADM-format ``.npz``.
 
-Layout of a run directory (nag_jax.evaluation.eval_job names it after the sampling identity):
+Layout of a run directory (nag_jax.jobs.eval names it after the sampling identity):
 
     run_dir/chunks/<first>-<last>.npz  {"indices", "images" uint8 NHWC, "labels"}, written
                                        atomically (tmp + rename) by process 0 after each batch
@@ -12,7 +12,7 @@ not read back (corrupt bytes, a truncated copy) is renamed aside to ``<name>.cor
 warning naming it, and its images are sampled again. The ADM file is streamed from the chunks,
 so a 50k x 256px set (9.8 GB) is never held in memory. Readers of ADM files (batches, shapes) are
 nag_jax.evaluation.reference_stats.iter_npz_batches / npz_array_shape. ``run_dir`` may be local or
-remote (``gs://``; nag_jax.paths): files are opened through epath.
+remote (``gs://``; nag_jax.storage.paths): files are opened through epath.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from nag_jax.generate import iterate_batches
-from nag_jax.paths import as_path
+from nag_jax.sampling.generate import iterate_batches
+from nag_jax.storage.paths import as_path
 
 # What a chunk that does not read back raises (np.load of a damaged .npz).
 CHUNK_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError)
@@ -170,7 +170,7 @@ def sample_to_chunks(
 ) -> int:
     """Samples every index in [0, num_images) not yet in a chunk; returns how many it sampled.
 
-    ``run_batch(indices) -> (uint8 images, labels)`` (nag_jax.generate.make_batch_sampler);
+    ``run_batch(indices) -> (uint8 images, labels)`` (nag_jax.sampling.generate.make_batch_sampler);
     ``batch_size`` must suit it (generate.padded_batch_size). ``on_chunk(n_written)`` runs after
     each chunk (tests use it to simulate a kill).
     """

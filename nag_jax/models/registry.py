@@ -1,7 +1,7 @@
 """Model-size registry: names like ``"SiT-XL/2"`` or ``"DiT-B/4"``.
 
 SiT and DiT share one backbone (same modules, same parameter names and shapes); the family prefix
-decides the time input and the diffusion process (see nag_jax.builders), not the network.
+decides the time input and the diffusion process (see nag_jax.sampling.build), not the network.
 """
 
 from __future__ import annotations

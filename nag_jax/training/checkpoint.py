@@ -28,7 +28,7 @@ async write fails (:func:`check_save`, a flag read; no I/O) and stop the run wit
 naming the path, the errno and the fix (:class:`CheckpointSaveError`).
 
 Sampling, evaluation and fine-tuning read these checkpoints' params (latest EMA by default)
-through the one weights loader, ``nag_jax.weights.load_params``.
+through the one weights loader, ``nag_jax.storage.weights.load_params``.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from nag_jax.errors import RunStopped
-from nag_jax.paths import as_path, is_remote
+from nag_jax.storage.paths import as_path, is_remote
+from nag_jax.storage.weights import check_params_match, write_json
 from nag_jax.training.state import TrainState
 from nag_jax.utils import sha256_file
-from nag_jax.weights import check_params_match, write_json
 
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "nag_jax_sha256.json"

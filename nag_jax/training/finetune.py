@@ -19,18 +19,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nag_jax.weights import check_params_match, load_params
+from nag_jax.storage.weights import check_params_match, load_params
 
 NULL_TOKEN = "null_noise_token"
 
 
 def training_times(config, process=None, num_times: int = 1000) -> np.ndarray:
     """(T,) float32 times spread like the training time distribution of the config's family
-    (`Family.training_times`; ``process`` defaults to ``builders.build_process(config)``)."""
-    from nag_jax import builders
+    (`Family.training_times`; ``process`` defaults to ``build.build_process(config)``)."""
+    from nag_jax.sampling import build
 
-    process = process if process is not None else builders.build_process(config)
-    return builders.family_of(config).training_times(process, num_times)
+    process = process if process is not None else build.build_process(config)
+    return build.family_of(config).training_times(process, num_times)
 
 
 def mean_time_embedding(model, params, times) -> jax.Array:

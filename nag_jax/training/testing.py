@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from nag_jax.config_schema import base_config
+from nag_jax.config.schema import base_config
 
 
 def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
     """A seconds-fast SiT (hidden 32, depth 1, 8x8x3) on synthetic shapes, global batch 8.
 
-    Derived from the one schema (nag_jax.config_schema.base_config); ``train_overrides`` update
+    Derived from the one schema (nag_jax.config.schema.base_config); ``train_overrides`` update
     ``config.train``."""
     c = base_config()
     c.model.update(
@@ -45,8 +45,8 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
 
 
 def tiny_model(config):
-    """The backbone of ``config.model`` (nag_jax.builders.build_model)."""
-    from nag_jax.builders import build_model
+    """The backbone of ``config.model`` (nag_jax.sampling.build.build_model)."""
+    from nag_jax.sampling.build import build_model
 
     return build_model(config.model)
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
 
     from nag_jax.data import create_dataset
     from nag_jax.parallel import maybe_initialize_distributed
-    from nag_jax.training.train import run
+    from nag_jax.training.loop import run
 
     logging.set_verbosity(logging.INFO)
     logging.set_stderrthreshold(logging.INFO)  # the tests read the restore / preemption lines

@@ -7,7 +7,7 @@ figures. ``config.lab.kind`` selects the data:
     "gmm"     exact analysis on a Gaussian mixture   (``nag_jax.analysis.lab.gmm``)
     "shapes"  built-in images, a learned estimator   (``nag_jax.analysis.lab.shapes``)
 
-Modules: ``common`` (process through ``nag_jax.builders``, training with the project's
+Modules: ``common`` (process through ``nag_jax.sampling.build``, training with the project's
 ``nag_loss``, guided sampling of one row with trajectories, formatting), ``gmm``, ``shapes``,
 ``report`` (figures, report.md, results.json). Progress is logged with absl logging.
 

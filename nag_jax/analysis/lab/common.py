@@ -16,16 +16,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nag_jax import builders, sampling
-from nag_jax.analysis.estimator import classifier_nag_prediction, train_estimator, train_params
+from nag_jax import sampling
+from nag_jax.analysis.estimator import train_estimator, train_params
 from nag_jax.diffusion.transport import Transport
 from nag_jax.guidance import guided_prediction
+from nag_jax.guidance.classifier import classifier_nag_prediction
+from nag_jax.sampling import build
 
 LAB_SAMPLERS = ("ode", "sde")
 
 
 def build_transport(config) -> Transport:
-    """The lab's noising process: ``nag_jax.builders.build_process`` of ``config.process``.
+    """The lab's noising process: ``nag_jax.sampling.build.build_process`` of ``config.process``.
 
     Both labs sample SiT-style models. The GMM lab's MLP denoiser has no registry name
     ("SiT-MLP"), so the process is asked for as for any registered SiT model: only the family
@@ -40,7 +42,7 @@ def build_transport(config) -> Transport:
     view = ml_collections.ConfigDict(
         {"model": {"name": "SiT-S/2"}, "process": config.process.to_dict()}
     )
-    return builders.build_process(view)
+    return build.build_process(view)
 
 
 def train_denoiser(key, module, sample_batch, transport, config):
@@ -101,11 +103,11 @@ def make_pred_builder(net_fn_factory, transport, row, estimator=None):
     """``params -> pred_fn(x, t, y)``: the guided prediction for one lab row.
 
     ``net_fn_factory(params) -> net_fn(x, t, y, drop_class, drop_noise)`` (for an image model
-    ``builders.make_net_fn``). The CFG / NAG setting is ``builders.build_guidance`` of the row's
+    ``build.make_net_fn``). The CFG / NAG setting is ``build.build_guidance`` of the row's
     scales; the branches are fused by ``nag_jax.guidance.guided_prediction`` (one network call
     per step); ``cls_nag`` wraps it in classifier-based NAG with ``estimator``.
     """
-    guidance = builders.build_guidance(
+    guidance = build.build_guidance(
         {
             "cfg_scale": row["cfg"],
             "nag_scale": row["nag"],
@@ -135,7 +137,7 @@ def make_pred_builder(net_fn_factory, transport, row, estimator=None):
 
 def run_sampler(pred_fn, key, x_init, y, transport, sampler: str, num_steps: int, method: str):
     """The project's SiT sampler ``sampler`` ("ode" | "sde") with ``return_trajectory=True``;
-    returns (x, traj). (``builders.build_sampler`` builds its prediction from a config; the lab's
+    returns (x, traj). (``build.build_sampler`` builds its prediction from a config; the lab's
     rows bring their own: classifier-NAG, the exact velocity, a non-image network.)"""
     if sampler == "ode":
         return sampling.sample_ode(

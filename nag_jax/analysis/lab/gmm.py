@@ -51,7 +51,7 @@ CURVES = ("levels", "delta", "density_traj", "density_fwd")  # per-run arrays, n
 
 def module_net_fn(module):
     """``params -> net_fn(x, t, y, drop_class, drop_noise)`` for a module with the conditioning
-    interface of the image models (the MLP denoiser; image models use builders.make_net_fn)."""
+    interface of the image models (the MLP denoiser; image models use build.make_net_fn)."""
 
     def factory(params):
         def net_fn(x, t, y, drop_class, drop_noise):

@@ -2,7 +2,7 @@
 
 ``config.lab.kind = "shapes"`` (configs/lab_shapes.py). No closed form here: render a pool of
 real images (``nag_jax.data.synthetic.ShapesDataset``); train a small SiT
-(``nag_jax.builders.build_model``, network calls through ``builders.make_net_fn``) with the
+(``nag_jax.sampling.build.build_model``, network calls through ``build.make_net_fn``) with the
 project's ``nag_loss``; train the conv ``NoiseLevelEstimator`` g(lambda | x) on forward samples of
 real images; for each row x step count x seed, sample with the project's sampler and fused
 guidance, measure the calibrated shift with g (trajectory states vs forward samples of fresh real
@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nag_jax import builders
 from nag_jax.analysis import shift as S
 from nag_jax.analysis.lab import report
 from nag_jax.analysis.lab.common import (
@@ -36,6 +35,7 @@ from nag_jax.analysis.lab.common import (
     train_denoiser,
     train_lab_estimator,
 )
+from nag_jax.sampling import build
 
 QUALITY = ("class_accuracy", "proxy_fd")
 
@@ -75,7 +75,7 @@ def run(config, workdir: str) -> dict:
         i = jax.random.randint(k, (bs,), 0, lab.pool_size)
         return pool_x[i], pool_y[i]
 
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     params, losses = train_denoiser(k_den, model, sample_batch, transport, config)
     results: dict = {"config": config.to_dict(), "denoiser_loss_last": float(losses[-50:].mean())}
     logging.info(
@@ -99,7 +99,7 @@ def run(config, workdir: str) -> dict:
         results["proxy_error"] = f"{type(e).__name__}: {e}"
         logging.warning("lab: quality proxy unavailable: %s", results["proxy_error"])
 
-    factory = lambda p: builders.make_net_fn(model, p, "SiT")
+    factory = lambda p: build.make_net_fn(model, p, "SiT")
     shift_fn = jax.jit(
         lambda st, fw, lv: S.measure_shift(estimator.log_posterior, st, fw, lv, estimator.grid)
     )

@@ -22,7 +22,7 @@ Writes go through :func:`atomic_publish`: the output is built under a temporary 
 renamed into place, so a killed or failing write never leaves a partial checkpoint at ``dest``.
 The temporary sibling is ``.NAME.tmp-<pid>@<host>-XXXXXXXX``: removed on failure, and a leftover
 of a killed process (dead pid, this host) is removed by the next write or check of ``dest``.
-User paths go through ``nag_jax.paths.as_path`` (a ``gs://`` destination is kept as a URI).
+User paths go through ``nag_jax.storage.paths.as_path`` (a ``gs://`` destination is kept as a URI).
 
 Param trees are nested dicts; paths are flattened with ``flax.traverse_util.flatten_dict`` (tuple
 keys, or ``sep="/"`` for ``"blocks_0/attn/qkv/kernel"`` strings) everywhere in the project.
@@ -45,7 +45,7 @@ from absl import logging
 from flax import traverse_util
 
 from nag_jax.errors import UserError
-from nag_jax.paths import as_path, is_remote
+from nag_jax.storage.paths import as_path, is_remote
 
 FORMAT_VERSION = 1
 PARAMS_ITEM = "params"
@@ -250,7 +250,7 @@ def resolve(path: str, item: str = "ema_params") -> tuple[str, str]:
 
     ``item``: which tree of a training checkpoint ("ema_params" or "params"). Raises
     FileNotFoundError for a missing path and CheckpointError for a directory of no known layout.
-    Local paths are made absolute; remote URIs (gs://, ...) are kept (``nag_jax.paths``).
+    Local paths are made absolute; remote URIs (gs://, ...) are kept (``nag_jax.storage.paths``).
     """
     if item not in TRAINING_ITEMS:
         raise CheckpointError(f"item={item!r}; expected one of {TRAINING_ITEMS}.")

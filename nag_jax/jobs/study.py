@@ -37,15 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nag_jax import builders, demo, weights
 from nag_jax.analysis import shift as S
 from nag_jax.analysis.estimator import train_estimator
-from nag_jax.demo import Row
+from nag_jax.jobs import demo
+from nag_jax.jobs.demo import Row
+from nag_jax.sampling import build
+from nag_jax.storage import weights
 from nag_jax.utils import save_figure
 
 
 def _train(config, workdir: str):
-    from nag_jax.training import train
+    from nag_jax.training import loop as train
 
     return train.run(config, workdir).ema_params
 
@@ -159,7 +161,7 @@ def noise_shift(config, sampler, params, rows, seeds, n, study) -> dict:
     """Calibrated shift delta(lambda) per row, mean over seeds (learned estimator g)."""
     from nag_jax.data.synthetic import ShapesDataset
 
-    process = builders.build_process(config, for_sampling=True)
+    process = build.build_process(config, for_sampling=True)
     size, k = int(config.data.image_size), int(config.model.num_classes)
     ds = ShapesDataset(size, k, seed=int(config.data.synthetic_seed))
     pool_idx = np.arange(2**42, 2**42 + int(study.estimator_pool))
@@ -204,7 +206,7 @@ def noise_shift(config, sampler, params, rows, seeds, n, study) -> dict:
         c = config.copy_and_resolve_references()
         c.sample.cfg_scale, c.sample.nag_scale = row.cfg_scale, row.nag_scale
         c.sample.nag_interval = row.nag_interval
-        fn = jax.jit(builders.build_sampler(c, sampler.model, return_trajectory=True))
+        fn = jax.jit(build.build_sampler(c, sampler.model, return_trajectory=True))
         deltas, late, whole = [], [], []
         for seed in seeds:
             idx = np.arange(n)
@@ -341,7 +343,7 @@ def run(config, workdir: str) -> dict:
             "must be chosen on seeds that are not reported. Use disjoint seeds."
         )
     scorer = demo.load_scorer(config, workdir)
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     sampler = demo.RowSampler(config, model)
     path = os.path.join(workdir, "results.json")
     results = dict(val_seeds=val_seeds, report_seeds=rep_seeds, images_per_seed=n)

@@ -1,9 +1,9 @@
-"""The release training recipe on top of the one schema (nag_jax.config_schema), for configs/*.py.
+"""The release training recipe on top of the one schema (nag_jax.config.schema), for configs/*.py.
 
 DiT / SiT releases: AdamW lr 1e-4, weight decay 0, global batch 256, EMA 0.9999 every step,
 class dropout 0.1, 256px ImageNet through the SD-VAE (32x32x4 latents, scaled by 0.18215), bf16
 compute. NAG adds noise-condition dropout p_noise_drop = 0.1 and the learned null noise token.
-`release_config` is `config_schema.base_config` (whose model / optimizer / schedule defaults are
+`release_config` is `schema.base_config` (whose model / optimizer / schedule defaults are
 this recipe) plus bf16 compute, the ImageNet latents and the family's release sampler
 (nag_jax.diffusion.family).
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nag_jax.config_schema import base_config
+from nag_jax.config.schema import base_config
 from nag_jax.diffusion.family import family_for
 
 

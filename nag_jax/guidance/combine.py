@@ -193,7 +193,7 @@ class TwoModelNet:
 
     ``apply_fn(params, x, t, y, drop_class, drop_noise) -> (B, ..., C_out)`` is the network of
     both (one architecture); ``params`` the main weights, ``domain_params`` the second ones with
-    the same tree structure and shapes when ``stacked`` (builders.domain_params_like makes a
+    the same tree structure and shapes when ``stacked`` (build.domain_params_like makes a
     pre-trained tree fit: only its null label row is read).
 
     ``stacked=True``: the two trees are stacked on a leading axis once (when the prediction is
@@ -217,7 +217,7 @@ class TwoModelNet:
                 raise ValueError(
                     "stacked two-model guidance needs two param trees of one architecture (same "
                     "structure and shapes); adapt the pre-trained tree with "
-                    "nag_jax.builders.domain_params_like or use sample.dog_call='sequential'."
+                    "nag_jax.sampling.build.domain_params_like or use sample.dog_call='sequential'."
                 )
             stack = lambda p, q: jnp.stack([p, jnp.asarray(q, jnp.result_type(p))])
             object.__setattr__(

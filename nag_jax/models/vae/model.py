@@ -50,8 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from nag_jax import weights
-from nag_jax.paths import as_path, is_remote
+from nag_jax.storage import weights
+from nag_jax.storage.paths import as_path, is_remote
 
 Dtype = Any
 
@@ -721,7 +721,7 @@ def state_dict_from_params(params) -> dict[str, np.ndarray]:
 
 
 def find_vae_dir(path: str) -> str:
-    """Resolves ``path`` (local or remote, nag_jax.paths) to the folder holding the VAE's
+    """Resolves ``path`` (local or remote, nag_jax.storage.paths) to the folder holding the VAE's
     config.json.
 
     Accepts the VAE folder itself or a full diffusers pipeline folder with a ``vae/`` subfolder.
@@ -809,7 +809,8 @@ def load_diffusers(path: str) -> tuple[VAEConfig, dict]:
 
 def load_converted(path: str) -> tuple[VAEConfig, dict]:
     """A folder written by ``python -m nag_jax.convert vae`` (config.json + params/, read by
-    ``nag_jax.weights.load_params``) -> (VAEConfig, float32 params), checked against the config."""
+    ``nag_jax.storage.weights.load_params``) -> (VAEConfig, float32 params), checked against the
+    config."""
     path = find_vae_dir(path)
     config = VAEConfig.from_dict(read_config(path))
     params, _ = weights.load_params(path)

@@ -9,10 +9,11 @@ original integer step 0..999 (0 = least noise). Guidance intervals are in the pa
 
 The family (SiT / DiT: process, time convention, samplers, guided channels) is decided once, in
 nag_jax.diffusion.family. A hand-built partial config (notebooks, benchmarks) is completed from
-the one schema (nag_jax.config_schema.complete); job configs already hold every key.
+the one schema (nag_jax.config.schema.complete); job configs already hold every key.
 
 Randomness for sampling is per image: ``sample_fn(params, keys, y)`` takes ONE key per image
-(``per_image_keys(seed_key, indices)``; image i of a seed: nag_jax.generate), and the initial
+(``per_image_keys(seed_key, indices)``; image i of a seed: nag_jax.sampling.generate), and the
+initial
 noise and every step's noise of image i derive from ``keys[i]`` alone. Image i is then the same
 whatever the batch it is drawn in or the number of devices it is sharded over (up to float
 reassociation in the network's matmuls).
@@ -26,12 +27,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from nag_jax import config_schema, sampling
+from nag_jax import sampling
+from nag_jax.config import schema
 from nag_jax.diffusion import GaussianDiffusion, Transport
 from nag_jax.diffusion.family import FAMILIES, Family, family_for
 from nag_jax.guidance import GuidanceConfig, TwoModelNet, guided_prediction
 from nag_jax.models import DiT, create_model
-from nag_jax.paths import as_path
+from nag_jax.storage.paths import as_path
 
 
 def family_of(config) -> Family:
@@ -41,7 +43,7 @@ def family_of(config) -> Family:
 
 def build_model(model_cfg) -> DiT:
     """``config.model`` -> the backbone (see nag_jax.models.create_model for the fields)."""
-    m = config_schema.complete(model_cfg, "model")
+    m = schema.complete(model_cfg, "model")
     return create_model(
         m.name,
         input_size=m.input_size,
@@ -62,7 +64,7 @@ def build_model(model_cfg) -> DiT:
 def build_process(config, *, for_sampling: bool = False) -> Transport | GaussianDiffusion:
     """The noising process of ``config``'s family (`Family.build_process`): SiT a `Transport`;
     DiT the 1000-step DDPM for training, respaced to ``config.sample.num_steps`` for sampling."""
-    c = config_schema.complete(config)
+    c = schema.complete(config)
     return family_of(c).build_process(
         c.process, learn_sigma=c.model.learn_sigma, sample_cfg=c.sample if for_sampling else None
     )
@@ -70,7 +72,7 @@ def build_process(config, *, for_sampling: bool = False) -> Transport | Gaussian
 
 def build_guidance(sample_cfg) -> GuidanceConfig:
     """``config.sample`` -> `GuidanceConfig` (cfg_scale, nag_scale, intervals, cfg_channels)."""
-    s = config_schema.complete(sample_cfg, "sample")
+    s = schema.complete(sample_cfg, "sample")
     return GuidanceConfig(
         cfg_scale=float(s.cfg_scale),
         nag_scale=float(s.nag_scale),
@@ -139,7 +141,7 @@ def make_two_model_net(model: DiT, params, family: str, stacked: bool) -> TwoMod
     if not (isinstance(params, dict) and set(params) == {MAIN, DOMAIN}):
         raise ValueError(
             "sample.dog_scale != 1 (Domain Guidance) samples with two sets of weights: pass "
-            "params={'main': fine-tuned, 'domain': pre-trained} (nag_jax.generate."
+            "params={'main': fine-tuned, 'domain': pre-trained} (nag_jax.sampling.generate."
             "with_domain_params reads config.model.domain_weights)."
         )
     fam = FAMILIES[family]
@@ -164,7 +166,7 @@ def guided_pred_fn(
     (read from ``sample.estimator`` when None; load it outside jit)."""
     family = family_of(config)
     process = process if process is not None else build_process(config, for_sampling=True)
-    sc = config_schema.complete(config.sample, "sample")
+    sc = schema.complete(config.sample, "sample")
     classifier = sc.nag_mode == "classifier"
     guidance = build_guidance(sc)
     if classifier:  # no null-token branch: NAG comes from the estimator below
@@ -196,11 +198,11 @@ _NEEDS_ESTIMATOR = (
 
 def classifier_estimator(sample_cfg):
     """The noise-level estimator of ``sample.nag_mode = "classifier"`` (None in "token" mode),
-    read from ``sample.estimator`` (nag_jax.noise_estimator.load_estimator; host I/O: call it
+    read from ``sample.estimator`` (nag_jax.models.noise_estimator.load_estimator; host I/O: call it
     outside jit)."""
-    from nag_jax import noise_estimator
+    from nag_jax.models import noise_estimator
 
-    sc = config_schema.complete(sample_cfg, "sample")
+    sc = schema.complete(sample_cfg, "sample")
     if sc.nag_mode != "classifier":
         return None
     if not sc.estimator:
@@ -212,7 +214,7 @@ def classifier_nag(pred_fn: Callable, sample_cfg, process, scale, estimator=None
     """``sample.nag_mode = "classifier"``: wraps ``pred_fn`` in classifier-based NAG with
     ``estimator`` (default: `classifier_estimator` of ``sample_cfg``), scale ``scale`` (may be
     traced) over ``sample.nag_interval`` (noise levels)."""
-    from nag_jax import noise_estimator
+    from nag_jax.guidance import classifier
 
     interval = tuple(float(v) for v in sample_cfg.nag_interval)
     if not sample_cfg.estimator and estimator is None:
@@ -225,7 +227,7 @@ def classifier_nag(pred_fn: Callable, sample_cfg, process, scale, estimator=None
         )
     if estimator is None:
         estimator = classifier_estimator(sample_cfg)
-    return noise_estimator.classifier_nag_prediction(
+    return classifier.classifier_nag_prediction(
         pred_fn, estimator, scale, transport=process, interval=interval
     )
 
@@ -233,7 +235,7 @@ def classifier_nag(pred_fn: Callable, sample_cfg, process, scale, estimator=None
 def per_image_keys(key: jax.Array, indices) -> jax.Array:
     """One key per global image index: ``keys[j] = fold_in(key, indices[j])`` (shape (N,)).
 
-    The key of ``seed`` is nag_jax.generate's (`generate.image_keys`)."""
+    The key of ``seed`` is nag_jax.sampling.generate's (`generate.image_keys`)."""
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(indices, jnp.uint32))
 
 
@@ -249,7 +251,7 @@ def warn_nag_without_token(model: DiT, sample_cfg) -> bool:
     A release checkpoint has none: its noise-unconditional branch then sees a zero vector the
     network was never trained on (``null_noise="zero"``), and "NAG" is not NAG. Returns True when
     it warned. (Sample mode refuses this case unless null_noise="zero" is asked explicitly:
-    nag_jax.sample_job.reconcile_model_config.)"""
+    nag_jax.jobs.sample.reconcile_model_config.)"""
     if float(sample_cfg.nag_scale) == 0.0 or model.null_noise == "learned":
         return False
     from absl import logging
@@ -282,7 +284,7 @@ def build_sampler(config, model: DiT, *, return_trajectory: bool = False) -> Cal
       (N, H, W, C) float32 samples in the model's space (pixels in [-1, 1] or latents), or
       ``(samples, trajectory)`` when ``return_trajectory`` (see nag_jax.sampling).
     """
-    c = config_schema.complete(config)
+    c = schema.complete(config)
     family, sc = family_of(c), c.sample
     kind = str(sc.sampler)
     if kind not in family.samplers:

@@ -13,14 +13,15 @@ Why a grid and not successive halving or a Bayesian search: (1) FID is biased in
 N grows), so the rungs of successive halving at small N rank points with a bias that differs
 from the final N's, and a bandit's early eliminations are exactly where that bias and FID's
 seed noise are largest; every grid point is scored at the same N on the same images (paired:
-image i of seed s is ``nag_jax.generate`` image i, whatever the point), so differences between
+image i of seed s is ``nag_jax.sampling.generate`` image i, whatever the point), so differences
+between
 points are guidance only. (2) The curves FID(s_cfg), FID(w_nag) per interval are an output the
 paper's question (how to choose w_nag) needs, and only a grid draws them. (3) Points are
 independent, so the sweep resumes point by point and shards like eval. The cost that a search
 would save is bounded here by compiling once: a point costs its sampling and scoring only.
 
 One compiled sampler: the sampler is built with every branch that any point uses (CFG, NAG,
-DoG) and its scales and intervals are traced run-time arguments (``builders.build_sampler``'s
+DoG) and its scales and intervals are traced run-time arguments (``build.build_sampler``'s
 ``scales`` / ``intervals``; ``generate.make_batch_sampler(traced=True)`` also takes the seed at
 run time), so every point and every seed run the same executable; a term that is off at a
 point (scale off, or the step outside its interval) skips its branch at run time (lax.switch).
@@ -40,7 +41,7 @@ fine-grained table of configs/finetune_fine_grained.py). Writes ``<workdir>/swee
 ``results.json`` and ``curves.png`` (metric against s_cfg, one line per w_nag, per interval).
 Cost: the one compilation's seconds and each point's sampling images/s are recorded.
 
-Time conventions: none of its own (nag_jax.builders: SiT float t, 0 = noise; DiT integer step,
+Time conventions: none of its own (nag_jax.sampling.build: SiT float t, 0 = noise; DiT integer step,
 0 = least noise); intervals are noise levels (1 = pure noise).
 """
 
@@ -57,11 +58,15 @@ import jax
 import numpy as np
 from absl import logging
 
-from nag_jax import builders, config_schema, generate, parallel, weights
-from nag_jax.evaluation import eval_job, evaluators
+from nag_jax import parallel
+from nag_jax.config import schema
+from nag_jax.evaluation import evaluators
 from nag_jax.evaluation import metrics as metrics_lib
 from nag_jax.evaluation.results import digest, metric_names
-from nag_jax.paths import as_path
+from nag_jax.jobs import eval as eval_job
+from nag_jax.sampling import build, generate
+from nag_jax.storage import weights
+from nag_jax.storage.paths import as_path
 from nag_jax.utils import save_figure, to_uint8
 
 FULL = (0.0, 1.0)
@@ -199,7 +204,7 @@ def run(config, workdir: str, **overrides) -> dict:
     ``overrides`` (tests): model, params (the default weights' tree), mesh, extractor,
     reference (a ReferenceStats), on_point(n_done) called after each point is written.
     """
-    config_schema.validate(config)
+    schema.validate(config)
     parallel.maybe_initialize_distributed()
     sw = config.sweep
     points = points_of(sw)
@@ -215,7 +220,7 @@ def run(config, workdir: str, **overrides) -> dict:
     point_dir = out_dir / "points"
     mesh = overrides.pop("mesh", None) or parallel.create_mesh(config.parallel)
     sconf = sampler_config(config, points)
-    model = overrides.pop("model", None) or builders.build_model(config.model)
+    model = overrides.pop("model", None) or build.build_model(config.model)
     extractor = overrides.pop("extractor", None) or evaluators.build_extractor(config)
     ref = overrides.pop("reference", None) or evaluators.load_reference(config, extractor, workdir)
     on_point: Callable | None = overrides.pop("on_point", None)
@@ -227,7 +232,7 @@ def run(config, workdir: str, **overrides) -> dict:
     def sampling_params(point: Point):
         p = _check_point_params(point, params_of(point.weights))
         if use_dog:
-            return {builders.MAIN: p, builders.DOMAIN: builders.domain_params_like(p, domain)}
+            return {build.MAIN: p, build.DOMAIN: build.domain_params_like(p, domain)}
         return p
 
     first = sampling_params(points[0])

@@ -14,7 +14,8 @@ Writes into the workdir: ``grid_<setting>.png`` (rows = classes, columns = image
 seed), ``comparison.png`` (the four settings side by side), ``metrics.json`` (per seed, mean, SE,
 paired differences) and ``table.md``.
 
-Image identity (``nag_jax.generate``): image i of seed s has key ``generate.image_keys(s, i)`` and
+Image identity (``nag_jax.sampling.generate``): image i of seed s has key ``generate.image_keys(s,
+i)`` and
 label ``i % num_classes`` (the class table cycled), so every setting samples the SAME images and
 rows differ only by guidance; a difference between rows is measured per seed (paired).
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise levels (1 = noise).
@@ -31,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nag_jax import builders, generate, weights
 from nag_jax.data.synthetic import ShapesDataset
 from nag_jax.evaluation import proxy
+from nag_jax.sampling import build, generate
+from nag_jax.storage import weights
 from nag_jax.utils import make_grid, save_png, to_uint8
 
 # Real reference images come from indices no training batch can draw.
@@ -94,7 +96,7 @@ class RowSampler:
             c.sample.nag_scale = 1.0 if sig[1] else 0.0
             c.sample.nag_interval = row.nag_interval
             c.sample.num_steps = steps
-            fn = jax.jit(builders.build_sampler(c, self.model))
+            fn = jax.jit(build.build_sampler(c, self.model))
             scales = (jnp.float32(1.0), jnp.float32(0.0))
             start = time.perf_counter()
             compiled = fn.lower(params, keys, labels, scales).compile()
@@ -124,7 +126,8 @@ class RowSampler:
 
 
 def image_batch(seed: int, num_images: int, num_classes: int):
-    """(keys (N,), labels (N,) int32) of images 0..N-1 of ``seed``: the ``nag_jax.generate``
+    """(keys (N,), labels (N,) int32) of images 0..N-1 of ``seed``: the
+    ``nag_jax.sampling.generate``
     identity with the class table cycled (label = i % num_classes, every class equally often)."""
     indices = np.arange(num_images)
     labels = generate.image_labels(seed, indices, num_classes, range(num_classes))
@@ -375,7 +378,7 @@ def export_base(config, checkpoints: str, dest: str, *, step: int | None = None,
 
 def run(config, workdir: str) -> dict:
     """Fine-tunes (or trains, or resumes) the demo model, samples the rows, writes the table."""
-    from nag_jax.training import train
+    from nag_jax.training import loop as train
 
     start = time.time()
     os.makedirs(workdir, exist_ok=True)
@@ -399,7 +402,7 @@ def run(config, workdir: str) -> dict:
     seeds = [int(s) for s in dc.seeds]
     n = int(dc.images_per_seed)
     logging.info("[3/3] Sampling %d settings x %d seeds x %d images", len(rows), len(seeds), n)
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     sampler = RowSampler(config, model)
     params = state.ema_params
     grids = GridWriter(config, workdir)

@@ -13,14 +13,16 @@ Story of ``run(config, workdir)``:
    (a converted release: null token created) or a fresh init, placed by one jit.
 5. Loop: one jitted, donated step per batch; NaN/Inf stops with the step number (the last good
    checkpoint stays); metrics + steps/s, examples/s, ETA every ``log_every``; sample grids every
-   ``sample_every`` (images i = 0..N-1 of config.seed, nag_jax.generate); the evaluators given
+   ``sample_every`` (images i = 0..N-1 of config.seed, nag_jax.sampling.generate); the evaluators
+   given
    by the caller on the EMA weights every ``eval_every`` (nag_jax.main passes
    nag_jax.evaluation.evaluators.from_config: FID per config.eval); async checkpoints every
    ``checkpoint_every`` and at the end. Training never imports the evaluation jobs.
 6. SIGTERM (preemption) or a first Ctrl-C (SIGINT): a flag; at the next step boundary (all
    processes agree via a tiny all-reduce) a checkpoint is written, the save in flight completes
    and ``run`` returns normally (main exits 0). A second Ctrl-C aborts (KeyboardInterrupt).
-7. The workdir is locked for the whole run (nag_jax.workdir: a second job fails at once naming
+7. The workdir is locked for the whole run (nag_jax.storage.workdir: a second job fails at once
+naming
    the holder). A failed async save (full disk, read-only workdir) stops the run at the next
    step with one line naming the path and the errno (checkpoint.CheckpointSaveError); a corrupt
    latest checkpoint is set aside and the previous one restored (checkpoint.restore).
@@ -38,7 +40,7 @@ import numpy as np
 from absl import logging
 
 from nag_jax import parallel
-from nag_jax import workdir as workdir_lib
+from nag_jax.storage import workdir as workdir_lib
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training.state import TrainState, create_optimizer, init_state
 from nag_jax.training.step import jit_train_step, make_apply_fn, make_nag_loss
@@ -142,9 +144,9 @@ def setup_state(
 
 
 def _builders():
-    from nag_jax import builders
+    from nag_jax.sampling import build
 
-    return builders
+    return build
 
 
 def _dataset_iterator(config, global_batch_size):
@@ -163,26 +165,25 @@ def _dataset_iterator(config, global_batch_size):
 def make_grid_sampler(config, model, mesh):
     """``fn(params) -> (N, H, W, C) numpy`` for the periodic sample grids, compiled once.
 
-    Images 0..N-1 of ``config.seed`` (nag_jax.generate: the same noise at every step, so
+    Images 0..N-1 of ``config.seed`` (nag_jax.sampling.generate: the same noise at every step, so
     successive grids differ by the weights only), N = ``config.sample.num_images``, labels
     ``config.sample.labels`` or 0, 1, 2, ... cycled, guided as ``config.sample`` says; output
     replicated so every process can read it.
     """
-    from nag_jax import builders, generate
+    from nag_jax.sampling import build, generate
 
     n, k = int(config.sample.num_images), int(config.model.num_classes)
     idx = np.arange(n)
     keys = generate.image_keys(config.seed, idx)
     y = generate.image_labels(config.seed, idx, k, config.sample.labels or range(k))
-    sample_fn = jax.jit(
-        builders.build_sampler(config, model), out_shardings=parallel.replicated(mesh)
-    )
+    sample_fn = jax.jit(build.build_sampler(config, model), out_shardings=parallel.replicated(mesh))
     return lambda params: np.asarray(sample_fn(params, keys, y).addressable_data(0))
 
 
 def make_grid_decoder(config):
     """``fn(latents) -> images in [-1, 1]`` for the periodic grids of a latent model when
-    ``config.vae.path`` is set (the SD-VAE, nag_jax.generate.load_decoder, jitted once); None for
+    ``config.vae.path`` is set (the SD-VAE, nag_jax.sampling.generate.load_decoder, jitted once);
+    None for
     pixel models or without a VAE (the grids are then saved as raw latents .npy)."""
     if int(config.model.in_channels) == 3:
         return None
@@ -192,7 +193,7 @@ def make_grid_decoder(config):
             "--config.vae.path to decode them into PNG and TensorBoard grids."
         )
         return None
-    from nag_jax import generate
+    from nag_jax.sampling import generate
 
     decode, vae_params = generate.load_decoder(config)
     fn = jax.jit(decode)
@@ -237,9 +238,9 @@ def run(
     once, at the first ``train.eval_every`` step (nag_jax.main passes
     ``nag_jax.evaluation.evaluators.from_config``); None = no evaluation.
     """
-    from nag_jax import config_schema
+    from nag_jax.config import schema
 
-    config_schema.validate(config)
+    schema.validate(config)
     stop = _StopFlag().install()  # first: a preemption during start-up still checkpoints
     try:
         return _run(config, workdir, stop, model, process, loss_fn, data_iter, make_evaluators)

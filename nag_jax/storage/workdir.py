@@ -37,7 +37,7 @@ import time
 from absl import logging
 
 from nag_jax.errors import RunStopped
-from nag_jax.paths import as_path, is_remote
+from nag_jax.storage.paths import as_path, is_remote
 
 LOCK_FILE = ".nag_jax.lock"
 

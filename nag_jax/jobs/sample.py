@@ -6,8 +6,10 @@
 Steps: load the params at ``config.model.weights`` (a ``python -m nag_jax.convert to-orbax``
 directory, whose metadata fixes the architecture, or a training workdir's checkpoints/ directory,
 EMA params, architecture from ``config.model``) -> build the model and the guided sampler through
-nag_jax.builders -> draw images 0..N-1 of ``config.seed`` (N = ``config.sample.num_images``) with
-nag_jax.generate's sharded batch sampler, in batches of ``config.sample.batch_size`` over all
+nag_jax.sampling.build -> draw images 0..N-1 of ``config.seed`` (N = ``config.sample.num_images``)
+with
+nag_jax.sampling.generate's sharded batch sampler, in batches of ``config.sample.batch_size`` over
+all
 devices, decoding latents with the SD-VAE at ``config.vae.path`` in the same jit (pixel models
 skip it). Image i is the same image mode "eval" draws for i, whatever the batch size or device
 count. Process 0 writes
@@ -16,7 +18,7 @@ count. Process 0 writes
     <workdir>/samples/samples.npz     arr_0: (N, H, W, 3) uint8, arr_1: (N,) int labels
     <workdir>/samples/info.json       config, checkpoint metadata, timings
 
-The workdir and the weights may be local or remote (``gs://``; nag_jax.paths).
+The workdir and the weights may be local or remote (``gs://``; nag_jax.storage.paths).
 
 uint8 rule: ``nag_jax.utils.to_uint8`` = clip(round(127.5 x + 127.5), 0, 255).
 
@@ -36,8 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nag_jax import builders, config_schema, generate, parallel, utils
-from nag_jax.paths import as_path, is_remote
+from nag_jax import parallel, utils
+from nag_jax.config import schema
+from nag_jax.sampling import build, generate
+from nag_jax.storage.paths import as_path, is_remote
 
 ARCH_FIELDS = ("input_size", "in_channels", "num_classes", "learn_sigma")
 SIZE_FIELDS = ("hidden_size", "depth", "num_heads")
@@ -58,7 +62,7 @@ def reconcile_model_config(config, meta: dict, params: dict) -> list[str]:
     if meta:
         fam_cfg, fam_ckpt = parse_model_name(mc.name)[0], meta["family"]
         if fam_cfg != fam_ckpt:
-            raise config_schema.ConfigError(
+            raise schema.ConfigError(
                 f"config.model.name={mc.name} is a {fam_cfg} model but the checkpoint is "
                 f"{meta['model']} ({fam_ckpt}); use configs/sample_{fam_ckpt.lower()}_xl.py or "
                 f"--config.model.name={meta['model']}."
@@ -77,7 +81,7 @@ def reconcile_model_config(config, meta: dict, params: dict) -> list[str]:
             mc.null_noise = "learned"
         elif mc.null_noise == "learned":
             if nag:
-                raise config_schema.ConfigError(
+                raise schema.ConfigError(
                     f"sample.nag_scale={config.sample.nag_scale} needs a learned null noise "
                     "token, and this checkpoint has none (a release checkpoint; NAG fine-tuning "
                     "creates it: configs/sit_xl_nag_finetune.py). Set --config.sample."
@@ -105,7 +109,7 @@ def _check_params(model, params, config) -> None:
         missing = sorted(name(k) for k in set(fw) - set(fg))
         extra = sorted(name(k) for k in set(fg) - set(fw))
         bad = sorted(f"{name(k)}: {fg[k]} vs {fw[k]}" for k in set(fw) & set(fg) if fw[k] != fg[k])
-        raise config_schema.ConfigError(
+        raise schema.ConfigError(
             f"checkpoint params do not fit config.model ({config.model.name}): missing "
             f"{missing[:8]}, unexpected {extra[:8]}, shape mismatches {bad[:8]}. Fix "
             "config.model (input_size, hidden_size, ...) or the checkpoint path."
@@ -113,9 +117,10 @@ def _check_params(model, params, config) -> None:
 
 
 def run(config, workdir: str) -> dict:
-    """:func:`_run` with the workdir locked (nag_jax.workdir: a second job on the same workdir
+    """:func:`_run` with the workdir locked (nag_jax.storage.workdir: a second job on the same
+    workdir
     fails at once, naming the holder)."""
-    from nag_jax import workdir as workdir_lib
+    from nag_jax.storage import workdir as workdir_lib
 
     with workdir_lib.locked(workdir, job="sample") as locked_workdir:
         return _run(config, locked_workdir)
@@ -123,10 +128,10 @@ def run(config, workdir: str) -> dict:
 
 def _run(config, workdir: str) -> dict:
     """Samples, decodes and writes the grid + .npz; returns a summary dict (paths, timings)."""
-    config_schema.validate(config)
+    schema.validate(config)
     sc = config.sample
     if not config.model.weights:
-        raise config_schema.ConfigError(
+        raise schema.ConfigError(
             "No weights: set --config.model.weights to a converted checkpoint (python -m "
             "nag_jax.convert to-orbax ...) or a training workdir's checkpoints/ directory."
         )
@@ -134,7 +139,7 @@ def _run(config, workdir: str) -> dict:
     notes = reconcile_model_config(config, meta, params)
     for note in notes:
         logging.info("sample: %s", note)
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     _check_params(model, params, config)
     params = generate.with_domain_params(config, params)  # Domain Guidance: + pre-trained
     decode = generate.load_decoder(config)

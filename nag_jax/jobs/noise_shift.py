@@ -3,7 +3,8 @@
     python -m nag_jax.main --config=configs/noise_shift_demo.py --workdir=runs/noise_shift_demo
     (SiT-XL/2 / DiT-XL/2 on ImageNet latents: configs/noise_shift_sit_xl.py, noise_shift_dit_xl.py)
 
-1. The noise-level estimator g(lambda | x) (nag_jax.noise_estimator, a small conv net) is trained
+1. The noise-level estimator g(lambda | x) (nag_jax.models.noise_estimator, a small conv net) is
+trained
    on ``config.data`` (pixels or SD-VAE latents, the project's data pipeline) by cross-entropy on
    exact forward samples of the model's process, data-parallel over the mesh
    (``analysis.estimator.train_estimator_sharded``), and saved to ``<workdir>/estimator``
@@ -11,8 +12,9 @@
    held-out forward samples is reported (no closed form on images).
 2. For each row of ``noise_shift.rows`` (none / CFG / NAG / CFG+NAG / classifier-based NAG with
    this estimator, ``sample.nag_mode = "classifier"``) the model's configured sampler
-   (``builders.build_sampler``, ``config.sample``) draws ``noise_shift.num_images`` images (image
-   i of ``config.seed``, nag_jax.generate) with trajectories, sharded over the mesh's batch axes;
+   (``build.build_sampler``, ``config.sample``) draws ``noise_shift.num_images`` images (image
+   i of ``config.seed``, nag_jax.sampling.generate) with trajectories, sharded over the mesh's
+   batch axes;
    ``max_states`` evenly spaced states are measured.
 3. Measurement: ``analysis.shift.measure_shift`` -- the posterior mean E[lambda | x_hat] of every
    state and of exact forward samples of real data (a separate pipeline stream) at the same
@@ -37,11 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nag_jax import builders, config_schema, generate, parallel, weights
+from nag_jax import parallel
 from nag_jax.analysis import shift as S
 from nag_jax.analysis.estimator import train_estimator_sharded
-from nag_jax.noise_estimator import NoiseLevelEstimator, load_estimator, save_estimator
-from nag_jax.paths import as_path
+from nag_jax.config import schema
+from nag_jax.models.noise_estimator import NoiseLevelEstimator, load_estimator, save_estimator
+from nag_jax.sampling import build, generate
+from nag_jax.storage import weights
+from nag_jax.storage.paths import as_path
 from nag_jax.utils import save_figure
 
 ROW_KEYS = ("name", "cfg_scale", "nag_scale", "nag_interval", "nag_mode", "estimator")
@@ -141,14 +146,14 @@ def row_config(config, row: dict, estimator_path: str):
     # classifier rows guide with the mode's estimator unless the row names another one (an
     # estimator trained with another seed makes the measurement independent of the guidance)
     c.sample.estimator = str(row.get("estimator", estimator_path))
-    config_schema.validate(c)
+    schema.validate(c)
     return c
 
 
 def make_trajectory_fn(c, model, params_like, mesh, max_states: int):
     """jit(params, indices (B,)) -> (states (K, B, ...), times (K,)): image ``indices`` of
-    ``c.seed`` sampled with ``c.sample`` (builders.build_sampler), K evenly spaced states."""
-    sample_fn = builders.build_sampler(c, model, return_trajectory=True)
+    ``c.seed`` sampled with ``c.sample`` (build.build_sampler), K evenly spaced states."""
+    sample_fn = build.build_sampler(c, model, return_trajectory=True)
 
     def fn(p, idx):
         _, traj = sample_fn(p, generate.image_keys(c.seed, idx), generate.config_labels(c, idx))
@@ -290,7 +295,7 @@ def write_report(workdir: str, results: dict, figs: list[str]) -> str:
 def run(config, workdir: str) -> dict:
     """Entry point of mode=noise_shift (module docstring); returns the results dict."""
     start = time.time()
-    config_schema.validate(config)
+    schema.validate(config)
     if not config.model.weights:
         raise ValueError(
             "mode=noise_shift measures a trained model: set --config.model.weights to a "
@@ -299,10 +304,10 @@ def run(config, workdir: str) -> dict:
     as_path(workdir).mkdir(parents=True, exist_ok=True)
     ns = config.noise_shift
     mesh = parallel.create_mesh(config.parallel)
-    model = builders.build_model(config.model)
+    model = build.build_model(config.model)
     params = jax.tree.map(jnp.asarray, generate.load_weights(config.model.weights)[0])
     params = jax.device_put(params, parallel.tree_shardings(params, mesh))
-    process = builders.build_process(config, for_sampling=True)
+    process = build.build_process(config, for_sampling=True)
     est, est_path, est_info = get_estimator(config, workdir, mesh, process)
     batch = generate.padded_batch_size(int(ns.batch_size), mesh)
     n = max(int(ns.num_images), batch)

@@ -43,16 +43,20 @@ class ConfigError(UserError, ValueError):
 
 
 # config.mode -> the job module whose run(config, workdir) it runs (nag_jax.main dispatches).
+# Every job lives in nag_jax/jobs/<mode>.py; nothing outside nag_jax.jobs imports a job.
 MODES = {
-    "train": "nag_jax.training.train",
-    "demo": "nag_jax.demo",
-    "sample": "nag_jax.sample_job",
-    "eval": "nag_jax.evaluation.eval_job",
-    "lab": "nag_jax.analysis.lab",
-    "study": "nag_jax.analysis.demo_study",
-    "noise_shift": "nag_jax.analysis.noise_shift",
-    "encode_latents": "nag_jax.data.encode_latents",
-    "sweep": "nag_jax.sweep",
+    mode: f"nag_jax.jobs.{mode}"
+    for mode in (
+        "train",
+        "demo",
+        "sample",
+        "eval",
+        "lab",
+        "study",
+        "noise_shift",
+        "encode_latents",
+        "sweep",
+    )
 }
 
 # Enumerated keys and their allowed values (None allowed where listed). The tuples mirror the
@@ -127,11 +131,11 @@ def sibling_config(here: str, name: str, *args) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     """The full schema with its defaults. Model, objective, optimizer and schedule default to the
     releases' recipe (SiT-XL/2, 256px SD-VAE latents; bf16 compute and ImageNet latents are set
-    by nag_jax.training.defaults.release_config); data defaults to the built-in shapes. Optional
+    by nag_jax.config.release.release_config); data defaults to the built-in shapes. Optional
     values are typed placeholders (None) so that ``--config.x.y=...`` can set them."""
     c = ml_collections.ConfigDict()
     c.mode = "train"  # one of MODES
-    c.seed = 0  # every random draw of a job derives from it (image i: nag_jax.generate)
+    c.seed = 0  # every random draw of a job derives from it (image i: nag_jax.sampling.generate)
     c.model = _section(
         name="SiT-XL/2",  # "<SiT|DiT>-<XL|L|B|S>/<2|4|8>"; the prefix is the family
         input_size=32,  # spatial size the network sees (256px / VAE factor 8)
@@ -148,7 +152,8 @@ def base_config() -> ml_collections.ConfigDict:
         remat=False,  # rematerialise each block in the backward pass
         weights=placeholder(str),  # see the module docstring
         # Domain Guidance (sample.dog_scale != 1): the PRE-TRAINED weights of the same
-        # architecture, the second network (nag_jax.guidance; nag_jax.generate.with_domain_params)
+        # architecture, the second network (nag_jax.guidance;
+        # nag_jax.sampling.generate.with_domain_params)
         domain_weights=placeholder(str),
     )
     # SiT reads path..sample_eps (a Transport); DiT reads num_timesteps, beta_schedule (DDPM).
@@ -250,7 +255,7 @@ def base_config() -> ml_collections.ConfigDict:
     # independent of its batch); False = shared by the batch as in the release.
     c.sample.update(ode_solver="dopri5", atol=1e-6, rtol=1e-3, max_steps=4096, ode_per_image=True)
     # NAG's kind: "token" = classifier-free NAG (the null noise token branch); "classifier" =
-    # classifier-based NAG with a noise-level estimator (nag_jax.noise_estimator; trained by
+    # classifier-based NAG with a noise-level estimator (nag_jax.models.noise_estimator; trained by
     # mode=noise_shift, which writes <workdir>/estimator): nag_scale is then the estimator's
     # gradient scale and nag_interval where it acts (SiT: its upper end must be < 1).
     c.sample.update(nag_mode="token", estimator=placeholder(str))
@@ -276,7 +281,7 @@ def base_config() -> ml_collections.ConfigDict:
         results_file=placeholder(str),  # None: <workdir>/eval_results.jsonl (+ .csv)
         train_num_images=1000,  # images per evaluation during training
     )
-    # mode "sweep" (nag_jax.sweep): a guidance grid scored with config.eval's extractor and
+    # mode "sweep" (nag_jax.jobs.sweep): a guidance grid scored with config.eval's extractor and
     # reference, one compiled sampler for every point; intervals are noise levels (1 = noise).
     c.sweep = _section(
         cfg_scales=(1.0,),
@@ -284,7 +289,7 @@ def base_config() -> ml_collections.ConfigDict:
         dog_scales=(1.0,),  # Domain Guidance omega (needs model.domain_weights when != 1)
         cfg_intervals=((0.0, 1.0),),
         nag_intervals=((0.0, 1.0),),
-        points=placeholder(tuple),  # explicit points (dicts of nag_jax.sweep.Point) instead
+        points=placeholder(tuple),  # explicit points (dicts of nag_jax.jobs.sweep.Point) instead
         val_seeds=(100, 101),  # the best point is chosen here ...
         report_seeds=(0, 1, 2),  # ... and reported on these held-out seeds
         num_images=1000,  # per seed and point
@@ -298,7 +303,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def noise_shift_section() -> ml_collections.ConfigDict:
-    """``config.noise_shift``: the keys of mode=noise_shift (nag_jax.analysis.noise_shift); its
+    """``config.noise_shift``: the keys of mode=noise_shift (nag_jax.jobs.noise_shift); its
     configs start from these defaults and change values.
 
     rows: the guidance settings compared, each a dict of ``name`` and any of cfg_scale,
@@ -314,7 +319,7 @@ def noise_shift_section() -> ml_collections.ConfigDict:
                 dict(name="CFG+NAG", cfg_scale=1.5, nag_scale=1.0),
                 dict(name="cls-NAG", nag_mode="classifier", nag_scale=1.0, nag_interval=(0.0, 0.6)),
             ),
-            num_images=256,  # sampled per row (image i of config.seed: nag_jax.generate)
+            num_images=256,  # sampled per row (image i of config.seed: nag_jax.sampling.generate)
             batch_size=64,  # global, padded to a multiple of the devices
             max_states=16,  # trajectory states measured per row (evenly spaced, ends included)
             late=0.25,  # "late" shift summary: nominal levels <= this
@@ -530,7 +535,7 @@ def validate(config) -> None:
     if missing:
         raise ConfigError(
             f"config lacks the schema keys {missing[:8]}{' ...' if len(missing) > 8 else ''}: "
-            "build job configs from nag_jax.config_schema.base_config() and change values only."
+            "build job configs from nag_jax.config.schema.base_config() and change values only."
         )
     for dotted, allowed in CHOICES.items():
         value = _get(config, dotted)

@@ -383,7 +383,8 @@ def sample_ode_adaptive(
     over it (odeint on an (N, C, H, W) tensor): the images share the step sizes, so image i
     depends (within the tolerance) on the batch it is drawn in. ``per_image=True``: one solve per
     image (vmapped; ``y`` must then have a leading batch axis): image i depends on its own noise
-    and label only, as with the fixed-step samplers (nag_jax.generate's identity), and the stats
+    and label only, as with the fixed-step samplers (nag_jax.sampling.generate's identity), and the
+    stats
     are (N,) per image. Guidance stays in
     ``pred_fn`` (one batched network call per evaluation). Differences from torchdiffeq that are
     within the tolerance: diffrax clips the last step to end at t1, torchdiffeq steps past t1

@@ -6,7 +6,7 @@
 synthetic_shapes; ``image_size`` is the pixel size, e.g. 256; ``bad_images``: an image that does
 not decode is left out and logged by name, "skip", or stops the run, "fail"; the skipped files
 are listed in ``<shard>.skipped.json`` and metadata.json "skipped"), ``config.vae.path`` (the
-diffusers / converted Orbax VAE directory, nag_jax.vae.load_vae) and ``config.encode``:
+diffusers / converted Orbax VAE directory, nag_jax.models.vae.load_vae) and ``config.encode``:
 
     out_dir       output directory (default: WORKDIR/latents)
     batch_size    images per encode call over all local devices (default 64; a multiple of
@@ -47,7 +47,7 @@ from absl import logging
 
 from nag_jax.data import latents as latents_lib
 from nag_jax.data.preprocess import center_crop_arr, to_float
-from nag_jax.paths import as_path
+from nag_jax.storage.paths import as_path
 
 SKIPPED_SUFFIX = ".skipped.json"
 
@@ -145,7 +145,7 @@ def encode_dataset(
     on_shard_done(shard_index): optional hook after each written shard (tests use it to interrupt).
     bad_images: "skip" leaves undecodable images out (logged by name; ``<shard>.skipped.json``,
       metadata "skipped") or "fail" stops naming the file.
-    out_dir: local or remote (``gs://``, nag_jax.paths).
+    out_dir: local or remote (``gs://``, nag_jax.storage.paths).
     """
     import jax
 
@@ -280,7 +280,7 @@ def _fetch(calls):
 
 
 def _default_encoder(config):
-    """encode_fn and params of the SD-VAE at config.vae.path (lazy nag_jax.vae import)."""
+    """encode_fn and params of the SD-VAE at config.vae.path (lazy nag_jax.models.vae import)."""
     vae_path = config.vae.path
     if not vae_path:
         raise ValueError(
@@ -290,7 +290,7 @@ def _default_encoder(config):
         )
     import jax.numpy as jnp
 
-    from nag_jax import vae as vae_lib
+    from nag_jax.models import vae as vae_lib
 
     dtype = jnp.bfloat16 if config.encode.vae_dtype == "bfloat16" else jnp.float32
     vae, params = vae_lib.load_vae(vae_path, dtype=dtype)
@@ -306,7 +306,7 @@ def run(config, workdir: str, *, encode_fn=None, params=None) -> dict | None:
     """mode="encode_latents": encodes config.data's images to latent shards (see module doc).
 
     encode_fn/params: override the VAE (tests, custom encoders); default loads
-    config.vae.path with nag_jax.vae.load_vae.
+    config.vae.path with nag_jax.models.vae.load_vae.
     """
     import jax
 

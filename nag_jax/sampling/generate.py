@@ -1,6 +1,6 @@
 """Image identity and batch generation: what "image i of seed s" is, everywhere.
 
-Sample mode (nag_jax.sample_job), evaluation (nag_jax.evaluation.eval_job and the trainer's
+Sample mode (nag_jax.jobs.sample), evaluation (nag_jax.jobs.eval and the trainer's
 evaluators) and the training sample grid all draw image i through this module:
 
     sample_key, label_key = split(key(seed))
@@ -16,7 +16,8 @@ the network's matmuls when the device layout changes). ``make_batch_sampler`` is
 sampler: ``run_batch(params, indices) -> (uint8 images, labels)``, optionally decoding latents with
 the VAE inside the same jit. uint8 rule: nag_jax.utils.to_uint8 = clip(round(127.5 x + 127.5)).
 
-Time conventions: none of its own; sampling goes through nag_jax.builders (SiT float t, 0 = noise;
+Time conventions: none of its own; sampling goes through nag_jax.sampling.build (SiT float t, 0 =
+noise;
 DiT integer step, 0 = least noise; guidance intervals in noise level, 1 = pure noise).
 """
 
@@ -29,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nag_jax import builders, parallel
-from nag_jax.config_schema import ConfigError
-from nag_jax.paths import as_path
+from nag_jax import parallel
+from nag_jax.config.schema import ConfigError
+from nag_jax.sampling import build
+from nag_jax.storage.paths import as_path
 from nag_jax.utils import to_uint8
 
 
@@ -44,8 +46,8 @@ def _seed_keys(seed) -> tuple[jax.Array, jax.Array]:
 
 
 def image_keys(seed: int, indices) -> jax.Array:
-    """(N,) typed PRNG keys of global image indices (N,) for ``builders.build_sampler``."""
-    return builders.per_image_keys(_seed_keys(seed)[0], indices)
+    """(N,) typed PRNG keys of global image indices (N,) for ``build.build_sampler``."""
+    return build.per_image_keys(_seed_keys(seed)[0], indices)
 
 
 def image_labels(seed: int, indices, num_classes: int, labels=None) -> jax.Array:
@@ -83,7 +85,7 @@ def load_weights(path: str) -> tuple[dict, dict]:
     """``config.model.weights`` -> (params as numpy, metadata or {}): a converted checkpoint
     (``python -m nag_jax.convert to-orbax``: params + metadata) or a training workdir's
     checkpoints/ directory (latest EMA params, no metadata); local or remote (``gs://``,
-    nag_jax.paths)."""
+    nag_jax.storage.paths)."""
     path = str(as_path(path))
     if not as_path(path).exists():
         raise FileNotFoundError(
@@ -91,7 +93,7 @@ def load_weights(path: str) -> tuple[dict, dict]:
             "`python -m nag_jax.convert to-orbax SiT-XL-2-256.pt ckpt/sit_xl2_256 --family SiT` "
             "or point it at a training workdir's checkpoints/ directory."
         )
-    from nag_jax.weights import load_params
+    from nag_jax.storage.weights import load_params
 
     return load_params(path)
 
@@ -100,7 +102,7 @@ def with_domain_params(config, params):
     """The params a sampler of ``config`` takes: ``params`` itself, or with Domain Guidance
     (``config.sample.dog_scale != 1``) ``{"main": params, "domain": pre-trained}``, the
     pre-trained weights read from ``config.model.domain_weights`` and fitted to ``params``'s tree
-    (``builders.domain_params_like``: only their null label row is read)."""
+    (``build.domain_params_like``: only their null label row is read)."""
     if float(config.sample.dog_scale) == 1.0:
         return params
     if not config.model.domain_weights:
@@ -110,7 +112,7 @@ def with_domain_params(config, params):
             "started from (a converted release or a training checkpoints/ directory)."
         )
     domain = load_weights(config.model.domain_weights)[0]
-    return {builders.MAIN: params, builders.DOMAIN: builders.domain_params_like(params, domain)}
+    return {build.MAIN: params, build.DOMAIN: build.domain_params_like(params, domain)}
 
 
 def load_decoder(config) -> tuple[Callable, object] | None:
@@ -125,7 +127,7 @@ def load_decoder(config) -> tuple[Callable, object] | None:
             "--config.vae.path to the SD-VAE (a local stabilityai/sd-vae-ft-ema folder or "
             "`python -m nag_jax.convert vae` output)."
         )
-    from nag_jax import vae as vae_lib
+    from nag_jax.models import vae as vae_lib
 
     vae, vae_params = vae_lib.load_vae(config.vae.path, chunk_size=int(config.vae.chunk_size))
     return vae.decode, vae_params
@@ -152,12 +154,12 @@ def make_batch_sampler(
     B must be a multiple of the mesh's batch shards and of the process count
     (`padded_batch_size`). ``params_like``: the params tree or its shapes (for the shardings;
     config.parallel's FSDP rules apply). ``sample_fn(params, keys, y)`` defaults to
-    ``builders.build_sampler(config, model)``; ``decode = (fn, decode_params)`` (`load_decoder`)
+    ``build.build_sampler(config, model)``; ``decode = (fn, decode_params)`` (`load_decoder`)
     runs inside the same jit, its params a replicated jit argument. Multi-process: every process
     passes the same indices; the images are gathered on every process.
     """
     if sample_fn is None:
-        sample_fn = builders.build_sampler(config, model)
+        sample_fn = build.build_sampler(config, model)
     batch_sharding = parallel.batch_sharding(mesh)
     param_shardings = parallel.tree_shardings(params_like, mesh)
 

@@ -5,9 +5,11 @@
         --config.eval.inception_path=fid.npz \
         --config.eval.reference=VIRTUAL_imagenet256_labeled.npz --config.sample.nag_scale=1.5
 
-Image i is image i of config.seed as nag_jax.generate defines it (the same image as mode "sample"
+Image i is image i of config.seed as nag_jax.sampling.generate defines it (the same image as mode
+"sample"
 draws), so the set is the same on 1 device or a pod, with any batch size, and resuming is
-trivial. The pieces: nag_jax.generate (keys, labels, the sharded batch sampler, the VAE decoder),
+trivial. The pieces: nag_jax.sampling.generate (keys, labels, the sharded batch sampler, the VAE
+decoder),
 nag_jax.evaluation.store (chunks -> ADM .npz), nag_jax.evaluation.evaluators (extractor,
 reference, scoring) and nag_jax.evaluation.results (rows and files).
 
@@ -15,9 +17,9 @@ Layout: run_dir = <workdir>/eval/<digest of the sampling identity>: everything i
 (model, weights path and a fingerprint of the params, process, sample settings except batch size
 and counts, seed, VAE). run_dir/sampling.json holds that identity; the chunks and the
 samples_<N>.npz of nag_jax.evaluation.store sit beside it. The workdir, the weights, the samples
-and the results file may be local or remote (``gs://``; nag_jax.paths).
+and the results file may be local or remote (``gs://``; nag_jax.storage.paths).
 
-Time conventions: none of its own (nag_jax.builders: SiT float t, 0 = noise; DiT integer step,
+Time conventions: none of its own (nag_jax.sampling.build: SiT float t, 0 = noise; DiT integer step,
 0 = least noise; guidance intervals in noise level, 1 = pure noise).
 """
 
@@ -31,9 +33,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from nag_jax import builders, config_schema, generate, parallel
+from nag_jax import parallel
+from nag_jax.config import schema
 from nag_jax.evaluation import evaluators, reference_stats, results, store
-from nag_jax.paths import as_path
+from nag_jax.sampling import build, generate
+from nag_jax.storage.paths import as_path
 
 # sample.* keys that do not change image i
 _NOT_IDENTITY = ("batch_size", "num_images", "return_trajectory", "grid_images", "grid_cols")
@@ -76,7 +80,7 @@ def load_sampling_params(config):
     (`generate.with_domain_params`)."""
     path = weights_path(config)
     if not path:
-        raise config_schema.ConfigError(
+        raise schema.ConfigError(
             "No weights to evaluate: set config.model.weights to a converted release "
             "(python -m nag_jax.convert to-orbax ...) or a training workdir's checkpoints/ "
             "directory (its latest EMA params are used)."
@@ -112,7 +116,7 @@ def sample_images(
         run.mkdir(parents=True, exist_ok=True)
         text = json.dumps(identity, indent=2, sort_keys=True, default=str)
         (run / "sampling.json").write_text(text)
-    model = model if model is not None else builders.build_model(config.model)
+    model = model if model is not None else build.build_model(config.model)
     decode = decode if decode is not None else generate.load_decoder(config)
     bs = generate.padded_batch_size(int(config.eval.batch_size), mesh)
     run_batch = generate.make_batch_sampler(
@@ -131,11 +135,12 @@ def sample_images(
 
 
 def run(config, workdir: str, **overrides) -> dict:
-    """mode "eval": :func:`_run` with the workdir locked (nag_jax.workdir: a second job on the
+    """mode "eval": :func:`_run` with the workdir locked (nag_jax.storage.workdir: a second job on
+    the
     same workdir fails at once, naming the holder)."""
-    from nag_jax import workdir as workdir_lib
+    from nag_jax.storage import workdir as workdir_lib
 
-    config_schema.validate(config)
+    schema.validate(config)
     parallel.maybe_initialize_distributed()
     with workdir_lib.locked(workdir, job="eval") as locked_workdir:
         return _run(config, locked_workdir, **overrides)
@@ -150,7 +155,7 @@ def _run(config, workdir: str, **overrides) -> dict:
     ``overrides`` (tests / notebooks): model, params, mesh, sample_fn, decode, on_chunk,
     extractor.
     """
-    config_schema.validate(config)
+    schema.validate(config)
     parallel.maybe_initialize_distributed()
     ec = config.eval
     extractor = overrides.pop("extractor", None) or evaluators.build_extractor(config)
