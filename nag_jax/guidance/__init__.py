@@ -4,7 +4,10 @@ The public API is re-exported here: ``from nag_jax import guidance; guidance.gui
 """
 
 from nag_jax.guidance.combine import (
+    CLASS_UNCOND,
+    COND,
     DOMAIN,
+    NOISE_UNCOND,
     GuidanceConfig,
     NetFn,
     TwoModelNet,
@@ -14,6 +17,9 @@ from nag_jax.guidance.combine import (
 )
 
 __all__ = [
+    "CLASS_UNCOND",
+    "COND",
+    "NOISE_UNCOND",
     "DOMAIN",
     "NetFn",
     "GuidanceConfig",
