@@ -284,7 +284,7 @@ def test_nan_before_any_checkpoint_does_not_name_a_step(tmp_path):
 # ---------------------------------------------------------------------------- workdir lock
 
 _HOLD = (
-    "import sys, time; from nag_jax import workdir as w\n"
+    "import sys, time; from nag_jax.storage import workdir as w\n"
     "with w.locked(sys.argv[1], job='train'):\n"
     "    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n"
 )
