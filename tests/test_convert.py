@@ -19,7 +19,7 @@ from flax import traverse_util
 
 from nag_jax import convert as C
 from nag_jax.convert import common
-from nag_jax.convert import torch_to_orbax as T
+from nag_jax.convert import to_orbax as T
 from nag_jax.convert.__main__ import main as cli
 from nag_jax.storage import weights
 

@@ -34,7 +34,7 @@ import torch_reference as R
 from flax import traverse_util
 
 from nag_jax.convert import create_model_from_metadata
-from nag_jax.convert import torch_to_orbax as T
+from nag_jax.convert import to_orbax as T
 from nag_jax.convert.common import ConversionError
 from nag_jax.storage import weights
 
