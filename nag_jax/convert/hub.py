@@ -145,10 +145,12 @@ def fetch_from_hub(uri: str) -> tuple[str, dict]:
                 "only the local cache (HF_HUB_CACHE)."
             ) from None
 
-    def not_found(what: str, hint: str = "") -> ConversionError:
+    def not_found(what: str, files: str, hint: str = "") -> ConversionError:
+        """``what`` (the error when the hub answered or HF_HUB_OFFLINE is set); ``files``: what
+        is missing from the cache, for the hub-unreachable line."""
         if unreachable:
             return ConversionError(
-                f"{uri}: {what} is not in the local hub cache, and could not reach the Hugging "
+                f"{uri}: {files} not in the local hub cache, and could not reach the Hugging "
                 f"Face hub at {endpoint} ({unreachable}). Connect to the network (or set "
                 f"HF_ENDPOINT / HTTPS_PROXY), or fill the cache where the hub is reachable "
                 f"(hf download {u.id}) and set HF_HUB_OFFLINE=1."
@@ -159,22 +161,25 @@ def fetch_from_hub(uri: str) -> tuple[str, dict]:
     if path.endswith(_FILE_SUFFIXES):
         local = download(path)
         if local is None:
-            raise not_found(f"{u.id} has no file {path}")
+            raise not_found(f"{u.id} has no file {path}", f"{path} is")
         return local, _hub_info(u, local, path)
     folders = [path] if path else ["transformer", ""]
     for folder in folders:
         cfg = download(f"{folder}/{DIFFUSERS_CONFIG}" if folder else DIFFUSERS_CONFIG)
         if cfg is None:
             continue
-        for name in DIFFUSERS_WEIGHTS:
-            if download(f"{folder}/{name}" if folder else name):
+        names = [f"{folder}/{n}" if folder else n for n in DIFFUSERS_WEIGHTS]
+        for name in names:
+            if download(name):
                 return os.path.dirname(cfg), _hub_info(u, cfg, folder)
         raise not_found(
-            f"{folder or 'the repo root'} has a config.json but none of {list(DIFFUSERS_WEIGHTS)}"
+            f"{folder or 'the repo root'} has a config.json but none of {list(DIFFUSERS_WEIGHTS)}",
+            f"{' and '.join(names)} are",
         )
     where = " or ".join(f"{f}/{DIFFUSERS_CONFIG}" if f else DIFFUSERS_CONFIG for f in folders)
     raise not_found(
         f"no diffusers model ({where})",
+        f"{where} is",
         " For a .pt file in the repo give its path: hf://ORG/NAME/FILE.pt.",
     )
 
