@@ -1,4 +1,4 @@
-"""PyTorch DiT/SiT checkpoint (.pt/.pth/.safetensors, diffusers, hub) -> Flax params / Orbax.
+r"""PyTorch DiT/SiT checkpoint (.pt/.pth/.safetensors, diffusers, hub) -> Flax params / Orbax.
 
     nag-convert to-orbax --src SiT-XL-2-256.pt --dst ckpt/sit_xl2_256 --family SiT
     nag-convert to-orbax --src results/000-DiT-XL-2/checkpoints/0400000.pt --dst out \

@@ -1,4 +1,4 @@
-"""Orbax checkpoint (converted or trained DiT/SiT params) -> PyTorch state dict in the releases'
+r"""Orbax checkpoint (converted or trained DiT/SiT params) -> PyTorch state dict in the releases'
 key layout (pos_embed included), as .pt (``torch.save`` of the state dict) or .safetensors.
 
     nag-convert to-torch --src ckpt/sit_xl2_256 --dst SiT-XL-2-256.pt
