@@ -47,7 +47,7 @@ def bench_sampler(args) -> dict:
     import torch_reference as R
 
     from nag_jax.convert import create_model_from_metadata
-    from nag_jax.convert.torch_to_orbax import state_dict_to_params
+    from nag_jax.convert.to_orbax import state_dict_to_params
     from nag_jax.diffusion.transport import Transport
     from nag_jax.guidance import GuidanceConfig, guided_prediction
     from nag_jax.sampling import sample_ode, sample_sde
@@ -195,12 +195,12 @@ _CONVERT = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 t0 = time.perf_counter()
-from nag_jax.convert import torch_to_orbax
+from nag_jax.convert import to_orbax
 import torch, orbax.checkpoint, jax  # imports counted apart from the conversion
 t_imp = time.perf_counter() - t0
 rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t0 = time.perf_counter()
-torch_to_orbax.convert({src!r}, {dest!r}, "SiT", model="SiT-XL/2")  # what the CLI runs
+to_orbax.convert({src!r}, {dest!r}, "SiT", model="SiT-XL/2")  # what the CLI runs
 print(json.dumps(dict(import_s=t_imp, convert_s=time.perf_counter() - t0,
                       peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                       rss_after_imports_bytes=rss_imports)))
@@ -209,9 +209,9 @@ print(json.dumps(dict(import_s=t_imp, convert_s=time.perf_counter() - t0,
 _EXPORT = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from nag_jax.convert import orbax_to_torch
+from nag_jax.convert import to_torch
 t0 = time.perf_counter()
-orbax_to_torch.export({src!r}, {dest!r})
+to_torch.export({src!r}, {dest!r})
 print(json.dumps(dict(export_s=time.perf_counter() - t0,
                       peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
 """

@@ -436,7 +436,7 @@ def test_resume_names_changed_dotted_keys_and_batch_size(tmp_path, caplog):
 
 
 def test_converter_temp_folders_of_dead_pids_are_cleaned(tmp_path, caplog):
-    from nag_jax.convert.orbax_to_torch import save_state_dict
+    from nag_jax.convert.to_torch import save_state_dict
 
     dest = tmp_path / "out.pt"
     host = socket.gethostname()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import sys
 
 import jax
 import numpy as np
@@ -19,8 +20,9 @@ from flax import traverse_util
 
 from nag_jax import convert as C
 from nag_jax.convert import common
-from nag_jax.convert import torch_to_orbax as T
+from nag_jax.convert import to_orbax as T
 from nag_jax.convert.__main__ import main as cli
+from nag_jax.convert.cli import parse_args
 from nag_jax.storage import weights
 
 TINY = dict(input_size=8, hidden_size=32, depth=2, num_heads=4, num_classes=10)
@@ -333,3 +335,86 @@ def test_export_refuses_existing_file(tmp_path):
     assert torch.load(src, weights_only=True).keys()  # untouched
     with pytest.raises(common.ConversionError, match="not a converted checkpoint"):
         weights.load_params(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI: one argument style; a missing file or package is said first, in one line
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.fixture
+def converted(tmp_path):
+    """A converted tiny SiT (through the CLI, --src/--dst style) and its source state dict."""
+    sd = {k: v.contiguous() for k, v in tiny("SiT", seed=5).state_dict().items()}
+    src, ckpt = save(sd, tmp_path / "src.pt"), str(tmp_path / "ckpt")
+    assert (
+        cli(["to-orbax", "--src", src, "--dst", ckpt, "--family", "SiT", "--num-heads", "4"]) == 0
+    )
+    return ckpt, sd
+
+
+def test_a_missing_source_is_named_before_any_package_is_needed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ModuleNotFoundError
+    missing = str(tmp_path / "nope.pt")
+    for argv in (["inspect", missing], ["to-orbax", missing, str(tmp_path / "out")]):
+        assert cli(argv) == 2
+        line = one_error_line(capsys)
+        assert line == f"error: source {missing} does not exist; check the path.", line
+    assert not (tmp_path / "out").exists()
+
+
+def test_to_torch_pt_without_torch_stops_before_reading(converted, tmp_path, monkeypatch, capsys):
+    ckpt, _ = converted
+    reads = []
+    monkeypatch.setattr(weights, "load_params", lambda *a, **k: reads.append(a))
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert cli(["to-torch", ckpt, str(tmp_path / "back.pt")]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: nag-convert to-torch needs torch") and "whl/cpu" in line
+    assert reads == [] and not (tmp_path / "back.pt").exists()
+    assert cli(["to-torch", ckpt, str(tmp_path / "back.npz")]) == 2  # bad suffix: also at once
+    assert "expected a .pt, .pth or .safetensors name" in one_error_line(capsys) and reads == []
+
+
+def test_to_torch_safetensors_needs_no_torch_and_matches_the_torch_writer(
+    converted, tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file, save_file
+
+    ckpt, sd = converted
+    out = tmp_path / "back.safetensors"
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "torch", None)
+        assert cli(["to-torch", "--src", ckpt, "--dst", str(out)]) == 0
+    back = load_file(str(out))
+    assert sorted(back) == sorted(sd)
+    for k in sd:
+        assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
+    ref = tmp_path / "ref.safetensors"
+    save_file(sd, str(ref))  # safetensors' torch writer, on the source tensors
+    assert out.read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.parametrize("command", ["to-orbax", "to-torch", "vae", "inception", "inspect"])
+def test_every_command_takes_src_dst_as_options_or_positionals(command, capsys):
+    writes = command != "inspect"
+    as_options = parse_args([command, "--src", "A"] + (["--dst", "B"] if writes else []))
+    positional = parse_args([command, "A"] + (["B"] if writes else []))
+    want = ("A", "B") if writes else ("A", None)
+    for args in (as_options, positional):
+        assert (args.src, getattr(args, "dst", None)) == want
+    if writes:
+        mixed = parse_args([command, "--src", "A", "B"])  # the positional fills --dst
+        assert (mixed.src, mixed.dst) == ("A", "B")
+    with pytest.raises(SystemExit) as e:
+        parse_args([command])
+    assert e.value.code == 2
+    assert "the following arguments are required: --src (or SRC)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        parse_args([command, "--src", "A", "--dst", "B", "C"] if writes else [command, "A", "C"])
+    assert e.value.code == 2 and "unrecognized arguments: C" in capsys.readouterr().err

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +36,9 @@ import torch_reference as R
 from flax import traverse_util
 
 from nag_jax.convert import create_model_from_metadata
-from nag_jax.convert import torch_to_orbax as T
+from nag_jax.convert import hub as hub_lib
+from nag_jax.convert import to_orbax as T
+from nag_jax.convert.cli import main as cli
 from nag_jax.convert.common import ConversionError
 from nag_jax.storage import weights
 
@@ -311,6 +315,64 @@ def test_unreachable_hub_is_not_reported_as_a_missing_model(hub, monkeypatch):
         raise errors.LocalEntryNotFoundError("Name or service not known")
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_lib, "hub_unreachable", lambda *a, **k: None)  # the probe connects
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     with pytest.raises(ConversionError, match="could not reach the Hugging Face hub"):
         T.load_torch_checkpoint("hf://facebook/DiT-XL-2-256")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once closed
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """A hub endpoint that refuses connections, HF_HUB_OFFLINE unset, no proxy: a machine with
+    no network as huggingface_hub sees it (it would retry with backoff for ~25 s)."""
+    from huggingface_hub import constants
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    return endpoint
+
+
+def test_hub_probe_tells_a_listening_endpoint_from_a_dead_one():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert hub_lib.hub_unreachable(f"http://127.0.0.1:{server.getsockname()[1]}") is None
+    reason = hub_lib.hub_unreachable(f"http://127.0.0.1:{_closed_port()}")
+    assert reason is not None and reason.startswith("ConnectionRefusedError")
+
+
+def test_unreachable_hub_fails_fast_in_one_line(no_hub, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    start = time.monotonic()
+    rc = cli(["to-orbax", f"hf://{REPO}", str(tmp_path / "out")])
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f"could not reach the Hugging Face hub at {no_hub} (ConnectionRefusedError" in err[0]
+    assert "not in the local hub cache" in err[0] and "HF_HUB_OFFLINE=1" in err[0]
+    assert f"hf download {REPO}" in err[0]
+    assert elapsed < 5.0, elapsed  # was ~25 s of huggingface_hub retries
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_hub_reads_the_cache_without_hf_hub_offline(hub, no_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", hub["cache"])
+    params, meta = T.load_torch_checkpoint(f"hf://{REPO}")
+    ref, _ = T.load_torch_checkpoint(os.path.join(hub["snap"], "DiT-tiny.pt"), "DiT", num_heads=4)
+    assert (meta["hub_revision"], meta["source_format"]) == (COMMIT, "diffusers")
+    np.testing.assert_array_equal(
+        params["final_layer"]["linear"]["kernel"], ref["final_layer"]["linear"]["kernel"]
+    )

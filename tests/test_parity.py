@@ -19,7 +19,7 @@ import torch_reference as R
 
 from nag_jax import sampling
 from nag_jax.convert import create_model_from_metadata
-from nag_jax.convert import torch_to_orbax as T
+from nag_jax.convert import to_orbax as T
 from nag_jax.diffusion import gaussian
 from nag_jax.guidance import GuidanceConfig, guided_prediction
 

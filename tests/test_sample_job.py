@@ -16,7 +16,7 @@ import torch
 import torch_reference as R
 
 from nag_jax import utils
-from nag_jax.convert import torch_to_orbax as T
+from nag_jax.convert import to_orbax as T
 from nag_jax.jobs import sample as sample_job
 from nag_jax.sampling import build, generate
 

@@ -209,9 +209,11 @@ def test_orbax_round_trip_and_cli(tmp_path, state_dict):
     assert_trees_equal(vae_lib.load_vae(dst)[1], want)
 
     # The project CLI discovers the subcommand; register(subparsers) serves any other CLI.
-    from nag_jax.convert.__main__ import discover
+    from nag_jax.convert.__main__ import discover, main
 
     assert discover()["vae"] is convert_vae
+    assert main(["vae", src, str(tmp_path / "c")]) == 0  # positional, as in to-orbax
+    assert_trees_equal(vae_lib.load_vae(str(tmp_path / "c"))[1], want)
     parser = argparse.ArgumentParser()
     convert_vae.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["vae", "--src", src, "--dst", str(tmp_path / "b"), "--force"])

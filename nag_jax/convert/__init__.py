@@ -17,22 +17,25 @@ Python API (torch is imported only by the functions that read or write PyTorch f
     params, meta = load_params("ckpt/sit")                           # numpy leaves
     model = create_model_from_metadata(meta, dtype="bfloat16")       # the matching flax module
 
-CLI: ``python -m nag_jax.convert {to-orbax,to-torch,inspect,vae,inception} ...`` (__main__.py).
+CLI: ``nag-convert {to-orbax,to-torch,inspect,vae,inception} --src ... [--dst ...]`` (``cli``;
+``python -m nag_jax.convert`` is the same). Modules: ``torch_io`` (reading .pt / .safetensors
+safely), ``hub`` (hf:// sources, diffusers DiT folders), ``to_orbax`` (PyTorch -> Orbax),
+``to_torch`` (Orbax -> PyTorch), ``vae``, ``inception``, ``inspect``, ``common`` (the key table).
 """
 
 from nag_jax.convert.common import Architecture, ConversionError, create_model_from_metadata
 
 
 def load_torch_checkpoint(path, family=None, **kwargs):
-    """See :func:`nag_jax.convert.torch_to_orbax.load_torch_checkpoint`."""
-    from nag_jax.convert.torch_to_orbax import load_torch_checkpoint as _load
+    """See :func:`nag_jax.convert.to_orbax.load_torch_checkpoint`."""
+    from nag_jax.convert.to_orbax import load_torch_checkpoint as _load
 
     return _load(path, family, **kwargs)
 
 
 def export_torch(src, dest, *, force=False):
-    """See :func:`nag_jax.convert.orbax_to_torch.export`."""
-    from nag_jax.convert.orbax_to_torch import export
+    """See :func:`nag_jax.convert.to_torch.export`."""
+    from nag_jax.convert.to_torch import export
 
     return export(src, dest, force=force)
 

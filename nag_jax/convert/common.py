@@ -33,13 +33,13 @@ Time conventions do not enter here (weights only); see nag_jax.models.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
 from collections.abc import Mapping
 
 import numpy as np
 from flax import traverse_util
 
+from nag_jax.convert.torch_io import torch_load_error  # noqa: F401 - convert.vae uses it here
 from nag_jax.storage.weights import CheckpointError
 
 POS_EMBED_ATOL = 1e-5  # beyond this the checkpoint's pos_embed is not the releases' sin-cos
@@ -48,30 +48,6 @@ POS_EMBED_ATOL = 1e-5  # beyond this the checkpoint's pos_embed is not the relea
 # Bad input for a conversion: the message names the value, what was expected, and the fix. One
 # error type for all weights I/O (the runtime loader raises it too).
 ConversionError = CheckpointError
-
-
-def torch_load_error(path, e: BaseException) -> CheckpointError:
-    """The one-line ConversionError for a ``torch.load(weights_only=True)`` failure of ``path``.
-
-    A refused pickle (code or classes other than tensors) says so and names what torch refused;
-    torch's own advice to retry with ``weights_only=False`` (which would run that code) is never
-    repeated."""
-    text = str(e)
-    if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError):
-        refused = next(
-            (ln.strip() for ln in text.splitlines() if "unsupported" in ln or "GLOBAL" in ln),
-            type(e).__name__,
-        )
-        return ConversionError(
-            f"refused to read {path}: it holds pickled objects other than tensors "
-            f"(weights_only=True refuses to run code; {refused.rstrip('.')}). Re-save it as a "
-            "plain state dict of tensors or as safetensors."
-        )
-    msg = text.splitlines()[0][:300] if text.strip() else type(e).__name__
-    return ConversionError(
-        f"could not read {path} as a PyTorch checkpoint: {type(e).__name__}: {msg}. Is the file "
-        "complete (not truncated) and a torch.save() checkpoint?"
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,25 +409,3 @@ def check_keys(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tup
             + "\n  ".join(lines)
             + "\nIs this a checkpoint of another architecture (or a different --weights entry)?"
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing (the layout and the atomic publish are nag_jax.storage.weights')
-
-
-def to_host_jax_inplace(tree: dict) -> dict:
-    """Replaces numpy leaves of a nested dict by jax arrays on the CPU device, one at a time.
-
-    Orbax serialises jax arrays without an extra host copy (numpy leaves cost a second copy of
-    the whole tree while saving); swapping leaf by leaf keeps the peak at one tree + one leaf.
-    """
-    import jax
-
-    cpu = jax.devices("cpu")[0]
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            to_host_jax_inplace(v)
-        elif isinstance(v, np.ndarray):
-            tree[k] = jax.device_put(v, cpu)
-            del v
-    return tree

@@ -1,8 +1,9 @@
 """Shows the tree, shapes, dtypes and parameter count of a checkpoint.
 
-    python -m nag_jax.convert inspect SiT-XL-2-256.pt            # raw or train.py dict
-    python -m nag_jax.convert inspect model.safetensors
-    python -m nag_jax.convert inspect ckpt/sit_xl2_256 [--json]  # Orbax (converted or trained)
+    nag-convert inspect --src SiT-XL-2-256.pt            # raw or train.py dict
+    nag-convert inspect --src model.safetensors
+    nag-convert inspect --src ckpt/sit_xl2_256 [--json]  # Orbax (converted or trained)
+    nag-convert inspect SiT-XL-2-256.pt                  # positional: the same
 
 PyTorch files are opened with ``weights_only=True, mmap=True`` (nothing is unpickled, nothing
 loaded); Orbax checkpoints are read from their metadata only (no arrays restored).
@@ -47,9 +48,14 @@ def _flatten_metadata(tree) -> dict:
 
 def describe(path: str) -> dict:
     """-> {"format", "entries": {name: (shape, dtype)}, "num_params", "metadata"}."""
+    from nag_jax.convert.torch_io import check_source_file
     from nag_jax.storage import weights
+    from nag_jax.storage.paths import is_remote
 
-    if os.path.isdir(path):
+    remote_dir = is_remote(path) and not path.endswith((".pt", ".pth", ".safetensors", ".bin"))
+    if not (remote_dir or os.path.isdir(path)):
+        check_source_file(path)  # missing: said before torch is imported
+    if remote_dir or os.path.isdir(path):
         try:  # metadata is {} for a params tree without converter metadata
             meta = weights.read_metadata(path)
             tree = weights.params_tree_metadata(path)
@@ -70,9 +76,9 @@ def describe(path: str) -> dict:
             meta = f.metadata() or {}
         fmt = "safetensors"
     else:
-        from nag_jax.convert.torch_to_orbax import _torch_load
+        from nag_jax.convert.torch_io import torch_load
 
-        obj = _torch_load(path)
+        obj = torch_load(path)
         entries = _flatten_torch(obj)
         meta = {}
         if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
@@ -83,12 +89,15 @@ def describe(path: str) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help=".pt/.pth, .safetensors or an Orbax checkpoint directory")
+    """--src (the CLI also takes it as the positional argument)."""
+    p.add_argument(
+        "--src", required=True, help=".pt/.pth, .safetensors or an Orbax checkpoint directory"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(args.path)
+    info = describe(args.src)
     if args.json:
         info = dict(info, entries={k: [list(s), d] for k, (s, d) in info["entries"].items()})
         print(json.dumps(info, indent=1, default=str))

@@ -1,15 +1,18 @@
-"""Orbax checkpoint (converted or trained DiT/SiT params) -> PyTorch state dict in the releases'
+r"""Orbax checkpoint (converted or trained DiT/SiT params) -> PyTorch state dict in the releases'
 key layout (pos_embed included), as .pt (``torch.save`` of the state dict) or .safetensors.
 
-    python -m nag_jax.convert to-torch ckpt/sit_xl2_256 SiT-XL-2-256.pt
-    python -m nag_jax.convert to-torch ckpt/sit_xl2_256 sit.safetensors
-    python -m nag_jax.convert to-torch runs/sit_xl/checkpoints sit_nag.pt --family SiT \
+    nag-convert to-torch --src ckpt/sit_xl2_256 --dst SiT-XL-2-256.pt
+    nag-convert to-torch --src ckpt/sit_xl2_256 --dst sit.safetensors   # needs no torch
+    nag-convert to-torch --src runs/sit_xl/checkpoints --dst sit_nag.pt --family SiT \
         --input-size 32                  # a training checkpoint (latest EMA params)
+    nag-convert to-torch ckpt/sit_xl2_256 SiT-XL-2-256.pt              # positional: the same
 
 The file loads into the releases' ``models.py`` with ``model.load_state_dict(sd)``; a learned
 NAG ``null_noise_token`` (D,) is exported under that key (load it with ``strict=False`` into a
 release model, or into a model that defines the parameter). torch -> orbax -> torch is bit-exact
-for float32 sources. Time conventions do not enter here (weights only).
+for float32 sources. The writer's package (torch for .pt/.pth, safetensors for .safetensors) is
+imported before anything is read, so a missing one is reported at once. Time conventions do not
+enter here (weights only).
 """
 
 from __future__ import annotations
@@ -67,23 +70,33 @@ def params_to_state_dict(params, metadata, *, consume: bool = False) -> dict[str
     return sd
 
 
+SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def writer(dest: str):
+    """The function that writes a {key: array} dict to ``dest`` (by its suffix), with its package
+    imported now: a bad name or a missing package is reported before any conversion work.
+
+    .pt/.pth: ``torch.save`` of a dict of tensors (needs torch). .safetensors:
+    ``safetensors.numpy.save_file`` (the same file ``safetensors.torch`` writes, without torch).
+    """
+    if not str(dest).endswith(SUFFIXES):
+        raise ConversionError(f"destination {dest}: expected a .pt, .pth or .safetensors name.")
+    if str(dest).endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        return lambda sd, path: save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, path)
+    import torch
+
+    return lambda sd, path: torch.save(
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, path
+    )
+
+
 def save_state_dict(sd: dict[str, np.ndarray], dest: str, *, force: bool = False) -> None:
     """Writes .pt (torch.save of a dict of tensors) or .safetensors, atomically."""
-    if not dest.endswith((".pt", ".pth", ".safetensors")):
-        raise ConversionError(f"destination {dest}: expected a .pt, .pth or .safetensors name.")
-
-    def write(tmp):
-        import torch
-
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
-        if dest.endswith(".safetensors"):
-            from safetensors.torch import save_file
-
-            save_file(tensors, tmp)
-        else:
-            torch.save(tensors, tmp)
-
-    weights.atomic_publish(write, dest, force)
+    write = writer(dest)
+    weights.atomic_publish(lambda tmp: write(sd, tmp), dest, force)
 
 
 def export(
@@ -98,11 +111,11 @@ def export(
     """Orbax checkpoint at ``src`` -> PyTorch file ``dest``. Returns the metadata.
 
     ``src``: any layout of ``nag_jax.storage.weights.load_params``: a converted checkpoint (its
-    metadata
-    fixes the architecture), or a params tree without metadata such as a training run's
+    metadata fixes the architecture), or a params tree without metadata such as a training run's
     checkpoints/ directory (latest step's EMA params), for which ``family`` and ``input_size``
     (and ``num_heads`` for custom widths) are needed.
     """
+    writer(dest)  # the suffix and the writer's package, before any heavy work
     weights.check_destination(dest, force)
     params, meta = weights.load_params(src)
     if not meta:
@@ -122,9 +135,12 @@ def export(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="Orbax checkpoint directory written by to-orbax / save_params")
-    p.add_argument("dest", help="output .pt/.pth or .safetensors (must not exist)")
-    p.add_argument("--force", action="store_true", help="replace dest (after the new is complete)")
+    """--src/--dst (the CLI also takes them as the two positional arguments)."""
+    p.add_argument(
+        "--src", required=True, help="Orbax checkpoint directory written by to-orbax / save_params"
+    )
+    p.add_argument("--dst", required=True, help="output .pt/.pth or .safetensors (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace dst (after the new is complete)")
     p.add_argument("--family", choices=["DiT", "SiT"], help="only for sources without metadata")
     p.add_argument("--input-size", type=int, help="only for sources without metadata (e.g. 32)")
     p.add_argument("--num-heads", type=int, help="only for custom widths without metadata")
@@ -133,11 +149,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     meta = export(
         args.src,
-        args.dest,
+        args.dst,
         force=args.force,
         family=args.family,
         input_size=args.input_size,
         num_heads=args.num_heads,
     )
-    print(f"wrote {as_path(args.dest)} ({meta.get('model')}, releases' key layout)")
+    print(f"wrote {as_path(args.dst)} ({meta.get('model')}, releases' key layout)")
     return 0
