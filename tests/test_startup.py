@@ -1,0 +1,185 @@
+"""Start-up through the real entry point (``python -m nag_jax.main`` in subprocesses).
+
+Cloud TPU VM: two processes, each given what a worker of a 2-host TPU VM pod gives JAX, as far as
+a CPU machine can fake it:
+
+- JAX's own detection runs at ``import jax`` (``jax._src.cloud_tpu_init``): libtpu + TPU chips
+  on the PCI bus. ``JAX_FORCE_TPU_INIT=1`` stands in for both; JAX then sets
+  ``TPU_SKIP_MDS_QUERY`` because ``/sys`` shows no chips, so the prelude below removes it (the
+  one input that cannot come from the environment). ``JAX_PLATFORMS=cpu`` keeps the CPU backend.
+- The GCE metadata server: one fake per worker on 127.0.0.1 (``GCE_METADATA_IP``, read by JAX's
+  GceTpuCluster) answering ``agent-worker-number``, ``worker-network-endpoints`` and ``tpu-env``
+  as a v4-16's workers do.
+- The coordinator port is JAX's fixed 8482 on a pod; ``JAX_COORDINATOR_PORT`` (JAX's override)
+  picks a free one here.
+
+Nothing passes a coordinator, a process count or an id: if nag_jax called
+``jax.distributed.initialize`` with arguments or not at all, the processes would not find each
+other through the metadata and would not report ``process i of 2``. The job is a real (tiny)
+``mode=sample`` run of the shipped demo base model, so the pod also samples and writes.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 240
+
+# Runs the real entry point after JAX's import-time TPU detection (see the module docstring).
+PRELUDE = (
+    "import os, runpy, sys\n"
+    "import jax  # cloud_tpu_init: JAX_FORCE_TPU_INIT stands in for libtpu + TPU chips\n"
+    "os.environ.pop('TPU_SKIP_MDS_QUERY', None)  # set because /sys shows no TPU chips here\n"
+    "runpy.run_module('nag_jax.main', run_name='__main__', alter_sys=True)\n"
+)
+
+_CLUSTER_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "JAX_LOCAL_DEVICE_IDS",
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
+    "TPU_WORKER_ID",
+    "TPU_SKIP_MDS_QUERY",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    "OMPI_MCA_orte_hnp_uri",
+    "XLA_FLAGS",
+)
+
+
+class FakeMetadata:
+    """A GCE metadata server for one TPU worker, on 127.0.0.1 only; records the keys asked."""
+
+    def __init__(self, attributes: dict[str, str]):
+        self.asked: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                prefix = "/computeMetadata/v1/instance/attributes/"
+                key = self.path[len(prefix) :] if self.path.startswith(prefix) else None
+                ok = key in attributes and self.headers.get("Metadata-Flavor") == "Google"
+                outer.asked.append(key)
+                body = (attributes[key] if ok else "not found").encode()
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _tpu_vm_env(metadata_address: str, coordinator_port: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_ENV}
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_") and "proxy" not in k.lower()}
+    env.update(
+        JAX_FORCE_TPU_INIT="1",
+        JAX_PLATFORMS="cpu",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+        GCE_METADATA_IP=metadata_address,
+        JAX_COORDINATOR_PORT=str(coordinator_port),
+        NO_PROXY="127.0.0.1,localhost",
+        NAG_JAX_NO_PROGRESS="1",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+def _sample_args(workdir) -> list[str]:
+    return [
+        "--config=configs/sample_sit_xl.py",
+        f"--workdir={workdir}",
+        "--config.model.weights=" + os.path.join(ROOT, "nag_jax", "assets", "demo_base"),
+        "--config.vae.path=",
+        "--config.sample.num_steps=2",
+        "--config.sample.num_images=2",
+        "--config.sample.batch_size=2",
+        "--config.sample.cfg_scale=1.0",
+        "--config.sample.labels=(1, 2)",
+    ]
+
+
+@pytest.mark.multiprocess
+def test_cloud_tpu_vm_pod_starts_through_jax_cluster_detection(tmp_path):
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    workers = ["localhost", "localhost"]  # the worker list every worker's metadata holds
+    servers = [
+        FakeMetadata(
+            {
+                "agent-worker-number": str(i),
+                "worker-network-endpoints": ",".join(workers),
+                "tpu-env": "ACCELERATOR_TYPE: 'v4-16'\nWORKER_ID: '%d'\n" % i,
+            }
+        )
+        for i in range(2)
+    ]
+    procs, outs = [], []
+    try:
+        for server in servers:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", PRELUDE, *_sample_args(tmp_path / "wd")],
+                    cwd=str(tmp_path),
+                    env=_tpu_vm_env(server.address, port),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        for p in procs:
+            outs.append(p.communicate(timeout=TIMEOUT)[0])
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the faked TPU VM pod did not finish within {TIMEOUT}s")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for s in servers:
+            s.close()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    for i, out in enumerate(outs):
+        assert f"jax.distributed initialised (tpu): process {i} of 2" in out, out[-4000:]
+        assert "(2 processes)" in out
+    for server in servers:  # JAX's GceTpuCluster found the pod through the metadata server
+        assert {"agent-worker-number", "worker-network-endpoints"} <= set(server.asked)
+    assert (tmp_path / "wd" / "samples" / "samples.npz").is_file()  # written once, by process 0
+
+
+def test_tpu_vm_with_unreachable_metadata_is_one_error_line(tmp_path):
+    """A TPU VM whose pod cannot be discovered (metadata server down): one ``error:`` line."""
+    import portpicker
+
+    closed = portpicker.pick_unused_port()  # nothing listens there
+    p = subprocess.run(
+        [sys.executable, "-c", PRELUDE, *_sample_args(tmp_path / "wd")],
+        cwd=str(tmp_path),
+        env=_tpu_vm_env(f"127.0.0.1:{closed}", portpicker.pick_unused_port()),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert errors[0].startswith("error: jax.distributed.initialize() failed")
+    assert "Cloud TPU VM" in errors[0] and "ConnectionError" in errors[0]
