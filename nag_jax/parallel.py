@@ -34,6 +34,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nag_jax.config.schema import ConfigError
 from nag_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -63,17 +64,20 @@ def mesh_shape(parallel_cfg, num_devices: int) -> tuple[int, int, int]:
         sizes["data"] = 1  # FSDP over every device is the usual choice when both fill
     fill = [k for k, v in sizes.items() if v == -1]
     if len(fill) > 1:
-        raise ValueError(f"At most one mesh axis may be -1 (fill), got {sizes}.")
+        raise ConfigError(
+            f"config.parallel.mesh: at most one axis may be -1 (fill), got {sizes}; give the "
+            "other axes explicit sizes."
+        )
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if fill:
         if num_devices % fixed:
-            raise ValueError(
+            raise ConfigError(
                 f"Mesh sizes {sizes} do not divide the {num_devices} devices; set "
                 f"config.parallel.mesh sizes whose product divides {num_devices}."
             )
         sizes[fill[0]] = num_devices // fixed
     if math.prod(sizes.values()) != num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"Mesh sizes {sizes} (product {math.prod(sizes.values())}) do not match the "
             f"{num_devices} devices; use -1 for one axis to fill the rest."
         )
@@ -172,14 +176,14 @@ def check_global_batch(global_batch_size: int, mesh: jax.sharding.Mesh) -> int:
     shards, procs = batch_shards(mesh), jax.process_count()
     if global_batch_size % shards:
         lo = global_batch_size // shards * shards
-        raise ValueError(
+        raise ConfigError(
             f"Global batch size {global_batch_size} does not divide over the {shards} batch shards "
             f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} devices). Set "
             f"config.data.global_batch_size to a multiple of {shards}, e.g. {max(lo, shards)} "
             f"or {lo + shards}."
         )
     if global_batch_size % procs:
-        raise ValueError(
+        raise ConfigError(
             f"Global batch size {global_batch_size} does not divide over the {procs} processes; "
             f"set config.data.global_batch_size to a multiple of {procs}."
         )

@@ -127,7 +127,7 @@ def test_cloud_tpu_vm_pod_starts_through_jax_cluster_detection(tmp_path):
             {
                 "agent-worker-number": str(i),
                 "worker-network-endpoints": ",".join(workers),
-                "tpu-env": "ACCELERATOR_TYPE: 'v4-16'\nWORKER_ID: '%d'\n" % i,
+                "tpu-env": f"ACCELERATOR_TYPE: 'v4-16'\nWORKER_ID: '{i}'\n",
             }
         )
         for i in range(2)
@@ -183,3 +183,89 @@ def test_tpu_vm_with_unreachable_metadata_is_one_error_line(tmp_path):
     assert len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
     assert errors[0].startswith("error: jax.distributed.initialize() failed")
     assert "Cloud TPU VM" in errors[0] and "ConnectionError" in errors[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI manners: Python version, --help / -h, a stray argument, the workdir in every mode
+
+
+def _main(args, cwd, prelude=None, timeout=120):
+    cmd = [sys.executable, "-m", "nag_jax.main", *args]
+    if prelude is not None:
+        cmd = [sys.executable, "-c", prelude, *args]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_old_python_is_one_line_before_any_import(tmp_path):
+    prelude = (
+        "import runpy, sys\n"
+        "sys.version_info = (3, 10, 12, 'final', 0)  # what a python3.10 TPU VM image reports\n"
+        "runpy.run_module('nag_jax.main', run_name='__main__', alter_sys=True)\n"
+    )
+    p = _main(["--config=configs/demo.py", "--workdir=wd"], tmp_path, prelude)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()]  # one line
+    assert p.stderr.startswith("error: nag_jax needs Python >= 3.11")
+    assert "this is Python 3.10" in p.stderr and "python3.11 -m venv" in p.stderr
+
+
+def test_requires_python_matches_the_check():
+    tomllib = pytest.importorskip("tomllib")
+    from nag_jax import main
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["requires-python"] == ">=%d.%d" % main.MIN_PYTHON  # noqa: UP031
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_project_usage_first(tmp_path, flag):
+    from nag_jax.config import schema
+
+    p = _main([flag], tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("usage: nag-jax --config=configs/NAME.py")
+    common = p.stdout.split("Common commands:")[1].split("Modes")[0]
+    starts = [s.split()[0] for s in common.splitlines() if s.strip() and s.strip()[0] not in "#-"]
+    assert starts == ["nag-jax", "nag-convert", "nag-jax", "nag-jax", "nag-jax"]  # five commands
+    for mode in schema.MODES:  # every mode, with its line
+        assert any(s.split()[:1] == [mode] for s in lines), mode
+    configs = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
+    for name in configs:
+        assert any(s.strip().startswith(name + " ") for s in lines), name
+    assert "Traceback" not in p.stderr and len(lines) < 80
+
+
+def test_stray_positional_argument_is_one_line(tmp_path):
+    p = _main(["--config=configs/demo.py", "--workdir=wd", "runs/demo"], tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.strip() == (
+        "error: unexpected argument 'runs/demo': nag-jax takes only flags "
+        "(--config=configs/NAME.py --workdir=DIR --config.KEY=VALUE); see nag-jax --help"
+    )
+
+
+@pytest.mark.parametrize("config", ["demo", "lab_gmm", "sample_sit_xl", "demo_study"])
+def test_workdir_that_is_a_file_is_one_line_in_every_mode(tmp_path, config):
+    (tmp_path / "afile").write_text("x")
+    extra = []
+    if config == "sample_sit_xl":  # a mode that needs weights: give real ones
+        extra = ["--config.model.weights=" + os.path.join(ROOT, "nag_jax", "assets", "demo_base")]
+    for workdir, expected in (
+        (
+            "afile",
+            f"error: workdir {tmp_path / 'afile'} is a file, not a directory; choose another "
+            "--workdir.",
+        ),
+        (
+            "afile/sub",
+            f"error: --workdir=afile/sub cannot be created: {tmp_path / 'afile'} is a file, not a "
+            "directory; choose another --workdir.",
+        ),
+    ):
+        p = _main([f"--config=configs/{config}.py", f"--workdir={workdir}", *extra], tmp_path)
+        assert p.returncode == 2, p.stderr[-2000:]
+        assert p.stderr.strip() == expected
+    assert sorted(os.listdir(tmp_path)) == ["afile"]  # nothing created
