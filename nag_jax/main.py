@@ -264,6 +264,7 @@ def _error_exit(message: str, status: int = USAGE_EXIT) -> None:
 
 # Paths that must exist when given (local ones; remote URIs are checked by their readers).
 _INPUT_PATHS = ("vae.path", "eval.inception_path", "eval.samples")
+_READS_DATA = ("train", "noise_shift")  # the modes that read config.data's dataset
 
 
 def check_inputs(config, workdir: str | None) -> None:
@@ -284,6 +285,10 @@ def check_inputs(config, workdir: str | None) -> None:
             weights.resolve(weights_path)
         except FileNotFoundError as e:
             raise UserError(f"config.model.weights: {e}") from None
+    if config.mode in _READS_DATA and config.data.name == "latents" and config.data.data_dir:
+        from nag_jax.data import latents
+
+        latents.check_readable(config.data.data_dir)  # gs:// latents: the copy command
     for dotted in _INPUT_PATHS:
         section, key = dotted.split(".")
         value = config[section][key]

@@ -269,3 +269,24 @@ def test_workdir_that_is_a_file_is_one_line_in_every_mode(tmp_path, config):
         assert p.returncode == 2, p.stderr[-2000:]
         assert p.stderr.strip() == expected
     assert sorted(os.listdir(tmp_path)) == ["afile"]  # nothing created
+
+
+def test_gs_latents_are_one_line_with_the_copy_command(tmp_path):
+    p = _main(
+        [
+            "--config=configs/sit_xl_nag_finetune.py",
+            "--workdir=wd",
+            "--config.model.weights=" + os.path.join(ROOT, "nag_jax", "assets", "demo_base"),
+            "--config.data.data_dir=gs://bucket/in256_latents",
+        ],
+        tmp_path,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "error: config.data.data_dir='gs://bucket/in256_latents' is remote, and array_record "
+        "reads local files only (google/array_record#120): copy it to every host first (`gcloud "
+        "storage cp -r gs://bucket/in256_latents /tmp/in256_latents`; launch/tpu_pod.sh does it "
+        "with LATENTS=gs://bucket/in256_latents) or mount the bucket (gcsfuse), then pass "
+        "--config.data.data_dir=/tmp/in256_latents."
+    ]
+    assert not (tmp_path / "wd").exists()
