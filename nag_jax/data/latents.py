@@ -152,10 +152,10 @@ def check_readable(directory: str) -> None:
     """UserError (one line with the copy command) for a remote latents directory: array_record
     reads local files only (google/array_record#120). nag_jax.main runs it before JAX starts."""
     if is_remote(directory):
-        from nag_jax.errors import UserError
+        from nag_jax.config.schema import ConfigError  # a UserError and a ValueError
 
         local = "/tmp/" + (str(directory).rstrip("/").rsplit("/", 1)[-1] or "latents")
-        raise UserError(
+        raise ConfigError(
             f"config.data.data_dir={directory!r} is remote, and array_record reads local "
             f"files only (google/array_record#120): copy it to every host first (`gcloud "
             f"storage cp -r {directory} {local}`; launch/tpu_pod.sh does it with "
