@@ -29,7 +29,7 @@
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-  sed -n '2,27p' "$0"; exit 2
+  sed -n '2,26p' "$0"; exit 2
 fi
 CONFIG=$1; WORKDIR=$2; shift 2
 PY=${PYTHON:-python}

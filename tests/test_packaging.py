@@ -121,3 +121,43 @@ def test_license_is_apache_2(pyproject):
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text.splitlines()) > 190  # full text
     assert pyproject["project"]["license"] == "Apache-2.0"
+
+
+def _pins(path: str) -> dict[str, str]:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.split("#")[0].strip()
+            if "==" in line and not line.startswith("-"):
+                name, version = line.split("==")
+                out[_name(name)] = version.strip()
+    return out
+
+
+def test_constraints_per_platform_pin_one_stack_and_the_tested_set():
+    """launch/constraints/{cpu,cuda12,tpu}.txt: requirements.txt's exact pins in each, the same
+    version of every shared package, jaxlib's own accelerator packages only where they belong,
+    and torch's CPU wheel everywhere (no CUDA 13 stack beside JAX's CUDA 12)."""
+    folder = os.path.join(ROOT, "launch", "constraints")
+    files = {p: _pins(os.path.join(folder, f"{p}.txt")) for p in ("cpu", "cuda12", "tpu")}
+    required = _pins(os.path.join(ROOT, "requirements.txt"))
+    assert {"jax", "jaxlib", "flax", "orbax-checkpoint", "grain"} <= set(required)
+    accel = re.compile(r"^(nvidia-|jax-cuda|libtpu|cuda-)")
+    for platform, pins in files.items():
+        for name, version in required.items():
+            assert pins.get(name) == version, (platform, name, pins.get(name), version)
+        assert pins["torch"] == "2.13.0+cpu", platform
+        with open(os.path.join(folder, f"{platform}.txt")) as f:
+            assert "--extra-index-url https://download.pytorch.org/whl/cpu" in f.read()
+        found = {n for n in pins if accel.match(n)}
+        if platform == "cpu":
+            assert not found
+        if platform == "tpu":
+            assert found == {"libtpu"}
+        if platform == "cuda12":
+            assert {"jax-cuda12-plugin", "jax-cuda12-pjrt", "nvidia-cublas-cu12"} <= found
+            # one CUDA stack: every NVIDIA wheel is a CUDA 12 one (CUDA 13's carry no -cu12)
+            assert all(n.startswith("jax-cuda12") or n.endswith("-cu12") for n in found), found
+    shared = set(files["cpu"]) & set(files["cuda12"]) & set(files["tpu"])
+    for name in shared:
+        assert files["cpu"][name] == files["cuda12"][name] == files["tpu"][name], name
