@@ -159,7 +159,7 @@ class Report:
         self.data = {
             "benchmark": "accelerator_check",
             "argv": list(argv),
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(),
             "parts": {},
         }
 

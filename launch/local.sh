@@ -11,14 +11,15 @@
 #   CPU_DEVICES=N   fake N CPU devices (tries sharding code paths without accelerators)
 #   PYTHON          interpreter (default: python)
 #   SETUP=1         first install nag_jax for this machine's accelerator: `pip install -e
-#                   ".[cuda12,data]"` when nvidia-smi sees a GPU, ".[tpu,data]" on a TPU VM
-#                   (/dev/accel* or /dev/vfio), else the pinned CPU set (requirements.txt).
+#                   ".[cuda12,data]" -c launch/constraints/cuda12.txt` when nvidia-smi sees a
+#                   GPU, ".[tpu,data]" with tpu.txt on a TPU VM (/dev/accel* or /dev/vfio), else
+#                   the pinned CPU set (requirements.txt).
 #                   ACCEL=cuda12|tpu|cpu overrides the detection.
 # Preemption: SIGTERM makes the trainer checkpoint at the next step and exit 0; rerunning the same
 # command resumes from the workdir.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-  sed -n '2,18p' "$0"; exit 2
+  sed -n '2,19p' "$0"; exit 2
 fi
 CONFIG=$1; WORKDIR=$2; shift 2
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ if [[ "${SETUP:-0}" == "1" ]]; then
   if [[ "$ACCEL" == "cpu" ]]; then
     "$PY" -m pip install -q -r requirements.txt -e .
   else  # the accelerator jax; requirements.txt (CPU jaxlib) is never installed over it
-    "$PY" -m pip install -q -e ".[${ACCEL},data]"
+    "$PY" -m pip install -q -c "launch/constraints/${ACCEL}.txt" -e ".[${ACCEL},data]"
   fi
 fi
 if [[ -n "${CPU_DEVICES:-}" ]]; then

@@ -29,15 +29,36 @@ traceback and the full config. Real bugs keep their traceback.
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+MIN_PYTHON = (3, 11)  # jax, jaxlib, flax, orbax and grain at the pinned versions need it
 
-from nag_jax.config import schema
-from nag_jax.errors import RunStopped, UserError
+
+def require_python(version_info=None) -> None:
+    """Exits with one ``error:`` line (status 2) on a Python older than MIN_PYTHON, before any
+    dependency is imported (they would fail with a traceback, or pip already refused)."""
+    v = tuple(sys.version_info if version_info is None else version_info)
+    if v[:2] < MIN_PYTHON:
+        print(
+            f"error: nag_jax needs Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} (jax, flax, orbax "
+            f"and grain require it); this is Python {v[0]}.{v[1]} ({sys.executable}). Create the "
+            "environment with python3.11 or newer: python3.11 -m venv .venv (README, Install).",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(2)
+
+
+require_python()
+
+import importlib  # noqa: E402 - after the Python check, which must run first
+import os  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from nag_jax.config import schema  # noqa: E402
+from nag_jax.errors import RunStopped, UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file (configs/*.py).", lock_config=True
@@ -115,6 +136,97 @@ def _with_resolved_config(argv: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# --help: the project's own usage first
+
+HELP_ARGS = ("-h", "--help", "-help", "--h", "-?", "--helpshort")
+
+COMMON_COMMANDS = """\
+  # the built-in demo: NAG fine-tune + none / CFG / NAG / CFG+NAG table (CPU, minutes)
+  nag-jax --config=configs/demo.py --workdir=runs/demo
+  # convert a released checkpoint (PyTorch .pt, or hf://facebook/DiT-XL-2-256) to Orbax
+  nag-convert to-orbax SiT-XL-2-256.pt ckpt/sit_xl2_256 --family SiT
+  # sample a grid + .npz from it
+  nag-jax --config=configs/sample_sit_xl.py --workdir=runs/sample \\
+      --config.model.weights=ckpt/sit_xl2_256 --config.vae.path=ckpt/sd-vae-ft-ema
+  # NAG fine-tune (one host, a TPU pod: launch/tpu_pod.sh, SLURM GPUs: launch/slurm_gpu.sh)
+  nag-jax --config=configs/sit_xl_nag_finetune.py --workdir=runs/sit_xl_nag \\
+      --config.model.weights=ckpt/sit_xl2_256 --config.data.data_dir=data/in256_latents
+  # FID-50k of a checkpoint
+  nag-jax --config=configs/eval_sit_xl.py --workdir=runs/eval \\
+      --config.model.weights=runs/sit_xl_nag/checkpoints --config.vae.path=ckpt/sd-vae-ft-ema \\
+      --config.eval.inception_path=fid.npz --config.eval.reference=VIRTUAL_imagenet256_labeled.npz
+"""
+
+
+def _mode_lines() -> list[str]:
+    """The modes table of this module's docstring (the one description of each mode)."""
+    lines = []
+    for line in (__doc__ or "").splitlines():
+        words = line.split()
+        if line.startswith("    ") and words and words[0] in schema.MODES:
+            lines.append("  " + line.strip())
+    return lines
+
+
+def _config_lines(width: int = 100) -> list[str]:
+    """``configs/NAME.py``: the first line of each packaged config's docstring."""
+    import ast
+
+    folder = packaged_configs_dir()
+    if not folder:
+        return []
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py")
+    pad = max(len(n) for n in names) + 2 if names else 0
+    out = []
+    for name in names:
+        try:
+            with open(os.path.join(folder, name)) as f:
+                doc = ast.get_docstring(ast.parse(f.read())) or ""
+        except (OSError, SyntaxError):
+            doc = ""
+        first = doc.strip().splitlines()[0] if doc.strip() else ""
+        line = f"  {name:<{pad}}{first}"
+        out.append(line if len(line) <= width else line[: width - 3] + "...")
+    return out
+
+
+def usage() -> str:
+    """``nag-jax --help``: usage, the common commands, the modes and the packaged configs."""
+    return "\n".join(
+        [
+            "usage: nag-jax --config=configs/NAME.py[:VARIANT] --workdir=DIR "
+            "[--config.KEY=VALUE ...] [--verbose]",
+            "       (python -m nag_jax.main is the same program)",
+            "",
+            "NAG (Noise Awareness Guidance) for DiT and SiT in JAX: train, fine-tune, sample and "
+            "evaluate;",
+            "the config's `mode` picks the job. One program for a CPU, GPUs or a TPU pod.",
+            "",
+            "Common commands:",
+            COMMON_COMMANDS.rstrip("\n"),
+            "",
+            "Modes (config.mode):",
+            *_mode_lines(),
+            "",
+            "Configs (--config=configs/NAME.py: the current directory's, else the packaged ones):",
+            *_config_lines(),
+            "",
+            "Flags:",
+            "  --config=FILE[:VARIANT]  an ml_collections config file (its docstring has its "
+            "commands)",
+            "  --config.KEY=VALUE       override any key (e.g. --config.sample.cfg_scale=1.5); "
+            "every key,",
+            "                           its default and its check: nag_jax/config/schema.py",
+            "  --workdir=DIR            checkpoints, samples and logs (local or gs://)",
+            "  --verbose                tracebacks for user errors and the full config in the log",
+            "  --helpfull               every absl flag (logging, JAX)",
+            "",
+            "Checkpoint conversion: nag-convert --help. Documentation: README.md and docs/.",
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # Flag errors as one line
 
 
@@ -152,6 +264,7 @@ def _error_exit(message: str, status: int = USAGE_EXIT) -> None:
 
 # Paths that must exist when given (local ones; remote URIs are checked by their readers).
 _INPUT_PATHS = ("vae.path", "eval.inception_path", "eval.samples")
+_READS_DATA = ("train", "noise_shift")  # the modes that read config.data's dataset
 
 
 def check_inputs(config, workdir: str | None) -> None:
@@ -162,6 +275,7 @@ def check_inputs(config, workdir: str | None) -> None:
 
     if not workdir:
         raise UserError("--workdir=DIR is required (checkpoints, samples and logs go there).")
+    check_workdir(workdir)
     schema.validate(config)
     weights_path = config.model.weights
     if weights_path and not paths.is_remote(weights_path):
@@ -171,6 +285,10 @@ def check_inputs(config, workdir: str | None) -> None:
             weights.resolve(weights_path)
         except FileNotFoundError as e:
             raise UserError(f"config.model.weights: {e}") from None
+    if config.mode in _READS_DATA and config.data.name == "latents" and config.data.data_dir:
+        from nag_jax.data import latents
+
+        latents.check_readable(config.data.data_dir)  # gs:// latents: the copy command
     for dotted in _INPUT_PATHS:
         section, key = dotted.split(".")
         value = config[section][key]
@@ -179,6 +297,38 @@ def check_inputs(config, workdir: str | None) -> None:
                 f"config.{dotted}={value!r} does not exist (from {os.getcwd()}); fix the path or "
                 f"unset it (--config.{dotted}=None)."
             )
+
+
+def check_workdir(workdir: str) -> None:
+    """The workdir check of every mode, before JAX starts, creating nothing: a local path that
+    is a file or a dangling symlink (``nag_jax.storage.workdir.check_workdir``'s messages, the
+    one home of the check, which each job runs again when it creates the directory), or one
+    that cannot be created (a parent that is a file, no write permission) is one line. Remote
+    URIs are left to the job (no bucket round trip here)."""
+    from nag_jax.storage import paths
+    from nag_jax.storage import workdir as workdir_lib
+
+    if paths.is_remote(workdir):
+        return
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.isdir(path):
+        return
+    if os.path.lexists(path):  # a file or a dangling link: check_workdir raises before creating
+        try:
+            workdir_lib.check_workdir(path)
+        except workdir_lib.WorkdirError as e:
+            raise UserError(str(e)) from None
+        return
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        reason = f"{parent} is a file, not a directory"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        reason = f"{parent} is not writable"
+    else:
+        return
+    raise UserError(f"--workdir={workdir} cannot be created: {reason}; choose another --workdir.")
 
 
 def check_devices(config, devices) -> None:
@@ -202,9 +352,16 @@ def _user_errors():
     return (UserError, FileNotFoundError)
 
 
+def _positional_error(extra: list[str]) -> str:
+    return (
+        f"unexpected argument {extra[0]!r}: nag-jax takes only flags "
+        "(--config=configs/NAME.py --workdir=DIR --config.KEY=VALUE); see nag-jax --help"
+    )
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        _error_exit(_positional_error(argv[1:]))
     config, workdir = _CONFIG.value, _WORKDIR.value
     try:
         if config is None:
@@ -253,10 +410,15 @@ def cli(argv: list[str] | None = None) -> None:
     overrides) with user errors as one line, then runs ``main`` under absl."""
     argv = list(sys.argv if argv is None else argv)
     verbose = any(a in ("--verbose", "--verbose=true", "--verbose=True") for a in argv)
-    app.define_help_flags()  # --help / --helpfull (app.run defines them too late for us)
+    if any(a in HELP_ARGS for a in argv[1:]):  # the project's usage, before absl's flag dump
+        print(usage(), flush=True)
+        sys.exit(0)
+    app.define_help_flags()  # --helpfull (app.run defines it too late for us)
     try:
         argv = _with_resolved_config(argv)
         rest = flags.FLAGS(argv)
+        if len(rest) > 1:  # absl would print its whole usage for a stray word
+            raise UserError(_positional_error(rest[1:]))
         _ = _CONFIG.value  # a config file that failed to load raises here
     except UserError as e:
         if verbose:

@@ -15,8 +15,9 @@ One program for one CPU, one GPU, 8 GPUs or a TPU pod:
   only its own slice of the global batch; ``global_batch`` assembles the global ``jax.Array``
   with ``jax.make_array_from_process_local_data``.
 - ``maybe_initialize_distributed()`` calls ``jax.distributed.initialize`` when the environment
-  describes a multi-process job (explicit ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/
-  ``JAX_PROCESS_ID``, a SLURM job step with several tasks, or a multi-worker Cloud TPU).
+  describes a multi-process job: explicit ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/
+  ``JAX_PROCESS_ID`` (passed on), a SLURM job step with several tasks, or a Cloud TPU VM (no
+  arguments: JAX's own cluster detection finds the pod, as MaxText does).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from nag_jax.config.schema import ConfigError
+from nag_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -60,17 +64,20 @@ def mesh_shape(parallel_cfg, num_devices: int) -> tuple[int, int, int]:
         sizes["data"] = 1  # FSDP over every device is the usual choice when both fill
     fill = [k for k, v in sizes.items() if v == -1]
     if len(fill) > 1:
-        raise ValueError(f"At most one mesh axis may be -1 (fill), got {sizes}.")
+        raise ConfigError(
+            f"config.parallel.mesh: at most one axis may be -1 (fill), got {sizes}; give the "
+            "other axes explicit sizes."
+        )
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if fill:
         if num_devices % fixed:
-            raise ValueError(
+            raise ConfigError(
                 f"Mesh sizes {sizes} do not divide the {num_devices} devices; set "
                 f"config.parallel.mesh sizes whose product divides {num_devices}."
             )
         sizes[fill[0]] = num_devices // fixed
     if math.prod(sizes.values()) != num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"Mesh sizes {sizes} (product {math.prod(sizes.values())}) do not match the "
             f"{num_devices} devices; use -1 for one axis to fill the rest."
         )
@@ -169,14 +176,14 @@ def check_global_batch(global_batch_size: int, mesh: jax.sharding.Mesh) -> int:
     shards, procs = batch_shards(mesh), jax.process_count()
     if global_batch_size % shards:
         lo = global_batch_size // shards * shards
-        raise ValueError(
+        raise ConfigError(
             f"Global batch size {global_batch_size} does not divide over the {shards} batch shards "
             f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} devices). Set "
             f"config.data.global_batch_size to a multiple of {shards}, e.g. {max(lo, shards)} "
             f"or {lo + shards}."
         )
     if global_batch_size % procs:
-        raise ValueError(
+        raise ConfigError(
             f"Global batch size {global_batch_size} does not divide over the {procs} processes; "
             f"set config.data.global_batch_size to a multiple of {procs}."
         )
@@ -220,41 +227,106 @@ def _env_int(name: str) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-def multiprocess_env() -> bool:
-    """Whether the environment describes a multi-process JAX job."""
+def cloud_tpu_vm() -> bool:
+    """Whether this process runs on a Cloud TPU VM with libtpu (GCE or GKE).
+
+    JAX decides this itself when it is imported (``jax._src.cloud_tpu_init``: TPU chips on the
+    PCI bus and libtpu installed, or ``JAX_FORCE_TPU_INIT``); we read its answer rather than a
+    second guess. A CPU jaxlib on a TPU VM gives False (nothing to initialise then).
+    """
+    try:
+        from jax._src import cloud_tpu_init
+    except ImportError:  # a JAX without the module: no Cloud TPU support to ask
+        return False
+    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+
+
+def multiprocess_env() -> str | None:
+    """How the environment describes a multi-process JAX job, or None for a single process.
+
+    ``"env"``: explicit ``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES`` > 1 (launch/
+    slurm_gpu.sh, any hand-made launcher); ``"slurm"``: a SLURM job step with several tasks;
+    ``"tpu"``: a Cloud TPU VM (GCE: JAX finds the pod through the metadata server; GKE:
+    ``TPU_WORKER_HOSTNAMES``). A single-host TPU VM is ``"tpu"`` too: JAX's detection then finds
+    one process, as MaxText relies on.
+    """
     if os.environ.get("JAX_COORDINATOR_ADDRESS") and (_env_int("JAX_NUM_PROCESSES") or 1) > 1:
-        return True
+        return "env"
     if (_env_int("SLURM_STEP_NUM_TASKS") or _env_int("SLURM_NTASKS") or 1) > 1 and os.environ.get(
         "SLURM_JOB_ID"
     ):
-        return True
+        return "slurm"
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return len([h for h in hosts.split(",") if h]) > 1
+    if cloud_tpu_vm() or len([h for h in hosts.split(",") if h]) > 1:
+        return "tpu"
+    return None
+
+
+def distributed_kwargs(kind: str) -> dict:
+    """The arguments of ``jax.distributed.initialize`` for ``multiprocess_env()``'s ``kind``.
+
+    Only the explicit path passes any: SLURM and Cloud TPU are JAX's own cluster detection
+    (``jax._src.clusters``: SlurmCluster, GceTpuCluster, GkeTpuCluster), so on a TPU VM the call
+    has no arguments at all.
+    """
+    if kind != "env":
+        return {}
+    kwargs = dict(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=_env_int("JAX_NUM_PROCESSES"),
+        process_id=_env_int("JAX_PROCESS_ID"),
+    )
+    if os.environ.get("JAX_LOCAL_DEVICE_IDS"):
+        kwargs["local_device_ids"] = [int(i) for i in os.environ["JAX_LOCAL_DEVICE_IDS"].split(",")]
+    return kwargs
+
+
+def _backends_initialized() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        return False
+
+
+_HOW = {
+    "env": "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID",
+    "slurm": "the SLURM job (SLURM_NTASKS > 1)",
+    "tpu": "this Cloud TPU VM (JAX's pod detection: the GCE metadata server, or "
+    "TPU_WORKER_HOSTNAMES on GKE)",
+}
 
 
 def maybe_initialize_distributed() -> bool:
     """Calls ``jax.distributed.initialize`` once when the env says multi-process; True if it did.
 
     Explicit variables win (``JAX_COORDINATOR_ADDRESS`` host:port, ``JAX_NUM_PROCESSES``,
-    ``JAX_PROCESS_ID``, optional ``JAX_LOCAL_DEVICE_IDS`` comma list); otherwise JAX's cluster
-    auto-detection (SLURM, Cloud TPU, ...) fills them in.
+    ``JAX_PROCESS_ID``, optional ``JAX_LOCAL_DEVICE_IDS`` comma list); SLURM and Cloud TPU VMs
+    call it without arguments (JAX's cluster detection). A failure raises UserError: one line
+    naming what described the job and JAX's first line (the traceback behind ``--verbose``).
     """
-    if jax.distributed.is_initialized() or not multiprocess_env():
+    kind = multiprocess_env()
+    if jax.distributed.is_initialized() or kind is None:
         return False
-    kwargs = {}
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        kwargs = dict(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=_env_int("JAX_NUM_PROCESSES"),
-            process_id=_env_int("JAX_PROCESS_ID"),
-        )
-        if os.environ.get("JAX_LOCAL_DEVICE_IDS"):
-            kwargs["local_device_ids"] = [
-                int(i) for i in os.environ["JAX_LOCAL_DEVICE_IDS"].split(",")
-            ]
-    jax.distributed.initialize(**kwargs)
+    if kind == "tpu" and _backends_initialized():
+        # A notebook or test on a (single-host) TPU VM that already used JAX: too late to join a
+        # pod, and there is none to join when JAX already runs here alone.
+        logging.info("Cloud TPU VM: JAX already initialised, jax.distributed not started")
+        return False
+    try:
+        jax.distributed.initialize(**distributed_kwargs(kind))
+    except Exception as e:  # noqa: BLE001 - any failure here is the environment's, reported as one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"jax.distributed.initialize() failed for the multi-process job described by "
+            f"{_HOW[kind]}: {type(e).__name__}: {first}. Start the same command on every "
+            "host (launch/tpu_pod.sh, launch/slurm_gpu.sh), check that the coordinator is "
+            "reachable, or unset these variables for a single-process run."
+        ) from e
     logging.info(
-        "jax.distributed initialised: process %d of %d, %d local / %d global devices",
+        "jax.distributed initialised (%s): process %d of %d, %d local / %d global devices",
+        kind,
         jax.process_index(),
         jax.process_count(),
         jax.local_device_count(),

@@ -83,3 +83,81 @@ def test_missing_optional_dependency_names_its_extra(monkeypatch, tmp_path):
     writer.write_scalars(1, {"loss": 1.0})
     writer.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_readme_is_a_release_users_page():
+    """README <= 250 lines, its two commands as CI runs them, every local link resolves, and
+    every file the blocks need has its download address."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    assert len(text.splitlines()) <= 250
+    assert "pip install -r requirements.txt -r tests/requirements.txt && " in text
+    assert 'python -m pytest -m "not slow"' in text
+    assert "python -m nag_jax.main --config=configs/demo.py --workdir=runs/demo" in text
+    for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+        assert os.path.exists(os.path.join(ROOT, link)), link
+    for name in (
+        "SiT-XL-2-256.pt?rlkey=",
+        "dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt",
+        "huggingface.co/stabilityai/sd-vae-ft-ema",
+        "huggingface.co/stabilityai/sd-vae-ft-mse",
+        "mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+        "openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
+        "VIRTUAL_imagenet256_labeled.npz",
+    ):
+        assert name in text, name
+    for platform in ("cpu", "cuda12", "tpu"):
+        assert f"-c launch/constraints/{platform}.txt" in text
+    docs = os.path.join(ROOT, "docs")
+    for name in os.listdir(docs):
+        with open(os.path.join(docs, name)) as f:
+            for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", f.read()):
+                assert os.path.exists(os.path.join(docs, link)), (name, link)
+
+
+def test_license_is_apache_2(pyproject):
+    with open(os.path.join(ROOT, "LICENSE")) as f:
+        text = f.read()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text.splitlines()) > 190  # full text
+    assert pyproject["project"]["license"] == "Apache-2.0"
+
+
+def _pins(path: str) -> dict[str, str]:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.split("#")[0].strip()
+            if "==" in line and not line.startswith("-"):
+                name, version = line.split("==")
+                out[_name(name)] = version.strip()
+    return out
+
+
+def test_constraints_per_platform_pin_one_stack_and_the_tested_set():
+    """launch/constraints/{cpu,cuda12,tpu}.txt: requirements.txt's exact pins in each, the same
+    version of every shared package, jaxlib's own accelerator packages only where they belong,
+    and torch's CPU wheel everywhere (no CUDA 13 stack beside JAX's CUDA 12)."""
+    folder = os.path.join(ROOT, "launch", "constraints")
+    files = {p: _pins(os.path.join(folder, f"{p}.txt")) for p in ("cpu", "cuda12", "tpu")}
+    required = _pins(os.path.join(ROOT, "requirements.txt"))
+    assert {"jax", "jaxlib", "flax", "orbax-checkpoint", "grain"} <= set(required)
+    accel = re.compile(r"^(nvidia-|jax-cuda|libtpu|cuda-)")
+    for platform, pins in files.items():
+        for name, version in required.items():
+            assert pins.get(name) == version, (platform, name, pins.get(name), version)
+        assert pins["torch"] == "2.13.0+cpu", platform
+        with open(os.path.join(folder, f"{platform}.txt")) as f:
+            assert "--extra-index-url https://download.pytorch.org/whl/cpu" in f.read()
+        found = {n for n in pins if accel.match(n)}
+        if platform == "cpu":
+            assert not found
+        if platform == "tpu":
+            assert found == {"libtpu"}
+        if platform == "cuda12":
+            assert {"jax-cuda12-plugin", "jax-cuda12-pjrt", "nvidia-cublas-cu12"} <= found
+            # one CUDA stack: every NVIDIA wheel is a CUDA 12 one (CUDA 13's carry no -cu12)
+            assert all(n.startswith("jax-cuda12") or n.endswith("-cu12") for n in found), found
+    shared = set(files["cpu"]) & set(files["cuda12"]) & set(files["tpu"])
+    for name in shared:
+        assert files["cpu"][name] == files["cuda12"][name] == files["tpu"][name], name

@@ -117,22 +117,87 @@ def test_global_batch_assembles_process_local_arrays():
     np.testing.assert_array_equal(np.asarray(g), x)
 
 
+_CLUSTER_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "JAX_LOCAL_DEVICE_IDS",
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+    "SLURM_STEP_NUM_TASKS",
+    "TPU_WORKER_HOSTNAMES",
+)
+
+
 def test_multiprocess_env_detection(monkeypatch):
-    for k in (
-        "JAX_COORDINATOR_ADDRESS",
-        "JAX_NUM_PROCESSES",
-        "SLURM_JOB_ID",
-        "SLURM_NTASKS",
-        "SLURM_STEP_NUM_TASKS",
-        "TPU_WORKER_HOSTNAMES",
-    ):
+    for k in _CLUSTER_ENV:
         monkeypatch.delenv(k, raising=False)
-    assert not parallel.multiprocess_env()
+    monkeypatch.setattr(parallel, "cloud_tpu_vm", lambda: False)
+    assert parallel.multiprocess_env() is None
     assert parallel.maybe_initialize_distributed() is False
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
-    assert parallel.multiprocess_env()
+    assert parallel.multiprocess_env() == "env"
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_NTASKS", "4")
-    assert parallel.multiprocess_env()
+    assert parallel.multiprocess_env() == "slurm"
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0,w1")  # GKE
+    assert parallel.multiprocess_env() == "tpu"
+    monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
+    monkeypatch.setattr(parallel, "cloud_tpu_vm", lambda: True)  # GCE: nothing in the env
+    assert parallel.multiprocess_env() == "tpu"
+
+
+def test_initialize_arguments_per_platform(monkeypatch):
+    """Cloud TPU VM and SLURM: jax.distributed.initialize() with no arguments (JAX's own cluster
+    detection); the explicit variables are passed on as given."""
+    calls = []
+    for k in _CLUSTER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(parallel, "_backends_initialized", lambda: False)
+    monkeypatch.setattr(parallel, "cloud_tpu_vm", lambda: True)
+    assert parallel.maybe_initialize_distributed() is True
+    assert calls == [{}]
+    monkeypatch.setattr(parallel, "cloud_tpu_vm", lambda: False)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert parallel.maybe_initialize_distributed() is True
+    assert calls[-1] == {}
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "head:4321")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    monkeypatch.setenv("JAX_LOCAL_DEVICE_IDS", "1")
+    assert parallel.maybe_initialize_distributed() is True
+    assert calls[-1] == dict(
+        coordinator_address="head:4321", num_processes=4, process_id=3, local_device_ids=[1]
+    )
+    # A TPU VM whose JAX already runs (a notebook): too late to join, nothing is called.
+    for k in _CLUSTER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(parallel, "cloud_tpu_vm", lambda: True)
+    monkeypatch.setattr(parallel, "_backends_initialized", lambda: True)
+    assert parallel.maybe_initialize_distributed() is False and len(calls) == 3
+
+
+def test_failed_initialize_is_one_user_error_line(monkeypatch):
+    from nag_jax.errors import UserError
+
+    def fail(**kw):
+        raise RuntimeError("Getting metadata['agent-worker-number'] failed for 6 tries\nmore")
+
+    for k in _CLUSTER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", fail)
+    monkeypatch.setattr(parallel, "_backends_initialized", lambda: False)
+    monkeypatch.setattr(parallel, "cloud_tpu_vm", lambda: True)
+    with pytest.raises(UserError) as info:
+        parallel.maybe_initialize_distributed()
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith("jax.distributed.initialize() failed for the multi-process job")
+    assert "Cloud TPU VM" in msg and "agent-worker-number" in msg and "more" not in msg

@@ -34,7 +34,8 @@ metadata.json gathers them under "skipped" (its "count" is the records actually 
 Paths go through nag_jax.storage.paths (epath): metadata.json and the shards can be written to and
 the
 metadata read from ``gs://``. Reading the shards needs local files (array_record's reader opens
-local paths only: google/array_record#120); a remote directory gets an error saying so.
+local paths only: google/array_record#120); a remote directory is one error line with the copy
+command (launch/tpu_pod.sh copies it to every worker with ``LATENTS=gs://...``).
 """
 
 from __future__ import annotations
@@ -147,6 +148,22 @@ def read_metadata(directory: str) -> dict:
     return meta
 
 
+def check_readable(directory: str) -> None:
+    """UserError (one line with the copy command) for a remote latents directory: array_record
+    reads local files only (google/array_record#120). nag_jax.main runs it before JAX starts."""
+    if is_remote(directory):
+        from nag_jax.config.schema import ConfigError  # a UserError and a ValueError
+
+        local = "/tmp/" + (str(directory).rstrip("/").rsplit("/", 1)[-1] or "latents")
+        raise ConfigError(
+            f"config.data.data_dir={directory!r} is remote, and array_record reads local "
+            f"files only (google/array_record#120): copy it to every host first (`gcloud "
+            f"storage cp -r {directory} {local}`; launch/tpu_pod.sh does it with "
+            f"LATENTS={directory}) or mount the bucket (gcsfuse), then pass "
+            f"--config.data.data_dir={local}."
+        )
+
+
 class LatentsSource:
     """grain RandomAccessDataSource over a latents directory.
 
@@ -157,14 +174,8 @@ class LatentsSource:
         import grain
 
         self.directory = directory
+        check_readable(directory)
         self.metadata = read_metadata(directory)
-        if is_remote(directory):
-            raise ValueError(
-                f"latents data_dir {directory!r} is remote: array_record reads local files only "
-                "(google/array_record#120). Copy the directory to local disk (e.g. `gcloud "
-                "storage cp -r`) or mount the bucket (gcsfuse) and set config.data.data_dir to "
-                "the local path"
-            )
         paths = [str(as_path(directory) / s["file"]) for s in self.metadata["shards"]]
         missing = [p for p in paths if not as_path(p).exists()]
         if missing:

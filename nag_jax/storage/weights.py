@@ -326,7 +326,7 @@ def load_params(path: str, *, target=None, item: str = "ema_params") -> tuple[di
     wrapped = isinstance(abstract, Mapping) and set(abstract) == {PARAMS_ITEM}
     host = target is None
     if host:
-        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), abstract
         )
