@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nag_jax.diffusion import paths
 from nag_jax.diffusion.gaussian import create_diffusion, space_timesteps
 from nag_jax.diffusion.transport import Transport
 
@@ -66,6 +67,34 @@ def test_transport_release_defaults_and_intervals():
     assert float(t.min()) >= 1e-3 and float(t.max()) <= 1 - 1e-3
     assert abs(float(t.mean()) - 0.5) < 0.02
     np.testing.assert_allclose(lin_v.noise_level(jnp.array([0.0, 0.25, 1.0])), [1, 0.75, 0])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_path_classes_stable_forms_match_the_coefficients(path):
+    """Each path is its own class (SiT's path.py); its stable forms of ``a = alpha'/alpha`` and
+    ``var = a sigma^2 - sigma sigma'`` (VP: beta(t) / 2 for both) agree with the coefficients,
+    evaluated in float64 numpy; ``drift`` and the score <-> velocity maps are inverse."""
+    tr = Transport(path.upper())
+    cls = {"linear": paths.Linear, "gvp": paths.GVP, "vp": paths.VP}[path]
+    assert type(tr.plan) is cls and tr.plan.name == tr.path == path
+    t = jnp.linspace(0.05, 0.95, 7)
+    a, s, da, ds = (np.asarray(q, np.float64) for q in tr.plan.alpha_sigma(t))
+    np.testing.assert_allclose(tr.plan.d_log_alpha(t), da / a, rtol=1e-5)
+    np.testing.assert_allclose(tr.plan.drift_var(t), da / a * s**2 - s * ds, rtol=1e-5)
+    if path == "vp":
+        beta = 0.1 + (1 - np.asarray(t, np.float64)) * 19.9
+        np.testing.assert_allclose(tr.plan.drift_var(t), beta / 2, rtol=1e-6)
+    np.testing.assert_allclose(tr.plan.diffusion(t, "SBDM"), tr.plan.drift_var(t), rtol=1e-6)
+    np.testing.assert_allclose(tr.plan.diffusion(t, "sigma", 2.0), 2 * s, rtol=1e-6)
+    x = jax.random.normal(jax.random.key(1), (7, 2, 2, 1))
+    te, score = t[:, None, None, None], jax.random.normal(jax.random.key(2), x.shape)
+    drift_mean, drift_var = tr.plan.drift(x, te)
+    np.testing.assert_allclose(drift_mean, (da / a)[:, None, None, None] * x, rtol=1e-5)
+    v = tr.plan.velocity_from_score(score, x, te)
+    np.testing.assert_allclose(v, drift_mean + drift_var * score, rtol=1e-6)
+    np.testing.assert_allclose(tr.plan.score_from_velocity(v, x, te), score, atol=2e-4)
+    with pytest.raises(ValueError, match="expected one of"):
+        paths.make_path("cosine")
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -46,11 +46,12 @@ import tempfile
 
 import numpy as np
 
+from nag_jax.models.vae.config import VAE_SCALE
 from nag_jax.storage.paths import as_path, is_remote
 
 FORMAT = "nag_jax.latents.v1"
 METADATA_FILE = "metadata.json"
-SD_VAE_SCALE = 0.18215
+SD_VAE_SCALE = VAE_SCALE  # its one home: nag_jax.models.vae.config
 _DTYPES = ("float32", "float16", "bfloat16")
 
 

@@ -344,7 +344,9 @@ def create_dataset(
     kind = {SYNTHETIC: "synthetic", "latents": "latents"}.get(name, "image")
     scale = 1.0
     if kind == "latents" and not source.metadata.get("scaled", True):
-        scale = float(source.metadata.get("scale_factor", 0.18215))
+        from nag_jax.data.latents import SD_VAE_SCALE  # the SD-VAE's, nag_jax.models.vae
+
+        scale = float(source.metadata.get("scale_factor", SD_VAE_SCALE))
 
     n = len(source)
     n_even = n - n % process_count

@@ -1,6 +1,7 @@
 """Noising processes and training objectives.
 
-- `transport`: SiT interpolants (t = 0 noise, t = 1 data; noise level = 1 - t).
+- `paths`: SiT's paths, one class each (Linear / GVP / VP: coefficients, drift, diffusion).
+- `transport`: SiT interpolants over a path (t = 0 noise, t = 1 data; noise level = 1 - t).
 - `gaussian`: DiT DDPM (integer step, 0 = least noise; noise level = (step + 1) / 1000).
 - `objective`: the NAG training loss (class + noise-condition dropout) for both families.
 """

@@ -1,4 +1,4 @@
-"""SiT stochastic-interpolant transport (Linear / GVP / VP paths), in pure jnp.
+"""SiT stochastic-interpolant transport: a path (Linear / GVP / VP) and a prediction type, in jnp.
 
 Time convention (SiT family, the release's): float ``t`` in [0, 1], ``t = 0`` is NOISE and
 ``t = 1`` is DATA. The paper / analysis "noise level" is ``lambda = 1 - t`` (`noise_level`).
@@ -12,7 +12,10 @@ The interpolant is ``x_t = alpha(t) * x1 + sigma(t) * x0`` with ``x0 ~ N(0, I)``
 | gvp    | sin(pi t / 2)                     | cos(pi t / 2)                 |
 | vp     | exp(m(t)), m(t) = -1/4 (1-t)^2 (b1-b0) - 1/2 (1-t) b0 | sqrt(1 - alpha^2) |
 
-with ``b0 = beta_min = 0.1`` and ``b1 = beta_max = 20`` (VP). The network predicts one of
+with ``b0 = beta_min = 0.1`` and ``b1 = beta_max = 20`` (VP). Each path is its own class in
+`nag_jax.diffusion.paths` (the release's ``path.py``: ICPlan / GVPCPlan / VPCPlan) and `Transport`
+delegates every path-dependent coefficient, conversion and interval to it (``transport.plan``);
+the transport adds the prediction type. The network predicts one of
 ``velocity`` (u), ``score`` (grad log p_t) or ``noise`` (E[x0 | x_t]); the conversions between
 them are exact for any ``(x, t)`` (they are the same affine maps the release uses):
 
@@ -22,8 +25,9 @@ them are exact for any ``(x, t)`` (they are the same affine maps the release use
 (``var`` is also the "SBDM" diffusion coefficient; for VP ``a = var = beta(t)/2`` with
 ``beta(t) = b0 + (1 - t)(b1 - b0)``, computed in that stable form as the release does.)
 
-Release defaults for the epsilons (``train_eps`` / ``sample_eps``), resolved when left ``None``:
-Linear/GVP + velocity: 0 / 0; Linear/GVP + score|noise: 1e-3 / 1e-3; VP: 1e-5 / 1e-3.
+Release defaults for the epsilons (``train_eps`` / ``sample_eps``, `Path.default_eps`), resolved
+when left ``None``: Linear/GVP + velocity: 0 / 0; Linear/GVP + score|noise: 1e-3 / 1e-3; VP:
+1e-5 / 1e-3.
 (The release's `create_transport` leaves ``sample_eps = None`` when only ``train_eps`` is given,
 a quirk we do not reproduce: each ``None`` here gets its own default.)
 
@@ -34,10 +38,12 @@ Shapes: ``t`` is either a scalar (shape ``()``) or a per-example vector ``(N,)``
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
+
+from nag_jax.diffusion.gaussian import mean_flat
+from nag_jax.diffusion.paths import DIFFUSION_FORMS, PATHS, make_path
 
 __all__ = [
     "PATHS",
@@ -48,21 +54,7 @@ __all__ = [
     "mean_flat",
 ]
 
-PATHS = ("linear", "gvp", "vp")
 PREDICTIONS = ("velocity", "score", "noise")
-DIFFUSION_FORMS = (
-    "constant",
-    "SBDM",
-    "sigma",
-    "linear",
-    "decreasing",
-    "increasing-decreasing",
-)
-
-
-def mean_flat(x: jax.Array) -> jax.Array:
-    """Mean over all non-batch dims: ``(N, ...) -> (N,)``."""
-    return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
 def _expand(t, x: jax.Array) -> jax.Array:
@@ -88,6 +80,8 @@ class Transport:
       train_eps, sample_eps: interval clipping; ``None`` = the release default (module doc).
       beta_min, beta_max: VP schedule (release: 0.1, 20).
 
+    ``plan`` (an attribute, not a field) is the path object of `nag_jax.diffusion.paths`
+    (``Linear()``, ``GVP()`` or ``VP(beta_min, beta_max)``); ``path`` stays its lower-case name.
     All methods are pure jnp functions of their array arguments; the dataclass is hashable and
     can be closed over (or passed as a static argument) in jitted code.
     """
@@ -100,79 +94,43 @@ class Transport:
     beta_max: float = 20.0
 
     def __post_init__(self):
-        path = str(self.path).lower()
-        if path not in PATHS:
-            raise ValueError(f"Transport path={self.path!r}; expected one of {PATHS}.")
+        plan = make_path(self.path, beta_min=self.beta_min, beta_max=self.beta_max)
         pred = str(self.prediction).lower()
         if pred not in PREDICTIONS:
             raise ValueError(
                 f"Transport prediction={self.prediction!r}; expected one of {PREDICTIONS}."
             )
-        if path == "vp":
-            default_train, default_sample = 1e-5, 1e-3
-        elif pred != "velocity":
-            default_train, default_sample = 1e-3, 1e-3
-        else:
-            default_train, default_sample = 0.0, 0.0
+        default_train, default_sample = plan.default_eps(pred)
         train_eps = default_train if self.train_eps is None else float(self.train_eps)
         sample_eps = default_sample if self.sample_eps is None else float(self.sample_eps)
         for name, v in (("train_eps", train_eps), ("sample_eps", sample_eps)):
             if not 0.0 <= v < 0.5:
                 raise ValueError(f"Transport {name}={v}; expected a value in [0, 0.5).")
-        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "plan", plan)
+        object.__setattr__(self, "path", plan.name)
         object.__setattr__(self, "prediction", pred)
         object.__setattr__(self, "train_eps", train_eps)
         object.__setattr__(self, "sample_eps", sample_eps)
 
-    # ------------------------------------------------------------------ schedule
-    def _vp_log_mean(self, t):
-        b0, b1 = self.beta_min, self.beta_max
-        return -0.25 * (1.0 - t) ** 2 * (b1 - b0) - 0.5 * (1.0 - t) * b0
-
-    def _vp_beta(self, t):
-        """VP beta(t) = b0 + (1 - t)(b1 - b0); equals 2 d log alpha / dt."""
-        return self.beta_min + (1.0 - t) * (self.beta_max - self.beta_min)
-
+    # ------------------------------------------------------------------ schedule (the path's)
     def alpha_sigma(self, t):
         """Schedule coefficients at time ``t`` (any shape).
 
         Returns ``(alpha, sigma, d_alpha, d_sigma)``, each with ``t``'s shape; ``x_t = alpha x1 +
         sigma x0``, ``d_*`` are time derivatives.
         """
-        t = jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
-        if self.path == "linear":
-            one = jnp.ones_like(t)
-            return t, 1.0 - t, one, -one
-        if self.path == "gvp":
-            h = 0.5 * math.pi
-            return jnp.sin(h * t), jnp.cos(h * t), h * jnp.cos(h * t), -h * jnp.sin(h * t)
-        log_mean = self._vp_log_mean(t)
-        alpha = jnp.exp(log_mean)
-        d_alpha = alpha * 0.5 * self._vp_beta(t)
-        alpha2 = jnp.exp(2.0 * log_mean)
-        sigma = jnp.sqrt(1.0 - alpha2)
-        d_sigma = alpha2 * self._vp_beta(t) / (-2.0 * sigma)
-        return alpha, sigma, d_alpha, d_sigma
+        return self.plan.alpha_sigma(t)
 
     def d_log_alpha(self, t):
         """``alpha'(t) / alpha(t)`` in a stable form (infinite at ``t = 0`` for Linear/GVP)."""
-        t = jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
-        if self.path == "linear":
-            return 1.0 / t
-        if self.path == "gvp":
-            return math.pi / (2.0 * jnp.tan(0.5 * math.pi * t))
-        return 0.5 * self._vp_beta(t)
+        return self.plan.d_log_alpha(t)
 
     def drift_var(self, t):
         """``var(t) = a sigma^2 - sigma sigma'`` with ``a = alpha'/alpha`` (the "SBDM" coefficient).
 
         ``velocity = a x + var * score``. For VP it is ``beta(t) / 2``.
         """
-        t = jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
-        if self.path == "vp":
-            return 0.5 * self._vp_beta(t)
-        _, sigma, _, d_sigma = self.alpha_sigma(t)
-        return self.d_log_alpha(t) * sigma**2 - sigma * d_sigma
+        return self.plan.drift_var(t)
 
     # ------------------------------------------------------------------ training
     def interpolate(self, x0: jax.Array, x1: jax.Array, t):
@@ -222,12 +180,7 @@ class Transport:
 
     def train_interval(self) -> tuple[float, float]:
         """``(t0, t1)`` for training times (release `check_interval`, training mode)."""
-        eps = self.train_eps
-        if self.path == "vp":
-            return 0.0, 1.0 - eps
-        if self.prediction != "velocity":
-            return eps, 1.0 - eps
-        return 0.0, 1.0
+        return self.plan.train_interval(self.prediction, self.train_eps)
 
     def sample_t(self, key: jax.Array, n: int) -> jax.Array:
         """Training times ``(n,)`` float32, uniform on `train_interval`."""
@@ -245,44 +198,33 @@ class Transport:
         step is taken (``last_step_size > 0``), else ``1 - eps``; for Linear/GVP ``t0 = eps`` if
         the form is "SBDM" or the prediction is not velocity, else 0.
         """
-        eps = self.sample_eps
-        t1_sde = 1.0 - eps if last_step_size == 0 else 1.0 - last_step_size
-        if self.path == "vp":
-            return 0.0, (t1_sde if sde else 1.0 - eps)
-        if self.prediction != "velocity" or sde:
-            t0 = eps if (diffusion_form == "SBDM" and sde) or self.prediction != "velocity" else 0.0
-            return t0, (t1_sde if sde else 1.0 - eps)
-        return 0.0, 1.0
+        return self.plan.sample_interval(
+            self.prediction, self.sample_eps, sde, diffusion_form, last_step_size
+        )
 
     def velocity_from(self, pred: jax.Array, x: jax.Array, t) -> jax.Array:
         """Probability-flow velocity ``(N, ...)`` from the network prediction at ``(x, t)``."""
         if self.prediction == "velocity":
             return pred
-        te = _expand(t, x)
-        return self.d_log_alpha(te) * x + self.drift_var(te) * self.score_from(pred, x, t)
+        return self.plan.velocity_from_score(self.score_from(pred, x, t), x, _expand(t, x))
 
     def score_from(self, pred: jax.Array, x: jax.Array, t) -> jax.Array:
         """Score ``grad_x log p_t(x)`` ``(N, ...)`` from the network prediction."""
         if self.prediction == "score":
             return pred
         te = _expand(t, x)
-        alpha, sigma, d_alpha, d_sigma = self.alpha_sigma(te)
         if self.prediction == "noise":
-            return -pred / sigma
-        ratio = alpha / d_alpha  # = 1 / d_log_alpha, finite at t = 0 for Linear/GVP
-        var = sigma**2 - ratio * d_sigma * sigma
-        return (ratio * pred - x) / var
+            return -pred / self.alpha_sigma(te)[1]
+        return self.plan.score_from_velocity(pred, x, te)
 
     def noise_from(self, pred: jax.Array, x: jax.Array, t) -> jax.Array:
         """Noise estimate ``E[x0 | x_t = x]`` ``(N, ...)`` from the network prediction."""
         if self.prediction == "noise":
             return pred
         te = _expand(t, x)
-        alpha, sigma, d_alpha, d_sigma = self.alpha_sigma(te)
         if self.prediction == "score":
-            return -sigma * pred
-        ratio = alpha / d_alpha
-        return (ratio * pred - x) / (ratio * d_sigma - sigma)
+            return -self.alpha_sigma(te)[1] * pred
+        return self.plan.noise_from_velocity(pred, x, te)
 
     def data_from(self, pred: jax.Array, x: jax.Array, t) -> jax.Array:
         """Data estimate ``E[x1 | x_t = x] = (x - sigma * noise) / alpha`` (Tweedie)."""
@@ -297,20 +239,7 @@ class Transport:
         ``norm (1 - t)``; decreasing: ``(norm cos(pi t) + 1)^2 / 4``; increasing-decreasing:
         ``norm sin(pi t)^2``. The SDE is ``dx = [v + w s] dt + sqrt(2 w) dW``.
         """
-        t = jnp.asarray(t, dtype=jnp.result_type(t, jnp.float32))
-        if form == "constant":
-            return norm * jnp.ones_like(t)
-        if form == "SBDM":
-            return norm * self.drift_var(t)
-        if form == "sigma":
-            return norm * self.alpha_sigma(t)[1]
-        if form == "linear":
-            return norm * (1.0 - t)
-        if form == "decreasing":
-            return 0.25 * (norm * jnp.cos(math.pi * t) + 1.0) ** 2
-        if form in ("increasing-decreasing", "inccreasing-decreasing"):
-            return norm * jnp.sin(math.pi * t) ** 2
-        raise ValueError(f"diffusion_form={form!r}; expected one of {DIFFUSION_FORMS}.")
+        return self.plan.diffusion(t, form, norm)
 
     def sde_drift(self, pred, x, t, form: str = "sigma", norm: float = 1.0):
         """SDE drift ``v + w(t) * score`` from ONE prediction; returns ``(drift, w)``.

@@ -1,4 +1,8 @@
-"""Guidance: the CFG + NAG combination of one batched forward (combine), per-step intervals.
+"""Guidance, one module per kind.
+
+- `combine`: CFG + NAG (+ DoG's term) as ONE batched forward, per-step noise-level intervals.
+- `two_model`: Domain Guidance's second set of weights (`TwoModelNet`, the ``DOMAIN`` branch).
+- `classifier`: classifier-based NAG (the noise-level estimator's gradient; import it directly).
 
 The public API is re-exported here: ``from nag_jax import guidance; guidance.guided_prediction``.
 """
@@ -6,15 +10,14 @@ The public API is re-exported here: ``from nag_jax import guidance; guidance.gui
 from nag_jax.guidance.combine import (
     CLASS_UNCOND,
     COND,
-    DOMAIN,
     NOISE_UNCOND,
     GuidanceConfig,
     NetFn,
-    TwoModelNet,
     branch_inputs,
     combine,
     guided_prediction,
 )
+from nag_jax.guidance.two_model import DOMAIN, TwoModelNet
 
 __all__ = [
     "CLASS_UNCOND",

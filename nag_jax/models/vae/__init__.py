@@ -1,42 +1,50 @@
-"""The SD-VAE (AutoencoderKL) in Flax: model, diffusers/Orbax weight readers.
+"""The SD-VAE (AutoencoderKL) in Flax.
+
+- `config`: VAEConfig and the latent scale ``VAE_SCALE = 0.18215`` (its one home in the project).
+- `layers`: the linen modules (ResnetBlock2D ... Encoder / Decoder, AutoencoderKLModule).
+- `model`: the functional wrapper `AutoencoderKL` (encode / decode) and `load_vae`.
+- `weights`: the diffusers key table, diffusers and converted (Orbax) folder readers.
 
 The public API is re-exported here: ``from nag_jax.models import vae; vae.load_vae(dir)``.
 """
 
-from nag_jax.models.vae.model import (
-    HUB_HINT,
-    ORBAX_PARAMS_DIR,
+from nag_jax.models.vae.config import (
     SUPPORTED_DOWN_BLOCK,
     SUPPORTED_UP_BLOCK,
     VAE_SCALE,
-    WEIGHT_FILES,
+    Dtype,
+    VAEConfig,
+    vae_scale,
+)
+from nag_jax.models.vae.layers import (
     Attention,
-    AutoencoderKL,
     AutoencoderKLModule,
     Decoder,
     DecoderBlock,
     Downsample2D,
-    Dtype,
     Encoder,
     EncoderBlock,
     MidBlock,
     ResnetBlock2D,
     Upsample2D,
-    VAEConfig,
+)
+from nag_jax.models.vae.model import AutoencoderKL, load_vae
+from nag_jax.models.vae.weights import (
+    HUB_HINT,
+    ORBAX_PARAMS_DIR,
+    WEIGHT_FILES,
     VAEWeightsError,
     find_vae_dir,
     infer_config_from_state_dict,
     is_orbax_vae_dir,
     load_converted,
     load_diffusers,
-    load_vae,
     normalize_state_dict,
     params_from_state_dict,
     read_config,
     read_state_dict,
     state_dict_from_params,
     torch_key,
-    vae_scale,
 )
 
 __all__ = [
