@@ -37,18 +37,17 @@ def make_grid(images: np.ndarray, ncols: int, pad: int = 2, pad_value: int = 255
     return grid
 
 
-def save_png(path: str, image: np.ndarray) -> None:
-    """Writes a uint8 (H, W, C) image with C in {1, 3} as PNG, atomically (write + rename)."""
-    import os
-
+def save_png(path, image: np.ndarray) -> None:
+    """Writes a uint8 (H, W, C) image with C in {1, 3} as PNG at ``path`` (local or gs:// /
+    s3://, nag_jax.storage.paths), atomically (write + rename), creating its folder."""
     from PIL import Image
+
+    from nag_jax.storage.paths import atomic_write
 
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    tmp = f"{path}.tmp-{os.getpid()}"
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
 def import_tensorflow(what: str):

@@ -217,16 +217,16 @@ def test_vae_from_a_bucket(gcs):
 
 
 def test_weights_and_workdir_paths_keep_their_scheme(gcs):
-    from nag_jax.jobs import eval as eval_job
-    from nag_jax.sampling import generate
+    from nag_jax.evaluation import samples
+    from nag_jax.storage import weights
     from nag_jax.training.testing import tiny_config
 
     c = tiny_config()
     c.model.weights = "gs://bucket/ckpt/sit"
-    assert eval_job.weights_path(c) == "gs://bucket/ckpt/sit"
-    assert eval_job.sampling_identity(c)["weights"] == "gs://bucket/ckpt/sit"
-    with pytest.raises(FileNotFoundError, match="config.model.weights=gs://bucket/ckpt/sit does"):
-        generate.load_weights("gs://bucket/ckpt/sit")
+    assert samples.weights_path(c) == "gs://bucket/ckpt/sit"
+    assert samples.sampling_identity(c)["weights"] == "gs://bucket/ckpt/sit"
+    with pytest.raises(FileNotFoundError, match="Checkpoint gs://bucket/ckpt/sit does not exist"):
+        weights.load_params("gs://bucket/ckpt/sit")
 
 
 def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeypatch):

@@ -33,14 +33,7 @@ import re
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from nag_jax.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that does not fit: not allowed by the schema, or not by the job's input
-    (weights of another model, no weights or VAE where needed); the message names the key, the
-    value and the fix. A ValueError, so ``except ValueError`` still catches it."""
-
+from nag_jax.errors import ConfigError  # its home is nag_jax.errors; the schema's name stays
 
 # config.mode -> the job module whose run(config, workdir) it runs (nag_jax.main dispatches).
 # Every job lives in nag_jax/jobs/<mode>.py; nothing outside nag_jax.jobs imports a job.
@@ -59,33 +52,21 @@ MODES = {
     )
 }
 
-# Enumerated keys and their allowed values (None allowed where listed). The tuples mirror the
-# modules that consume them (a test checks they agree): sampling.ODE_METHODS / LAST_STEPS,
-# diffusion.transport.PATHS / PREDICTIONS / DIFFUSION_FORMS, diffusion.family samplers.
-CHOICES = {
-    "mode": tuple(MODES),
+# Enumerated keys and their allowed values (None allowed where listed). Values a module of the
+# library defines are read from it (`_owned_choices`, on first use of ``CHOICES``), so the
+# schema never holds a copy: the sampler names of the model families (nag_jax.diffusion.family),
+# the transport's paths / predictions / diffusion forms (nag_jax.diffusion.transport) and the
+# samplers' methods, last steps and adaptive solvers (nag_jax.sampling.scan). The rest are the
+# schema's own.
+_OWN_CHOICES = {
     "model.null_noise": ("learned", "zero"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attention_impl": (None, "xla", "cudnn"),
-    "process.path": ("linear", "gvp", "vp"),
-    "process.prediction": ("velocity", "score", "noise"),
     "process.beta_schedule": ("linear", "squaredcos_cap_v2"),
     "encode.dtype": ("float16", "bfloat16", "float32"),
     "encode.vae_dtype": ("float32", "bfloat16"),
     "train.null_token_init": ("mean_t_embedding", "zeros", "random"),
-    "sample.sampler": ("ode", "sde", "ddpm", "ddim", "ode_adaptive"),
-    "sample.ode_solver": ("dopri5", "tsit5", "dopri8"),  # sampling.ADAPTIVE_SOLVERS
     "sample.nag_mode": ("token", "classifier"),
-    "sample.method": ("euler", "heun"),
-    "sample.diffusion_form": (
-        "constant",
-        "SBDM",
-        "sigma",
-        "linear",
-        "decreasing",
-        "increasing-decreasing",
-    ),
-    "sample.last_step": (None, "Mean", "Tweedie", "Euler"),
     "sample.dog_call": ("stacked", "sequential"),
     "data.synthetic_variant": ("base", "recoloured"),
     "eval.extractor": ("inception", "proxy", "random_inception"),
@@ -93,6 +74,43 @@ CHOICES = {
     "eval.reference_stats": ("images", "precomputed"),
     "data.bad_images": ("skip", "fail"),
 }
+
+
+def _owned_choices() -> dict[str, tuple]:
+    """The enumerated values that library modules define, read from them. Imported on first use
+    (they import jax), so loading a config file stays cheap."""
+    from nag_jax.diffusion import family, transport
+    from nag_jax.sampling import scan
+
+    samplers = tuple(dict.fromkeys(s for f in family.FAMILIES.values() for s in f.samplers))
+    return {
+        "mode": tuple(MODES),
+        "process.path": transport.PATHS,
+        "process.prediction": transport.PREDICTIONS,
+        "sample.sampler": samplers,
+        "sample.ode_solver": scan.ADAPTIVE_SOLVERS,
+        "sample.method": scan.ODE_METHODS,  # the SDE integrators are the same pair (a test)
+        "sample.diffusion_form": transport.DIFFUSION_FORMS,
+        "sample.last_step": scan.LAST_STEPS,
+    }
+
+
+_CHOICES: dict[str, tuple] | None = None
+
+
+def choices() -> dict[str, tuple]:
+    """Every enumerated key -> its allowed values (``CHOICES``)."""
+    global _CHOICES
+    if _CHOICES is None:
+        _CHOICES = {**_owned_choices(), **_OWN_CHOICES}
+    return _CHOICES
+
+
+def __getattr__(name: str):
+    # ``schema.CHOICES``: built on first use, so that importing the schema imports no jax.
+    if name == "CHOICES":
+        return choices()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -356,13 +374,33 @@ def _as_dict(cfg) -> dict:
 
 
 def complete(config, section: str | None = None) -> ml_collections.ConfigDict:
-    """A hand-built, possibly partial config (notebooks, benchmarks) with the schema's defaults
-    filled in: ``base_config()`` overlaid with ``config``'s values. With ``section`` (e.g.
-    "model"), ``config`` is that section alone and the completed section is returned."""
+    """A hand-built, possibly partial config (notebooks, benchmarks, tests) with the schema's
+    defaults filled in: ``base_config()`` overlaid with ``config``'s values. With ``section``
+    (e.g. "data"), ``config`` is that section alone and the completed section is returned.
+    Jobs never need it (their configs hold every key); `resolve` completes and validates."""
     base = base_config().to_dict()
     if section is not None:
         return ml_collections.ConfigDict(_merge(base[section], _as_dict(config)))
     return ml_collections.ConfigDict(_merge(base, _as_dict(config)))
+
+
+def resolve(config, *, mode: str | None = None) -> ml_collections.ConfigDict:
+    """The config a job runs with: completed from the schema and validated, in the one place a
+    job starts (nag_jax.main.run) and, for notebooks, benchmarks and tests, by this call.
+
+    A config that already holds every key (a configs/*.py file) is returned itself (validated);
+    a hand-built partial one (dicts are fine) is completed by `complete` first. ``mode``: sets
+    ``config.mode`` of the result (a partial sampling config would otherwise be checked as the
+    default mode "train"). Library functions take the sections of the result (``config.model``,
+    ``config.sample``, ...) and never complete a config themselves. Raises ConfigError.
+    """
+    if not isinstance(config, ml_collections.ConfigDict) or _missing(base_config(), config):
+        config = complete(config)
+    if mode is not None:
+        with config.unlocked():
+            config.mode = mode
+    validate(config)
+    return config
 
 
 def _missing(reference, config, prefix: str = "") -> list[str]:
@@ -537,7 +575,7 @@ def validate(config) -> None:
             f"config lacks the schema keys {missing[:8]}{' ...' if len(missing) > 8 else ''}: "
             "build job configs from nag_jax.config.schema.base_config() and change values only."
         )
-    for dotted, allowed in CHOICES.items():
+    for dotted, allowed in choices().items():
         value = _get(config, dotted)
         if value not in allowed:
             import difflib
