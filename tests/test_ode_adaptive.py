@@ -168,12 +168,6 @@ def test_likelihood_matches_release_within_tolerance(small_pair, exact):
     assert err_logp <= 5e-3
 
 
-def test_schema_solvers_are_the_samplers():
-    from nag_jax.config import schema
-
-    assert schema.CHOICES["sample.ode_solver"] == sampling.ADAPTIVE_SOLVERS
-
-
 @pytest.mark.slow  # ~60 s on the loaded machine: the vmapped (per-image) solve compiles slowly
 def test_config_sampler_ode_adaptive_agrees_with_fine_heun():
     # Independent check of the builder path: a fine fixed-step Heun solution of the same ODE.

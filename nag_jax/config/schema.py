@@ -3,13 +3,18 @@
 Every job config (configs/*.py) and the tests' tiny config (nag_jax.training.testing) start from
 ``base_config()`` and change values, never the set of keys, so a key means the same thing in
 every mode and an override valid for one job is valid for all. Jobs read ``config.x.y`` directly,
-without fallbacks: the default lives here and only here. ``validate(config)`` (run by
-``nag_jax.main`` and by each job's ``run``) checks that the keys are all there and that every
-enumerated value is one of its choices, with an error naming the key, the value and the choices.
+without fallbacks: the default lives here and only here. ``validate(config)`` checks that the
+keys are all there and that every enumerated value is one of its choices, with an error naming
+the key, the value and the choices.
+
+The config is completed and validated ONCE, where a job starts: ``resolve(config)`` (called by
+``nag_jax.main.run``; notebooks, benchmarks and tests call it on a hand-built, possibly partial
+config). Library functions (nag_jax.sampling.build, nag_jax.data.pipeline, ...) take the
+sections of a resolved config or plain arguments and never complete a config themselves.
 
 This module lives in the package (not in configs/) so an installed ``nag_jax`` can build and check
-configs; it imports only ml_collections (and nag_jax.errors), so loading a config file stays
-cheap.
+configs; it imports only ml_collections (and nag_jax.errors) at load time, so loading a config
+file stays cheap (``CHOICES`` reads the library modules that own the enumerations on first use).
 
 Paths shared by every mode (one name each):
   model.weights  the weights of ``config.model``: a converted release (``python -m nag_jax.convert
@@ -171,7 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
         weights=placeholder(str),  # see the module docstring
         # Domain Guidance (sample.dog_scale != 1): the PRE-TRAINED weights of the same
         # architecture, the second network (nag_jax.guidance;
-        # nag_jax.sampling.generate.with_domain_params)
+        # nag_jax.sampling.build.with_domain_params)
         domain_weights=placeholder(str),
     )
     # SiT reads path..sample_eps (a Transport); DiT reads num_timesteps, beta_schedule (DDPM).
