@@ -134,3 +134,15 @@ def sha256_file(path, *, progress: bool = False, chunk: int = 1 << 22) -> str:
             if bar is not None:
                 bar.update(len(block))
     return h.hexdigest()
+
+
+def moved_names(module: str, moved: dict[str, str]):
+    """A module ``__getattr__`` for names that moved: ``module.name`` raises an AttributeError
+    naming the new home (``moved[name]``), e.g. ``__getattr__ = moved_names(__name__, {...})``."""
+
+    def __getattr__(name: str):
+        if name in moved:
+            raise AttributeError(f"{module}.{name} moved: use {moved[name]}")
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -25,6 +25,7 @@ from nag_jax.config import schema
 from nag_jax.evaluation import evaluators, reference_stats, results, samples
 from nag_jax.storage import workdir as workdir_lib
 from nag_jax.storage.paths import as_path
+from nag_jax.utils import moved_names
 
 
 def run(config, workdir: str, **overrides) -> dict:
@@ -62,3 +63,16 @@ def _run(config, workdir: str, **overrides) -> dict:
     shown = results.metric_names(values, extractor.is_fid_inception)
     logging.info("eval %s: %s%s", row["key"], shown, tag)
     return row
+
+
+# Names that moved (issue 21): a one-line error naming the new home.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "weights_path": "nag_jax.evaluation.samples.weights_path",
+        "sampling_identity": "nag_jax.evaluation.samples.sampling_identity",
+        "params_fingerprint": "nag_jax.evaluation.samples.params_fingerprint",
+        "load_sampling_params": "nag_jax.evaluation.samples.load_sampling_params",
+        "sample_images": "nag_jax.evaluation.samples.sample_images",
+    },
+)

@@ -88,3 +88,12 @@ def _run(config, workdir: str) -> dict:
         (out_dir / "info.json").write_text(json.dumps(summary, indent=1, default=str))
     logging.info("sample: wrote %s and %s", summary["npz"], summary["grid"])
     return summary
+
+
+# Names that moved (issue 21): a one-line error naming the new home.
+__getattr__ = utils.moved_names(
+    __name__,
+    {
+        "reconcile_model_config": "nag_jax.sampling.build.reconcile_model_config",
+    },
+)

@@ -39,6 +39,7 @@ from nag_jax.errors import ConfigError
 from nag_jax.guidance import GuidanceConfig, TwoModelNet, guided_prediction
 from nag_jax.models import DiT, create_model
 from nag_jax.storage.paths import as_path
+from nag_jax.utils import moved_names
 
 
 def family_of(config) -> Family:
@@ -496,3 +497,12 @@ def build_decoder(config) -> tuple[Callable, object] | None:
 
     vae, vae_params = vae_lib.load_vae(config.vae.path, chunk_size=int(config.vae.chunk_size))
     return vae.decode, vae_params
+
+
+# Names that moved (issue 21): a one-line error naming the new home.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "per_image_keys": "nag_jax.sampling.generate.per_image_keys",
+    },
+)

@@ -35,7 +35,7 @@ import numpy as np
 from nag_jax import parallel
 from nag_jax.errors import ConfigError
 from nag_jax.sampling import build
-from nag_jax.utils import to_uint8
+from nag_jax.utils import moved_names, to_uint8
 
 
 def _seed_keys(seed) -> tuple[jax.Array, jax.Array]:
@@ -203,3 +203,14 @@ def sample_all(
     if not images:
         return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0,), np.int32)
     return np.concatenate(images), np.concatenate(labels)
+
+
+# Names that moved (issue 21): a one-line error naming the new home.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "load_weights": "nag_jax.storage.weights.load_params",
+        "with_domain_params": "nag_jax.sampling.build.with_domain_params",
+        "load_decoder": "nag_jax.sampling.build.build_decoder",
+    },
+)
