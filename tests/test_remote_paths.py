@@ -255,3 +255,30 @@ def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeyp
     assert (gcs / "run" / "report.md").read_text() == text
     assert "| none | +0.0100 | +0.0200 | 0.0300 |" in text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_sample_grids_and_latents_land_in_the_bucket(gcs, tmp_path, monkeypatch):
+    """training.loop.write_grid on a gs:// workdir: the PNG grid and the raw-latents .npy go to
+    the bucket through storage.paths (the bug: os.makedirs made a local ./gs:/ folder)."""
+    from PIL import Image
+
+    from nag_jax.training.loop import write_grid
+
+    class Writer:
+        images = {}
+
+        def write_images(self, step, images):
+            self.images[step] = images
+
+    monkeypatch.chdir(tmp_path)
+    rgb = np.linspace(-1, 1, 4 * 8 * 8 * 3, dtype=np.float32).reshape(4, 8, 8, 3)
+    png = write_grid("gs://bucket/run", Writer(), 7, rgb)
+    assert png == "gs://bucket/run/samples/step_00000007.png"
+    with (gcs / "run" / "samples" / "step_00000007.png").open("rb") as f:
+        assert Image.open(f).size == (2 + 2 * (8 + 2), 2 + 2 * (8 + 2))  # 2 x 2 grid, 2px pads
+    latents = rgb[..., :2].copy()  # not 3 channels, no decoder: saved raw
+    npy = write_grid("gs://bucket/run", Writer(), 8, latents)
+    assert npy == "gs://bucket/run/samples/step_00000008_latents.npy"
+    with (gcs / "run" / "samples" / "step_00000008_latents.npy").open("rb") as f:
+        np.testing.assert_array_equal(np.load(f), latents)
+    assert list(tmp_path.iterdir()) == []  # nothing on the local disk

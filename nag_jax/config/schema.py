@@ -31,6 +31,7 @@ levels (1 = pure noise).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import re
@@ -57,12 +58,8 @@ MODES = {
     )
 }
 
-# Enumerated keys and their allowed values (None allowed where listed). Values a module of the
-# library defines are read from it (`_owned_choices`, on first use of ``CHOICES``), so the
-# schema never holds a copy: the sampler names of the model families (nag_jax.diffusion.family),
-# the transport's paths / predictions / diffusion forms (nag_jax.diffusion.transport) and the
-# samplers' methods, last steps and adaptive solvers (nag_jax.sampling.scan). The rest are the
-# schema's own.
+# Enumerated keys and their allowed values (None allowed where listed): the schema's own here;
+# those a library module defines are read from it (`choices`), never copied.
 _OWN_CHOICES = {
     "model.null_noise": ("learned", "zero"),
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -81,14 +78,15 @@ _OWN_CHOICES = {
 }
 
 
-def _owned_choices() -> dict[str, tuple]:
-    """The enumerated values that library modules define, read from them. Imported on first use
-    (they import jax), so loading a config file stays cheap."""
+@functools.cache
+def choices() -> dict[str, tuple]:
+    """Every enumerated key -> its allowed values (``CHOICES``): `_OWN_CHOICES` and the tuples
+    of the modules that own them (imported on first use: they import jax)."""
     from nag_jax.diffusion import family, transport
     from nag_jax.sampling import scan
 
     samplers = tuple(dict.fromkeys(s for f in family.FAMILIES.values() for s in f.samplers))
-    return {
+    owned = {
         "mode": tuple(MODES),
         "process.path": transport.PATHS,
         "process.prediction": transport.PREDICTIONS,
@@ -98,21 +96,10 @@ def _owned_choices() -> dict[str, tuple]:
         "sample.diffusion_form": transport.DIFFUSION_FORMS,
         "sample.last_step": scan.LAST_STEPS,
     }
+    return {**owned, **_OWN_CHOICES}
 
 
-_CHOICES: dict[str, tuple] | None = None
-
-
-def choices() -> dict[str, tuple]:
-    """Every enumerated key -> its allowed values (``CHOICES``)."""
-    global _CHOICES
-    if _CHOICES is None:
-        _CHOICES = {**_owned_choices(), **_OWN_CHOICES}
-    return _CHOICES
-
-
-def __getattr__(name: str):
-    # ``schema.CHOICES``: built on first use, so that importing the schema imports no jax.
+def __getattr__(name: str):  # ``schema.CHOICES`` on first use: importing the schema needs no jax
     if name == "CHOICES":
         return choices()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -381,8 +368,7 @@ def _as_dict(cfg) -> dict:
 def complete(config, section: str | None = None) -> ml_collections.ConfigDict:
     """A hand-built, possibly partial config (notebooks, benchmarks, tests) with the schema's
     defaults filled in: ``base_config()`` overlaid with ``config``'s values. With ``section``
-    (e.g. "data"), ``config`` is that section alone and the completed section is returned.
-    Jobs never need it (their configs hold every key); `resolve` completes and validates."""
+    (e.g. "data"), ``config`` is that section alone and the completed section is returned."""
     base = base_config().to_dict()
     if section is not None:
         return ml_collections.ConfigDict(_merge(base[section], _as_dict(config)))
@@ -390,15 +376,10 @@ def complete(config, section: str | None = None) -> ml_collections.ConfigDict:
 
 
 def resolve(config, *, mode: str | None = None) -> ml_collections.ConfigDict:
-    """The config a job runs with: completed from the schema and validated, in the one place a
-    job starts (nag_jax.main.run) and, for notebooks, benchmarks and tests, by this call.
-
-    A config that already holds every key (a configs/*.py file) is returned itself (validated);
-    a hand-built partial one (dicts are fine) is completed by `complete` first. ``mode``: sets
-    ``config.mode`` of the result (a partial sampling config would otherwise be checked as the
-    default mode "train"). Library functions take the sections of the result (``config.model``,
-    ``config.sample``, ...) and never complete a config themselves. Raises ConfigError.
-    """
+    """The config a job runs with, completed and validated once: by nag_jax.main.run, and by
+    notebooks, benchmarks and tests for a hand-built (partial, dicts fine) config. A config
+    holding every key (configs/*.py) is returned itself. ``mode`` sets ``config.mode`` (a partial
+    sampling config would otherwise be checked as mode "train"). Raises ConfigError."""
     if not isinstance(config, ml_collections.ConfigDict) or _missing(base_config(), config):
         config = complete(config)
     if mode is not None:
