@@ -282,3 +282,20 @@ def test_training_sample_grids_and_latents_land_in_the_bucket(gcs, tmp_path, mon
     with (gcs / "run" / "samples" / "step_00000008_latents.npy").open("rb") as f:
         np.testing.assert_array_equal(np.load(f), latents)
     assert list(tmp_path.iterdir()) == []  # nothing on the local disk
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(gcs, tmp_path, where):
+    from nag_jax.storage.paths import as_path, atomic_write
+
+    path = str(tmp_path / "d" / "x.bin") if where == "local" else "gs://bucket/d/x.bin"
+    assert atomic_write(path, lambda f: f.write(b"old")) == path  # creates the folder
+
+    def fail(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert as_path(path).read_bytes() == b"old"
+    assert [p.name for p in as_path(path).parent.iterdir()] == ["x.bin"]  # no temporary left
