@@ -295,6 +295,13 @@ def _imports():
     return jax, jnp, np, timing, build, make_config, per_branch_sampler
 
 
+def per_image_keys(key, indices):
+    """nag_jax.sampling.generate.per_image_keys (image identity), imported after the platform."""
+    from nag_jax.sampling import generate
+
+    return generate.per_image_keys(key, indices)
+
+
 def rel_err(a, b) -> float:
     """||a - b|| / ||b|| in float64 (Frobenius norms over all elements)."""
     import numpy as np
@@ -533,7 +540,7 @@ def part_numerics(p: Part, sizes: dict, ctx: dict):
         inputs = jax.device_put(model_inputs(m32, n, "SiT"))
         ref = forward(m32, params, inputs, acc, "highest")
         rows["forward_rel_err"] = rel_err(forward(m16, params, inputs, acc), ref)
-        keys = build.per_image_keys(jax.random.key(3), np.arange(n))
+        keys = per_image_keys(jax.random.key(3), np.arange(n))
         y = jnp.asarray(inputs[2])
         with jax.default_matmul_precision("highest"):
             s32 = jax.jit(build.build_sampler(c32, m32))(params, keys, y)
@@ -627,7 +634,7 @@ def part_sampler(p: Part, sizes: dict, ctx: dict):
         if batch == sizes["batches"][0]:
             plan.append((batch, 0, "forward"))  # forward diagnostics after the first batch
     for batch, branches, how in plan:
-        keys = build.per_image_keys(jax.random.key(1), np.arange(batch))
+        keys = per_image_keys(jax.random.key(1), np.arange(batch))
         y = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
         if how == "forward":
             forward_diagnostics(p, model, params, batch * 3, sizes, ctx)
@@ -831,7 +838,7 @@ def part_ddpm(p: Part, sizes: dict, ctx: dict):
         model = build.build_model(config.model)
         gflop = ctx.get("gflop_override") or timing.transformer_forward_flops(model) / 1e9
         params = random_params(model, seed=6)
-        keys = build.per_image_keys(jax.random.key(2), np.arange(batch))
+        keys = per_image_keys(jax.random.key(2), np.arange(batch))
         y = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
         compiled, compile_s = timing.aot_compile(
             build.build_sampler(config, model), params, keys, y
@@ -1004,7 +1011,7 @@ def _profile_sampler(out: str, sizes: dict, report: Report):
     config = _config(make_config, sizes["model"], sizes["input_size"], 2, 1.5, 1.0, "bfloat16", ov)
     model = build.build_model(config.model)
     params = random_params(model, 0)
-    keys = build.per_image_keys(jax.random.key(1), np.arange(batch))
+    keys = per_image_keys(jax.random.key(1), np.arange(batch))
     y = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
     fn = jax.jit(build.build_sampler(config, model))
     jax.block_until_ready(fn(params, keys, y))

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from benchmarks import timing  # noqa: E402
 from benchmarks.sampler import make_config  # noqa: E402
 from nag_jax import parallel, sampling  # noqa: E402
-from nag_jax.sampling import build
+from nag_jax.sampling import build, generate
 
 
 def compile_times(args) -> list[dict]:
@@ -116,7 +116,7 @@ def rng_cost(args) -> list[dict]:
             pred, None, x0, None, transport=transport, num_steps=steps, noise=z
         )
 
-    keys = build.per_image_keys(jax.random.key(1), np.arange(n))
+    keys = generate.per_image_keys(jax.random.key(1), np.arange(n))
     variants = (
         ("per_image_keys", per_image, keys),
         ("one_key", one_key, jax.random.key(0)),

@@ -24,23 +24,24 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import timing  # noqa: E402
 from nag_jax import sampling  # noqa: E402
+from nag_jax.config import schema  # noqa: E402
 from nag_jax.guidance import branch_inputs, combine  # noqa: E402
-from nag_jax.sampling import build
+from nag_jax.sampling import build, generate
 
 SETTINGS = {1: (1.0, 0.0), 2: (1.5, 0.0), 3: (1.5, 1.0)}  # branches -> (cfg_scale, nag_scale)
 
 
 def make_config(name, input_size, channels, steps, cfg, nag, dtype, sampler="sde", **overrides):
     """Sampling config: SiT linear-velocity (or DiT 1000-step) process, ``sampler`` over
-    ``steps`` steps, guidance scales; ``overrides`` (hidden_size, depth, ...) go to the model."""
-    return ml_collections.ConfigDict(
+    ``steps`` steps, guidance scales; ``overrides`` (hidden_size, depth, ...) go to the model.
+    Completed from the schema and validated (nag_jax.config.schema.resolve)."""
+    return schema.resolve(
         dict(
             model=dict(
                 name=name,
@@ -55,7 +56,8 @@ def make_config(name, input_size, channels, steps, cfg, nag, dtype, sampler="sde
             sample=dict(
                 sampler=sampler, num_steps=steps, method="euler", cfg_scale=cfg, nag_scale=nag
             ),
-        )
+        ),
+        mode="sample",
     )
 
 
@@ -127,7 +129,7 @@ def main(argv=None):
             jnp.zeros((1,), jnp.int32),
         )["params"]
         flops = forward_flops(model, params, args.batch)
-        keys = build.per_image_keys(jax.random.key(1), np.arange(args.batch))
+        keys = generate.per_image_keys(jax.random.key(1), np.arange(args.batch))
         y = jnp.arange(args.batch, dtype=jnp.int32) % 1000
         for branches, (cfg, nag) in SETTINGS.items():
             config = make_config(

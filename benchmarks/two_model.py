@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import timing  # noqa: E402
 from benchmarks.sampler import make_config  # noqa: E402
-from nag_jax.sampling import build  # noqa: E402
+from nag_jax.sampling import build, generate  # noqa: E402
 
 # name -> (cfg_scale, nag_scale, dog_scale); main-model branches 1, 2, 3 (+ the pre-trained one)
 SETTINGS = {"DoG": (1.0, 0.0, 1.5), "DoG+NAG": (1.0, 1.0, 1.5), "DoG+CFG+NAG": (1.5, 1.0, 1.5)}
@@ -77,7 +77,7 @@ def main(argv=None):
         ft = _params(model, args.input_size, args.channels, 0)
         pre = _params(model, args.input_size, args.channels, 1)
         pair = {build.MAIN: ft, build.DOMAIN: build.domain_params_like(ft, pre)}
-        keys = build.per_image_keys(jax.random.key(1), np.arange(args.batch))
+        keys = generate.per_image_keys(jax.random.key(1), np.arange(args.batch))
         y = jnp.arange(args.batch, dtype=jnp.int32) % 1000
         for setting, (cfg, nag, dog) in SETTINGS.items():
             compiled, compile_s = {}, {}

@@ -5,8 +5,8 @@ checkpoint of the wrong kind), as opposed to a bug in the code.
 ``error: ...`` line that names the value and the fix, with exit status 2, and no traceback
 (``--verbose`` shows it). Anything else keeps its traceback. Raise a subclass from jobs:
 ``nag_jax.storage.weights.CheckpointError`` (weights and conversion),
-``nag_jax.config.schema.ConfigError``
-(config values), :class:`MissingDependencyError` (an optional dependency, naming its extra).
+:class:`ConfigError` (config values; also ``nag_jax.config.schema.ConfigError``),
+:class:`MissingDependencyError` (an optional dependency, naming its extra).
 :class:`RunStopped` is the other one-line kind: a run that cannot go on (exit status 1).
 
 No imports here: every module may depend on this one.
@@ -17,6 +17,13 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input the user can fix; the message names the value and the fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that does not fit: not allowed by the schema (nag_jax.config.schema), or
+    not by the job's input (weights of another model, no weights or VAE where needed); the
+    message names the key, the value and the fix. A ValueError, so ``except ValueError`` still
+    catches it. Defined here so the library raises it without importing the schema."""
 
 
 class RunStopped(RuntimeError):

@@ -72,9 +72,9 @@ USAGE_EXIT = 2  # the status of every user error (as argparse)
 
 
 def run(config, workdir: str):
-    """Validates ``config`` (nag_jax.config.schema) and runs ``config.mode``'s job
-    ``nag_jax.jobs.<mode>.run(config, workdir)``."""
-    schema.validate(config)
+    """Completes and validates ``config`` once (nag_jax.config.schema.resolve) and runs
+    ``config.mode``'s job ``nag_jax.jobs.<mode>.run(config, workdir)`` with it."""
+    config = schema.resolve(config)
     return importlib.import_module(schema.MODES[config.mode]).run(config, workdir)
 
 

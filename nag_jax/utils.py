@@ -37,18 +37,17 @@ def make_grid(images: np.ndarray, ncols: int, pad: int = 2, pad_value: int = 255
     return grid
 
 
-def save_png(path: str, image: np.ndarray) -> None:
-    """Writes a uint8 (H, W, C) image with C in {1, 3} as PNG, atomically (write + rename)."""
-    import os
-
+def save_png(path, image: np.ndarray) -> None:
+    """Writes a uint8 (H, W, C) image with C in {1, 3} as PNG at ``path`` (local or gs:// /
+    s3://, nag_jax.storage.paths), atomically (write + rename), creating its folder."""
     from PIL import Image
+
+    from nag_jax.storage.paths import atomic_write
 
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    tmp = f"{path}.tmp-{os.getpid()}"
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
 def import_tensorflow(what: str):
@@ -135,3 +134,15 @@ def sha256_file(path, *, progress: bool = False, chunk: int = 1 << 22) -> str:
             if bar is not None:
                 bar.update(len(block))
     return h.hexdigest()
+
+
+def moved_names(module: str, moved: dict[str, str]):
+    """A module ``__getattr__`` for names that moved: ``module.name`` raises an AttributeError
+    naming the new home (``moved[name]``), e.g. ``__getattr__ = moved_names(__name__, {...})``."""
+
+    def __getattr__(name: str):
+        if name in moved:
+            raise AttributeError(f"{module}.{name} moved: use {moved[name]}")
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -162,7 +162,7 @@ def test_no_recompiles_between_train_steps_or_sampler_calls():
     import numpy as np
 
     from nag_jax import parallel
-    from nag_jax.sampling import build
+    from nag_jax.sampling import build, generate
     from nag_jax.training import step as step_lib
     from nag_jax.training.loop import setup_state
     from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
@@ -192,6 +192,6 @@ def test_no_recompiles_between_train_steps_or_sampler_calls():
     cfg.sample.update(sampler="sde", cfg_scale=1.5, nag_scale=1.0)
     sample = jax.jit(build.build_sampler(cfg, model))
     for seed in range(3):
-        keys = build.per_image_keys(jax.random.key(seed), np.arange(4) + 4 * seed)
+        keys = generate.per_image_keys(jax.random.key(seed), np.arange(4) + 4 * seed)
         sample(state.params, keys, jnp.asarray(rng.integers(0, 4, 4), jnp.int32))
     assert sample._cache_size() == 1

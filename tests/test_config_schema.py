@@ -4,6 +4,8 @@ values fail at validation naming the key, and the schema's choices match the mod
 import glob
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -102,16 +104,58 @@ def test_a_config_missing_a_schema_key_is_refused():
         schema.validate(c)
 
 
-def test_schema_choices_agree_with_the_modules_that_use_them():
+def test_one_method_key_serves_both_integrators_and_every_family_sampler_is_allowed():
+    # CHOICES reads the owners' tuples (no copy); what the schema adds is that ONE key,
+    # sample.method, feeds both the ODE and the SDE integrator, and one key, sample.sampler,
+    # every family's samplers.
     ch = schema.CHOICES
     assert set(ch["sample.method"]) == set(sampling.ODE_METHODS) == set(sampling.SDE_METHODS)
-    assert ch["sample.last_step"] == sampling.LAST_STEPS
-    assert ch["sample.diffusion_form"] == transport.DIFFUSION_FORMS
-    assert ch["process.path"] == transport.PATHS
-    assert ch["process.prediction"] == transport.PREDICTIONS
     samplers = [s for f in family.FAMILIES.values() for s in f.samplers]
     assert sorted(ch["sample.sampler"]) == sorted(samplers)
+    assert ch["process.path"] is transport.PATHS  # read from the owner, not copied
     assert main.schema.MODES is schema.MODES
+
+
+def test_importing_the_schema_imports_no_jax():
+    code = (
+        "import sys; from nag_jax.config import schema; schema.base_config(); "
+        "assert 'jax' not in sys.modules, 'jax imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_resolve_completes_a_partial_config_once_and_validates_it():
+    partial = dict(model=dict(name="DiT-S/2", input_size=8), sample=dict(sampler="ddim", eta=0.5))
+    c = schema.resolve(partial, mode="sample")
+    assert (c.mode, c.model.name, c.sample.eta, c.sample.sampler) == (
+        "sample",
+        "DiT-S/2",
+        0.5,
+        "ddim",
+    )
+    assert c.model.num_classes == 1000 and c.sample.cfg_interval == (0.0, 1.0)  # schema defaults
+    full = tiny_config()
+    assert schema.resolve(full) is full  # a job's config already holds every key
+    with pytest.raises(ValueError, match="config.sample.method='rk4'"):
+        schema.resolve(dict(sample=dict(method="rk4")), mode="sample")
+    with pytest.raises(ValueError, match="sampler='sde' does not apply to DiT-S/2"):
+        schema.resolve(dict(model=dict(name="DiT-S/2")), mode="sample")
+
+
+def test_the_library_never_imports_the_config_schema():
+    """The config is completed where a job starts (main, jobs/); the library below takes
+    sections or plain arguments, so none of its packages imports nag_jax.config."""
+    import grimp
+
+    graph = grimp.build_graph("nag_jax", exclude_type_checking_imports=True)
+    library = ("sampling", "data", "models", "diffusion", "guidance", "evaluation", "storage")
+    importers = {
+        m
+        for m in graph.find_modules_that_directly_import("nag_jax.config.schema")
+        | graph.find_modules_that_directly_import("nag_jax.config")
+        if m.split(".")[1] in library
+    }
+    assert not importers, sorted(importers)
 
 
 def test_one_name_for_weights_and_vae_and_train_overrides_valid_for_eval():

@@ -4,10 +4,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from nag_jax.config import schema
 from nag_jax.config.schema import base_config
 from nag_jax.data.latents import LatentsSource, read_metadata
 from nag_jax.data.pipeline import create_dataset
@@ -68,7 +68,7 @@ def test_encode_writes_readable_shards(tmp_path):
         # Variant 1 is the encoding of the flipped image.
         np.testing.assert_allclose(ex["latents"][1], expect[:, ::-1], atol=0.05)
     # The latents source feeds the pipeline.
-    cfg = ml_collections.ConfigDict(dict(name="latents", data_dir=str(tmp_path / "a")))
+    cfg = schema.complete(dict(name="latents", data_dir=str(tmp_path / "a")), "data")
     b = next(create_dataset(cfg, seed=0, process_index=0, process_count=1, global_batch_size=4))
     assert b["image"].shape == (4, 4, 4, 4)
 

@@ -2,11 +2,11 @@
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from nag_jax.config import schema
 from nag_jax.data import latents as latents_lib
 from nag_jax.data.pipeline import create_dataset, dataset_info, local_batch_size
 from nag_jax.data.preprocess import center_crop_arr, flip_decisions, to_float
@@ -16,7 +16,7 @@ from nag_jax.data.sources import ImageFolderSource, TfdsSource
 def _cfg(**kw):
     base = dict(name="synthetic_shapes", image_size=16, num_examples=40, return_index=True)
     base.update(kw)
-    return ml_collections.ConfigDict(base)
+    return schema.complete(base, "data")  # a hand-built section gets the schema's defaults
 
 
 def _take(it, k):

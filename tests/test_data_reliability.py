@@ -143,14 +143,19 @@ def test_decode_errors_name_the_file(tmp_path):
 
 
 def _folder_cfg(root, **kw):
-    return dict(
-        name="image_folder",
-        data_dir=root,
-        image_size=8,
-        global_batch_size=4,
-        random_flip=False,
-        return_index=True,
-        **kw,
+    from nag_jax.config import schema
+
+    return schema.complete(
+        dict(
+            name="image_folder",
+            data_dir=root,
+            image_size=8,
+            global_batch_size=4,
+            random_flip=False,
+            return_index=True,
+            **kw,
+        ),
+        "data",
     )
 
 

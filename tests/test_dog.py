@@ -3,12 +3,12 @@ the stacked (vmapped) call against two sequential calls, and the pre-trained tre
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from nag_jax.config import schema
 from nag_jax.guidance import GuidanceConfig, TwoModelNet, guided_prediction
-from nag_jax.sampling import build
+from nag_jax.sampling import build, generate
 from tests.helpers import conv_batch_sizes, init_params, rerandomize, tiny_model
 
 N = 3
@@ -62,7 +62,7 @@ def test_dog_equals_the_hand_assembled_combination(two_models, stacked, s_cfg, w
 
 
 def _config(cfg=1.0, nag=0.0, dog=1.0, call="stacked"):
-    return ml_collections.ConfigDict(
+    return schema.resolve(
         dict(
             model=dict(
                 name="SiT-S/2", input_size=8, in_channels=3, num_classes=5, hidden_size=32,
@@ -73,7 +73,8 @@ def _config(cfg=1.0, nag=0.0, dog=1.0, call="stacked"):
                 sampler="sde", num_steps=4, method="euler", cfg_scale=cfg, nag_scale=nag,
                 dog_scale=dog, dog_call=call,
             ),
-        )
+        ),
+        mode="sample",
     )  # fmt: skip
 
 
@@ -83,7 +84,7 @@ def test_stacked_sampler_equals_two_sequential_calls(two_models, nag):
     two sequential calls (DoG alone: equal rows; DoG + NAG: the domain rows padded)."""
     ft_model, _, ft, pre, _, y = two_models
     params = {"main": ft, "domain": build.domain_params_like(ft, pre)}
-    keys = build.per_image_keys(jax.random.key(5), jnp.arange(N))
+    keys = generate.per_image_keys(jax.random.key(5), jnp.arange(N))
     out = {}
     for call in ("stacked", "sequential"):
         fn = jax.jit(build.build_sampler(_config(nag=nag, dog=2.0, call=call), ft_model))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from nag_jax import parallel
-from nag_jax.evaluation import evaluators, metrics, results, store
+from nag_jax.evaluation import evaluators, metrics, results, samples, store
 from nag_jax.jobs import eval as eval_job
-from nag_jax.sampling import generate
+from nag_jax.sampling import build, generate
 from nag_jax.training.testing import tiny_config, tiny_model
 
 
@@ -101,7 +101,7 @@ def test_killed_sampling_resumes_without_duplicates_or_gaps(tmp_path, model_and_
         raise Killed(done)
 
     with pytest.raises(Killed):
-        eval_job.sample_images(
+        samples.sample_images(
             c, str(tmp_path / "a"), model=model, params=params, on_chunk=kill_after_first
         )
     run_dir = glob.glob(str(tmp_path / "a" / "eval" / "*"))[0]
@@ -110,7 +110,7 @@ def test_killed_sampling_resumes_without_duplicates_or_gaps(tmp_path, model_and_
     # a write interrupted mid-way leaves only a tmp file, which is ignored
     with open(os.path.join(run_dir, "chunks", "00000008.tmp-999.npz"), "wb") as f:
         f.write(b"partial")
-    path, run_dir2, _ = eval_job.sample_images(c, str(tmp_path / "a"), model=model, params=params)
+    path, run_dir2, _ = samples.sample_images(c, str(tmp_path / "a"), model=model, params=params)
     assert run_dir2 == run_dir
     chunks = [
         np.load(p)["indices"]
@@ -121,7 +121,7 @@ def test_killed_sampling_resumes_without_duplicates_or_gaps(tmp_path, model_and_
     assert len(all_idx) == 20 and sorted(all_idx) == list(range(20))  # no duplicates, no gaps
     # identical to an uninterrupted run with another batch size
     c16 = _config(num_images=20, batch_size=16)
-    path_b, _, _ = eval_job.sample_images(c16, str(tmp_path / "b"), model=model, params=params)
+    path_b, _, _ = samples.sample_images(c16, str(tmp_path / "b"), model=model, params=params)
     a, b = np.load(path), np.load(path_b)
     assert a["arr_0"].dtype == np.uint8 and a["arr_0"].shape == (20, 8, 8, 3)
     np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
@@ -189,10 +189,10 @@ def test_errors_name_the_fix(tmp_path):
         evaluators.build_extractor(c)
     c = _config()
     with pytest.raises(ValueError, match="config.model.weights"):
-        eval_job.load_sampling_params(c)
+        samples.load_sampling_params(c)
     c.model.in_channels = 4
     with pytest.raises(ValueError, match="config.vae.path"):
-        generate.load_decoder(c)
+        build.build_decoder(c)
 
 
 def test_adm_npz_is_streamed_from_interleaved_chunks_and_read_back_in_batches(tmp_path):
@@ -235,13 +235,13 @@ sys.path.insert(0, {root!r})
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 from tests.test_eval_job import _config, _make_model_and_params
-from nag_jax.jobs import eval as eval_job
+from nag_jax.evaluation import samples
 model, params = _make_model_and_params()
 def hang(done):
     print("CHUNK", done, flush=True)
     time.sleep(600)
-eval_job.sample_images(_config(num_images=24, batch_size=8), {work!r}, model=model,
-                       params=params, on_chunk=hang)
+samples.sample_images(_config(num_images=24, batch_size=8), {work!r}, model=model,
+                      params=params, on_chunk=hang)
 """
 
 
@@ -266,7 +266,7 @@ def test_sigkilled_sampling_process_resumes(tmp_path, model_and_params):
     run_dir = glob.glob(os.path.join(work, "eval", "*"))[0]
     assert list(store.covered_indices(run_dir)) == list(range(8))
     model, params = model_and_params
-    path, run_dir2, _ = eval_job.sample_images(
+    path, run_dir2, _ = samples.sample_images(
         _config(num_images=24, batch_size=8), work, model=model, params=params
     )
     assert run_dir2 == run_dir  # same weights fingerprint, same sampling key

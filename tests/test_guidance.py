@@ -2,10 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from nag_jax.config import schema
 from nag_jax.guidance import (
     CLASS_UNCOND,
     COND,
@@ -14,7 +14,7 @@ from nag_jax.guidance import (
     branch_inputs,
     guided_prediction,
 )
-from nag_jax.sampling import build
+from nag_jax.sampling import build, generate
 from tests.helpers import (
     conv_batch_sizes,
     init_params,
@@ -121,8 +121,10 @@ def test_interval_branches_are_not_computed_outside_the_interval(inputs):
 
 
 def demo_config(sampler="ode", num_steps=4, cfg=1.0, nag=0.0, name="SiT-S/2"):
-    return ml_collections.ConfigDict(
+    # completed, not validated: test_sampler_family_mismatch_is_named wants the sampler's check
+    return schema.complete(
         dict(
+            mode="sample",
             model=dict(
                 name=name,
                 input_size=8,
@@ -155,7 +157,7 @@ def test_one_network_call_per_step_with_all_active_branches(sampler, name, cfg, 
     model = build.build_model(config.model)
     params = init_params(model)
     sample_fn = build.build_sampler(config, model)
-    keys = build.per_image_keys(jax.random.key(0), jnp.arange(N))
+    keys = generate.per_image_keys(jax.random.key(0), jnp.arange(N))
     sizes = conv_batch_sizes(sample_fn, params, keys, jnp.arange(N))
     # The scan body is traced once: one call per step; the SDE's "Mean" last step adds one.
     expected_calls = 2 if sampler == "sde" else 1
@@ -174,7 +176,7 @@ def test_samples_equal_a_hand_assembled_guided_sde():
     params = rerandomize(init_params(model))
     sample_fn = jax.jit(build.build_sampler(config, model))
     y = jnp.arange(4)
-    keys = build.per_image_keys(jax.random.key(7), y)
+    keys = generate.per_image_keys(jax.random.key(7), y)
     shape = (model.input_size, model.input_size, model.in_channels)
     x_init = np.stack(
         [np.asarray(jax.random.normal(jax.random.fold_in(k, 0), shape)) for k in keys]
@@ -207,7 +209,7 @@ def test_samples_equal_a_hand_assembled_guided_sde():
     expected = linear_em_reference(velocity, x_init, noise, n_steps)
     got = np.asarray(sample_fn(params, keys, y))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    other = sample_fn(params, build.per_image_keys(jax.random.key(8), y), y)
+    other = sample_fn(params, generate.per_image_keys(jax.random.key(8), y), y)
     assert not np.allclose(got, np.asarray(other))
 
 
@@ -216,7 +218,7 @@ def test_image_depends_only_on_its_own_key():
     model = build.build_model(config.model)
     params = rerandomize(init_params(model))
     sample_fn = jax.jit(build.build_sampler(config, model))
-    keys = build.per_image_keys(jax.random.key(3), jnp.arange(4))
+    keys = generate.per_image_keys(jax.random.key(3), jnp.arange(4))
     full = sample_fn(params, keys, jnp.arange(4))
     part = sample_fn(params, keys[2:], jnp.arange(4)[2:])
     np.testing.assert_allclose(np.asarray(full[2:]), np.asarray(part), atol=1e-5)

@@ -285,8 +285,8 @@ def test_nag_on_a_release_without_token_warns_in_one_line(offline, caplog):
     """A hub release has no null noise token: building a NAG sampler for it says so loudly."""
     import importlib.util
 
-    from nag_jax.jobs.sample import reconcile_model_config
     from nag_jax.sampling import build
+    from nag_jax.sampling.build import reconcile_model_config
 
     params, meta = T.load_torch_checkpoint(f"hf://{REPO}")
     path = os.path.join(os.path.dirname(__file__), "..", "configs", "sample_dit_xl.py")

@@ -168,16 +168,10 @@ def test_likelihood_matches_release_within_tolerance(small_pair, exact):
     assert err_logp <= 5e-3
 
 
-def test_schema_solvers_are_the_samplers():
-    from nag_jax.config import schema
-
-    assert schema.CHOICES["sample.ode_solver"] == sampling.ADAPTIVE_SOLVERS
-
-
 @pytest.mark.slow  # ~60 s on the loaded machine: the vmapped (per-image) solve compiles slowly
 def test_config_sampler_ode_adaptive_agrees_with_fine_heun():
     # Independent check of the builder path: a fine fixed-step Heun solution of the same ODE.
-    from nag_jax.sampling import build
+    from nag_jax.sampling import build, generate
     from nag_jax.training.testing import tiny_config, tiny_model
 
     c = tiny_config()
@@ -190,7 +184,7 @@ def test_config_sampler_ode_adaptive_agrees_with_fine_heun():
     params = jax.tree.unflatten(  # re-randomised: fresh weights output zero
         tree, [jax.random.normal(k, p.shape) * 0.2 for k, p in zip(keys, leaves)]
     )
-    keys = build.per_image_keys(jax.random.key(2), jnp.arange(2))
+    keys = generate.per_image_keys(jax.random.key(2), jnp.arange(2))
     y = jnp.array([0, 3], jnp.int32)
     adaptive = jax.jit(build.build_sampler(c, model))(params, keys, y)
     c.sample.update(sampler="ode", method="heun", num_steps=200)

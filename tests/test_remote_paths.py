@@ -217,16 +217,16 @@ def test_vae_from_a_bucket(gcs):
 
 
 def test_weights_and_workdir_paths_keep_their_scheme(gcs):
-    from nag_jax.jobs import eval as eval_job
-    from nag_jax.sampling import generate
+    from nag_jax.evaluation import samples
+    from nag_jax.storage import weights
     from nag_jax.training.testing import tiny_config
 
     c = tiny_config()
     c.model.weights = "gs://bucket/ckpt/sit"
-    assert eval_job.weights_path(c) == "gs://bucket/ckpt/sit"
-    assert eval_job.sampling_identity(c)["weights"] == "gs://bucket/ckpt/sit"
-    with pytest.raises(FileNotFoundError, match="config.model.weights=gs://bucket/ckpt/sit does"):
-        generate.load_weights("gs://bucket/ckpt/sit")
+    assert samples.weights_path(c) == "gs://bucket/ckpt/sit"
+    assert samples.sampling_identity(c)["weights"] == "gs://bucket/ckpt/sit"
+    with pytest.raises(FileNotFoundError, match="Checkpoint gs://bucket/ckpt/sit does not exist"):
+        weights.load_params("gs://bucket/ckpt/sit")
 
 
 def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeypatch):
@@ -255,3 +255,47 @@ def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeyp
     assert (gcs / "run" / "report.md").read_text() == text
     assert "| none | +0.0100 | +0.0200 | 0.0300 |" in text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_sample_grids_and_latents_land_in_the_bucket(gcs, tmp_path, monkeypatch):
+    """training.loop.write_grid on a gs:// workdir: the PNG grid and the raw-latents .npy go to
+    the bucket through storage.paths (the bug: os.makedirs made a local ./gs:/ folder)."""
+    from PIL import Image
+
+    from nag_jax.training.loop import write_grid
+
+    class Writer:
+        images = {}
+
+        def write_images(self, step, images):
+            self.images[step] = images
+
+    monkeypatch.chdir(tmp_path)
+    rgb = np.linspace(-1, 1, 4 * 8 * 8 * 3, dtype=np.float32).reshape(4, 8, 8, 3)
+    png = write_grid("gs://bucket/run", Writer(), 7, rgb)
+    assert png == "gs://bucket/run/samples/step_00000007.png"
+    with (gcs / "run" / "samples" / "step_00000007.png").open("rb") as f:
+        assert Image.open(f).size == (2 + 2 * (8 + 2), 2 + 2 * (8 + 2))  # 2 x 2 grid, 2px pads
+    latents = rgb[..., :2].copy()  # not 3 channels, no decoder: saved raw
+    npy = write_grid("gs://bucket/run", Writer(), 8, latents)
+    assert npy == "gs://bucket/run/samples/step_00000008_latents.npy"
+    with (gcs / "run" / "samples" / "step_00000008_latents.npy").open("rb") as f:
+        np.testing.assert_array_equal(np.load(f), latents)
+    assert list(tmp_path.iterdir()) == []  # nothing on the local disk
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(gcs, tmp_path, where):
+    from nag_jax.storage.paths import as_path, atomic_write
+
+    path = str(tmp_path / "d" / "x.bin") if where == "local" else "gs://bucket/d/x.bin"
+    assert atomic_write(path, lambda f: f.write(b"old")) == path  # creates the folder
+
+    def fail(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert as_path(path).read_bytes() == b"old"
+    assert [p.name for p in as_path(path).parent.iterdir()] == ["x.bin"]  # no temporary left

@@ -1,4 +1,4 @@
-"""mode "sample" (nag_jax/sample_job.py) on tiny converted checkpoints, 8 virtual CPU devices.
+"""mode "sample" (nag_jax/jobs/sample.py) on tiny converted checkpoints, 8 virtual CPU devices.
 
 End to end against the PyTorch reference: the job's uint8 images equal the release-style Euler ODE
 run in torch from the same initial noise (derived from the job's per-image keys).
@@ -110,7 +110,7 @@ def test_dit_checkpoint_with_sit_config_is_refused(tmp_path):
 def test_sample_mode_and_eval_mode_draw_the_same_image_i(tmp_path):
     """Image i of a seed is one thing: mode "sample" and mode "eval" give bit-identical uint8
     images and labels for the same weights, seed and sampling settings."""
-    from nag_jax.jobs import eval as eval_job
+    from nag_jax.evaluation import samples
 
     _, ckpt = make_ckpt(tmp_path)
     c = sample_config(ckpt, labels=None)
@@ -119,7 +119,7 @@ def test_sample_mode_and_eval_mode_draw_the_same_image_i(tmp_path):
     sampled = np.load(out["npz"])
     c.mode = "eval"
     c.eval.update(num_images=5, batch_size=c.sample.batch_size)
-    path, _, _ = eval_job.sample_images(c, str(tmp_path / "e"))
+    path, _, _ = samples.sample_images(c, str(tmp_path / "e"))
     evaluated = np.load(path)
     np.testing.assert_array_equal(evaluated["arr_0"], sampled["arr_0"])
     np.testing.assert_array_equal(evaluated["arr_1"], sampled["arr_1"])

@@ -10,7 +10,7 @@ import pytest
 
 from nag_jax.evaluation import metrics, reference_stats
 from nag_jax.jobs import sweep
-from nag_jax.sampling import build
+from nag_jax.sampling import build, generate
 from nag_jax.training.testing import tiny_config, tiny_model
 from tests.helpers import init_params, rerandomize
 
@@ -33,7 +33,7 @@ def test_traced_intervals_give_the_static_intervals_samples(model_params):
     """One sampler with every branch on and traced scales + intervals reproduces the samplers
     compiled with each setting's static scales and intervals (incl. an unguided point)."""
     model, params = model_params
-    keys = build.per_image_keys(jax.random.key(2), jnp.arange(4))
+    keys = generate.per_image_keys(jax.random.key(2), jnp.arange(4))
     y = jnp.arange(4) % 4
     traced = jax.jit(build.build_sampler(_sample_config(2.0, 1.0), model))
     for cfg, nag, civ, niv in [

@@ -3,13 +3,18 @@
 Every job config (configs/*.py) and the tests' tiny config (nag_jax.training.testing) start from
 ``base_config()`` and change values, never the set of keys, so a key means the same thing in
 every mode and an override valid for one job is valid for all. Jobs read ``config.x.y`` directly,
-without fallbacks: the default lives here and only here. ``validate(config)`` (run by
-``nag_jax.main`` and by each job's ``run``) checks that the keys are all there and that every
-enumerated value is one of its choices, with an error naming the key, the value and the choices.
+without fallbacks: the default lives here and only here. ``validate(config)`` checks that the
+keys are all there and that every enumerated value is one of its choices, with an error naming
+the key, the value and the choices.
+
+The config is completed and validated ONCE, where a job starts: ``resolve(config)`` (called by
+``nag_jax.main.run``; notebooks, benchmarks and tests call it on a hand-built, possibly partial
+config). Library functions (nag_jax.sampling.build, nag_jax.data.pipeline, ...) take the
+sections of a resolved config or plain arguments and never complete a config themselves.
 
 This module lives in the package (not in configs/) so an installed ``nag_jax`` can build and check
-configs; it imports only ml_collections (and nag_jax.errors), so loading a config file stays
-cheap.
+configs; it imports only ml_collections (and nag_jax.errors) at load time, so loading a config
+file stays cheap (``CHOICES`` reads the library modules that own the enumerations on first use).
 
 Paths shared by every mode (one name each):
   model.weights  the weights of ``config.model``: a converted release (``python -m nag_jax.convert
@@ -26,6 +31,7 @@ levels (1 = pure noise).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import re
@@ -33,14 +39,7 @@ import re
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from nag_jax.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that does not fit: not allowed by the schema, or not by the job's input
-    (weights of another model, no weights or VAE where needed); the message names the key, the
-    value and the fix. A ValueError, so ``except ValueError`` still catches it."""
-
+from nag_jax.errors import ConfigError  # its home is nag_jax.errors; the schema's name stays
 
 # config.mode -> the job module whose run(config, workdir) it runs (nag_jax.main dispatches).
 # Every job lives in nag_jax/jobs/<mode>.py; nothing outside nag_jax.jobs imports a job.
@@ -59,33 +58,17 @@ MODES = {
     )
 }
 
-# Enumerated keys and their allowed values (None allowed where listed). The tuples mirror the
-# modules that consume them (a test checks they agree): sampling.ODE_METHODS / LAST_STEPS,
-# diffusion.transport.PATHS / PREDICTIONS / DIFFUSION_FORMS, diffusion.family samplers.
-CHOICES = {
-    "mode": tuple(MODES),
+# Enumerated keys and their allowed values (None allowed where listed): the schema's own here;
+# those a library module defines are read from it (`choices`), never copied.
+_OWN_CHOICES = {
     "model.null_noise": ("learned", "zero"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attention_impl": (None, "xla", "cudnn"),
-    "process.path": ("linear", "gvp", "vp"),
-    "process.prediction": ("velocity", "score", "noise"),
     "process.beta_schedule": ("linear", "squaredcos_cap_v2"),
     "encode.dtype": ("float16", "bfloat16", "float32"),
     "encode.vae_dtype": ("float32", "bfloat16"),
     "train.null_token_init": ("mean_t_embedding", "zeros", "random"),
-    "sample.sampler": ("ode", "sde", "ddpm", "ddim", "ode_adaptive"),
-    "sample.ode_solver": ("dopri5", "tsit5", "dopri8"),  # sampling.ADAPTIVE_SOLVERS
     "sample.nag_mode": ("token", "classifier"),
-    "sample.method": ("euler", "heun"),
-    "sample.diffusion_form": (
-        "constant",
-        "SBDM",
-        "sigma",
-        "linear",
-        "decreasing",
-        "increasing-decreasing",
-    ),
-    "sample.last_step": (None, "Mean", "Tweedie", "Euler"),
     "sample.dog_call": ("stacked", "sequential"),
     "data.synthetic_variant": ("base", "recoloured"),
     "eval.extractor": ("inception", "proxy", "random_inception"),
@@ -93,6 +76,33 @@ CHOICES = {
     "eval.reference_stats": ("images", "precomputed"),
     "data.bad_images": ("skip", "fail"),
 }
+
+
+@functools.cache
+def choices() -> dict[str, tuple]:
+    """Every enumerated key -> its allowed values (``CHOICES``): `_OWN_CHOICES` and the tuples
+    of the modules that own them (imported on first use: they import jax)."""
+    from nag_jax.diffusion import family, transport
+    from nag_jax.sampling import scan
+
+    samplers = tuple(dict.fromkeys(s for f in family.FAMILIES.values() for s in f.samplers))
+    owned = {
+        "mode": tuple(MODES),
+        "process.path": transport.PATHS,
+        "process.prediction": transport.PREDICTIONS,
+        "sample.sampler": samplers,
+        "sample.ode_solver": scan.ADAPTIVE_SOLVERS,
+        "sample.method": scan.ODE_METHODS,  # the SDE integrators are the same pair (a test)
+        "sample.diffusion_form": transport.DIFFUSION_FORMS,
+        "sample.last_step": scan.LAST_STEPS,
+    }
+    return {**owned, **_OWN_CHOICES}
+
+
+def __getattr__(name: str):  # ``schema.CHOICES`` on first use: importing the schema needs no jax
+    if name == "CHOICES":
+        return choices()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -153,7 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
         weights=placeholder(str),  # see the module docstring
         # Domain Guidance (sample.dog_scale != 1): the PRE-TRAINED weights of the same
         # architecture, the second network (nag_jax.guidance;
-        # nag_jax.sampling.generate.with_domain_params)
+        # nag_jax.sampling.build.with_domain_params)
         domain_weights=placeholder(str),
     )
     # SiT reads path..sample_eps (a Transport); DiT reads num_timesteps, beta_schedule (DDPM).
@@ -356,13 +366,27 @@ def _as_dict(cfg) -> dict:
 
 
 def complete(config, section: str | None = None) -> ml_collections.ConfigDict:
-    """A hand-built, possibly partial config (notebooks, benchmarks) with the schema's defaults
-    filled in: ``base_config()`` overlaid with ``config``'s values. With ``section`` (e.g.
-    "model"), ``config`` is that section alone and the completed section is returned."""
+    """A hand-built, possibly partial config (notebooks, benchmarks, tests) with the schema's
+    defaults filled in: ``base_config()`` overlaid with ``config``'s values. With ``section``
+    (e.g. "data"), ``config`` is that section alone and the completed section is returned."""
     base = base_config().to_dict()
     if section is not None:
         return ml_collections.ConfigDict(_merge(base[section], _as_dict(config)))
     return ml_collections.ConfigDict(_merge(base, _as_dict(config)))
+
+
+def resolve(config, *, mode: str | None = None) -> ml_collections.ConfigDict:
+    """The config a job runs with, completed and validated once: by nag_jax.main.run, and by
+    notebooks, benchmarks and tests for a hand-built (partial, dicts fine) config. A config
+    holding every key (configs/*.py) is returned itself. ``mode`` sets ``config.mode`` (a partial
+    sampling config would otherwise be checked as mode "train"). Raises ConfigError."""
+    if not isinstance(config, ml_collections.ConfigDict) or _missing(base_config(), config):
+        config = complete(config)
+    if mode is not None:
+        with config.unlocked():
+            config.mode = mode
+    validate(config)
+    return config
 
 
 def _missing(reference, config, prefix: str = "") -> list[str]:
@@ -537,7 +561,7 @@ def validate(config) -> None:
             f"config lacks the schema keys {missing[:8]}{' ...' if len(missing) > 8 else ''}: "
             "build job configs from nag_jax.config.schema.base_config() and change values only."
         )
-    for dotted, allowed in CHOICES.items():
+    for dotted, allowed in choices().items():
         value = _get(config, dotted)
         if value not in allowed:
             import difflib

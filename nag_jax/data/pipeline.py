@@ -52,7 +52,9 @@ Checkpointing (the iterator is a ``grain.DatasetIterator``):
     so each process restores its own shard position. Restore with the same data config, seed,
     global batch and process count (the state is a position in this deterministic stream).
 
-data_cfg keys (ml_collections.ConfigDict or any object with .get; missing keys -> defaults):
+data_cfg keys (``config.data``: a ConfigDict or dict holding every key; the defaults below
+are the schema's, filled in by ``nag_jax.config.schema.complete(d, "data")`` for a hand-built
+one):
   name               "synthetic_shapes" | "image_folder" | "latents" | any tfds name
                      ("imagenet2012", ...)
   data_dir           directory (image_folder root / latents dir / tfds data_dir); unused for
@@ -83,7 +85,6 @@ import threading
 import numpy as np
 from absl import logging
 
-from nag_jax.config import schema
 from nag_jax.data.preprocess import center_crop_arr, flip_decisions, to_float
 
 SYNTHETIC = "synthetic_shapes"
@@ -92,14 +93,20 @@ SYNTHETIC = "synthetic_shapes"
 MAX_CONSECUTIVE_BAD = 64
 
 
-def _complete(data_cfg):
-    """``config.data`` with the schema's defaults for keys a hand-built dict leaves out."""
-    return schema.complete(data_cfg, "data")
+def _section(data_cfg):
+    """``config.data`` as a ConfigDict (a plain dict of the same keys is accepted). It must hold
+    every key of the schema's data section: a hand-built one is completed by the caller
+    (``nag_jax.config.schema.complete(d, "data")``), never here."""
+    import ml_collections
+
+    if isinstance(data_cfg, ml_collections.ConfigDict):
+        return data_cfg
+    return ml_collections.ConfigDict(dict(data_cfg))
 
 
 def build_source(data_cfg):
     """The random-access source named by ``data_cfg.name`` (see the module docstring)."""
-    d = _complete(data_cfg)
+    d = _section(data_cfg)
     name, data_dir = d.name, d.data_dir
     if name == SYNTHETIC:
         from nag_jax.data.synthetic import ShapesDataset
@@ -333,7 +340,7 @@ def create_dataset(
         raise ValueError(
             f"process_index={process_index} must be in [0, process_count={process_count})"
         )
-    d = _complete(data_cfg)
+    d = _section(data_cfg)
     if global_batch_size is None:
         global_batch_size = d.global_batch_size
     batch = local_batch_size(global_batch_size, process_count)
@@ -397,7 +404,7 @@ def dataset_info(data_cfg) -> dict:
 
     Returns {"num_examples", "num_classes", "class_names", "example_shape"} (None where unknown).
     """
-    d = _complete(data_cfg)
+    d = _section(data_cfg)
     source = build_source(d)
     name, size = d.name, int(d.image_size)
     if name == "latents":

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nag_jax.diffusion.transport import mean_flat  # its one home
+
 __all__ = [
     "GaussianDiffusion",
     "create_diffusion",
@@ -43,11 +45,6 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "mean_flat",
 ]
-
-
-def mean_flat(x: jax.Array) -> jax.Array:
-    """Mean over all non-batch dims: ``(N, ...) -> (N,)``."""
-    return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
 # ----------------------------------------------------------------------------- schedules

@@ -26,7 +26,7 @@ from nag_jax import parallel
 from nag_jax.evaluation import metrics as metrics_lib
 from nag_jax.evaluation import reference_stats
 from nag_jax.evaluation.results import metric_names
-from nag_jax.sampling import generate
+from nag_jax.sampling import build, generate
 
 
 def build_extractor(config) -> metrics_lib.FeatureExtractor:
@@ -129,7 +129,7 @@ def make_fid_evaluator(
     mesh = mesh if mesh is not None else parallel.create_mesh(config.parallel)
     extractor = extractor or build_extractor(config)
     ref = load_reference(config, extractor, workdir)
-    decode = decode if decode is not None else generate.load_decoder(config)
+    decode = decode if decode is not None else build.build_decoder(config)
     bs = generate.padded_batch_size(int(ec.batch_size), mesh)
     run_batch = None
 

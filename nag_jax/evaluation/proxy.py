@@ -32,6 +32,7 @@ import optax
 from absl import logging
 
 from nag_jax.data.synthetic import ShapesDataset
+from nag_jax.storage.paths import as_path, atomic_write
 
 FEATURE_DIM = 128
 ARCH = "cnn4-800"  # part of cache names: bump when the architecture or its training changes
@@ -153,8 +154,8 @@ def load_or_train(
     """(params, held-out real accuracy), from the .npz cache at ``path`` or trained and cached
     (on real shapes of ``variant``)."""
     path = path or cache_path(image_size, num_classes, seed, variant=variant)
-    if os.path.exists(path):
-        with np.load(path) as f:
+    if as_path(path).exists():
+        with as_path(path).open("rb") as fh, np.load(fh) as f:
             flat = {k: f[k] for k in f.files}
         acc = float(flat.pop("__accuracy__"))
         params = {}
@@ -170,10 +171,7 @@ def load_or_train(
         "/".join(str(getattr(k, "key", k)) for k in path_): np.asarray(v)
         for path_, v in jax.tree_util.tree_leaves_with_path(params)
     }
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, __accuracy__=np.float64(acc), **flat)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, __accuracy__=np.float64(acc), **flat))
     return params, acc
 
 

@@ -35,7 +35,7 @@ import zipfile
 import numpy as np
 
 from nag_jax.evaluation.metrics import FeatureExtractor, extract_features, mean_cov
-from nag_jax.storage.paths import as_path, is_remote
+from nag_jax.storage.paths import as_path, atomic_write, is_remote
 
 
 def file_identity(path: str) -> dict:
@@ -74,12 +74,7 @@ class ReferenceStats:
         for name in ("mu_s", "sigma_s", "pool_features"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
-        out = as_path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f"{out.stem}.tmp-{os.getpid()}.npz"
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
-        tmp.replace(out)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str) -> ReferenceStats:

@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from nag_jax.sampling.generate import iterate_batches
-from nag_jax.storage.paths import as_path
+from nag_jax.storage.paths import as_path, atomic_write
 
 # What a chunk that does not read back raises (np.load of a damaged .npz).
 CHUNK_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError)
@@ -76,14 +76,9 @@ def covered_indices(run_dir: str) -> np.ndarray:
 
 def write_chunk(run_dir: str, indices, images, labels) -> str:
     """Writes one chunk atomically (tmp + rename); returns its path."""
-    d = as_path(chunk_dir(run_dir))
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{int(indices[0]):08d}-{int(indices[-1]):08d}.npz"
-    tmp = d / f"{int(indices[0]):08d}.tmp-{os.getpid()}.npz"
-    with tmp.open("wb") as f:
-        np.savez(f, indices=np.asarray(indices, np.int64), images=images, labels=labels)
-    tmp.replace(path)
-    return str(path)
+    path = as_path(chunk_dir(run_dir)) / f"{int(indices[0]):08d}-{int(indices[-1]):08d}.npz"
+    arrays = dict(indices=np.asarray(indices, np.int64), images=images, labels=labels)
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def chunks_to_adm_npz(run_dir: str, num_images: int, out_path: str, block: int = 1024) -> None:

@@ -36,6 +36,7 @@ from nag_jax.data.synthetic import ShapesDataset
 from nag_jax.evaluation import proxy
 from nag_jax.sampling import build, generate
 from nag_jax.storage import weights
+from nag_jax.storage.paths import as_path
 from nag_jax.utils import make_grid, save_png, to_uint8
 
 # Real reference images come from indices no training batch can draw.
@@ -368,7 +369,7 @@ def export_base(config, checkpoints: str, dest: str, *, step: int | None = None,
         patch_size=patch,
         mlp_hidden=int(params["blocks_0"]["mlp"]["fc1"]["kernel"].shape[1]),
         null_noise=None,
-        source=os.path.abspath(checkpoints),
+        source=str(as_path(checkpoints)),
         step=step,
         weights="ema",
     )
@@ -381,7 +382,7 @@ def run(config, workdir: str) -> dict:
     from nag_jax.training import loop as train
 
     start = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    as_path(workdir).mkdir(parents=True, exist_ok=True)
     dc = config.demo
     logging.info("[1/3] Quality-proxy classifier and real reference")
     scorer = load_scorer(config, workdir)
@@ -434,8 +435,7 @@ def run(config, workdir: str) -> dict:
     )
     metrics["total_seconds"] = round(time.time() - start, 1)
     weights.write_json(os.path.join(workdir, "metrics.json"), metrics, force=True)
-    with open(os.path.join(workdir, "table.md"), "w") as f:
-        f.write(table + "\n")
+    (as_path(workdir) / "table.md").write_text(table + "\n")
     print(table, flush=True)
     logging.info("Demo done in %.0fs: %s", metrics["total_seconds"], workdir)
     return metrics

@@ -43,6 +43,7 @@ from nag_jax.jobs import demo
 from nag_jax.jobs.demo import Row
 from nag_jax.sampling import build
 from nag_jax.storage import weights
+from nag_jax.storage.paths import as_path
 from nag_jax.utils import save_figure
 
 
@@ -325,14 +326,13 @@ def write_report(workdir: str, results: dict, figs: list[str]) -> str:
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figs]
     lines += ["", f"Elapsed: {r['elapsed_s']:.0f} s on {r['devices']}."]
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(text)
+    (as_path(workdir) / "report.md").write_text(text)
     return text
 
 
 def run(config, workdir: str) -> dict:
     start = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    as_path(workdir).mkdir(parents=True, exist_ok=True)
     st = config.study
     n = int(st.images_per_seed)
     val_seeds = [int(s) for s in st.val_seeds]
@@ -345,11 +345,10 @@ def run(config, workdir: str) -> dict:
     scorer = demo.load_scorer(config, workdir)
     model = build.build_model(config.model)
     sampler = demo.RowSampler(config, model)
-    path = os.path.join(workdir, "results.json")
+    path = as_path(workdir) / "results.json"
     results = dict(val_seeds=val_seeds, report_seeds=rep_seeds, images_per_seed=n)
-    if os.path.exists(path):  # resume part by part: a finished part is not recomputed
-        with open(path) as f:
-            done = json.load(f)
+    if path.exists():  # resume part by part: a finished part is not recomputed
+        done = json.loads(path.read_text())
         same = all(done.get(k) == results[k] for k in results)
         if same:
             results = done

@@ -60,10 +60,9 @@ from absl import logging
 
 from nag_jax import parallel
 from nag_jax.config import schema
-from nag_jax.evaluation import evaluators
+from nag_jax.evaluation import evaluators, samples
 from nag_jax.evaluation import metrics as metrics_lib
 from nag_jax.evaluation.results import digest, metric_names
-from nag_jax.jobs import eval as eval_job
 from nag_jax.sampling import build, generate
 from nag_jax.storage import weights
 from nag_jax.storage.paths import as_path
@@ -175,7 +174,7 @@ class ParamsCache:
             c = self.config.copy_and_resolve_references()
             if path:
                 c.model.weights = path
-            params = dict(generate.load_weights(eval_job.weights_path(c))[0])
+            params = dict(weights.load_params(samples.weights_path(c))[0])
             if c.model.null_noise == "learned" and "null_noise_token" not in params:
                 params["null_noise_token"] = np.zeros((_hidden(params),), np.float32)
                 params["__no_null_token__"] = True
@@ -227,7 +226,7 @@ def run(config, workdir: str, **overrides) -> dict:
     params_of = ParamsCache(config, overrides.pop("params", None))
     use_dog = float(sconf.sample.dog_scale) != 1.0
     if use_dog:
-        domain = generate.load_weights(config.model.domain_weights)[0] if use_dog else None
+        domain = weights.load_params(config.model.domain_weights)[0] if use_dog else None
 
     def sampling_params(point: Point):
         p = _check_point_params(point, params_of(point.weights))
@@ -236,10 +235,10 @@ def run(config, workdir: str, **overrides) -> dict:
         return p
 
     first = sampling_params(points[0])
-    decode = generate.load_decoder(config)
+    decode = build.build_decoder(config)
     bs = generate.padded_batch_size(int(config.eval.batch_size), mesh)
     run_batch = generate.make_batch_sampler(sconf, model, first, mesh, decode=decode, traced=True)
-    identity = {**eval_job.sampling_identity(sconf), "extractor": extractor.name}
+    identity = {**samples.sampling_identity(sconf), "extractor": extractor.name}
     identity["reference"] = config.eval.reference
     identity.pop("sample")  # the guidance part is the point's; the rest is kept:
     identity["sampler"] = {
@@ -252,7 +251,7 @@ def run(config, workdir: str, **overrides) -> dict:
 
     def score_point(point: Point, seeds: list[int]) -> dict:
         params = sampling_params(point)
-        fp = eval_job.params_fingerprint(params)
+        fp = samples.params_fingerprint(params)
         key = digest({**identity, "params": fp, "point": dataclasses.asdict(point),
                       "seeds": seeds, "num_images": n})  # fmt: skip
         path = point_dir / f"{key}.json"

@@ -1,11 +1,14 @@
-"""Image identity and batch generation: what "image i of seed s" is, everywhere.
+"""Image identity and batch generation: what "image i of seed s" is, everywhere, and the ONE
+sharded batch sampler that draws it. Nothing else lives here (weights and the VAE are loaded by
+nag_jax.storage.weights and nag_jax.models.vae, for a config through nag_jax.sampling.build).
 
 Sample mode (nag_jax.jobs.sample), evaluation (nag_jax.jobs.eval and the trainer's
-evaluators) and the training sample grid all draw image i through this module:
+evaluators), the sweep and the training sample grid all draw image i through this module:
 
     sample_key, label_key = split(key(seed))
-    image_keys(seed, idx)[j]  = fold_in(sample_key, idx[j])  -> x_init and every sampler noise
-                                                               of image idx[j] (builders)
+    image_keys(seed, idx)[j]  = per_image_keys(sample_key, idx)[j] = fold_in(sample_key, idx[j])
+                                -> x_init and every sampler noise of image idx[j]
+                                   (nag_jax.sampling.build.initial_noise)
     image_labels(seed, idx, num_classes, labels)[j]
                               = labels[idx[j] % len(labels)]  if labels are given, else
                                 randint(fold_in(label_key, idx[j]), 0, num_classes)
@@ -16,9 +19,8 @@ the network's matmuls when the device layout changes). ``make_batch_sampler`` is
 sampler: ``run_batch(params, indices) -> (uint8 images, labels)``, optionally decoding latents with
 the VAE inside the same jit. uint8 rule: nag_jax.utils.to_uint8 = clip(round(127.5 x + 127.5)).
 
-Time conventions: none of its own; sampling goes through nag_jax.sampling.build (SiT float t, 0 =
-noise;
-DiT integer step, 0 = least noise; guidance intervals in noise level, 1 = pure noise).
+Time conventions: none of its own; sampling goes through nag_jax.sampling.build (SiT float t,
+0 = noise; DiT integer step, 0 = least noise; guidance intervals in noise level, 1 = pure noise).
 """
 
 from __future__ import annotations
@@ -31,10 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax import parallel
-from nag_jax.config.schema import ConfigError
+from nag_jax.errors import ConfigError
 from nag_jax.sampling import build
-from nag_jax.storage.paths import as_path
-from nag_jax.utils import to_uint8
+from nag_jax.utils import moved_names, to_uint8
 
 
 def _seed_keys(seed) -> tuple[jax.Array, jax.Array]:
@@ -45,9 +46,15 @@ def _seed_keys(seed) -> tuple[jax.Array, jax.Array]:
     return sample_key, label_key
 
 
+def per_image_keys(key: jax.Array, indices) -> jax.Array:
+    """One key per global image index: ``keys[j] = fold_in(key, indices[j])`` (shape (N,)).
+    The key of a seed is `image_keys`'s."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(indices, jnp.uint32))
+
+
 def image_keys(seed: int, indices) -> jax.Array:
     """(N,) typed PRNG keys of global image indices (N,) for ``build.build_sampler``."""
-    return build.per_image_keys(_seed_keys(seed)[0], indices)
+    return per_image_keys(_seed_keys(seed)[0], indices)
 
 
 def image_labels(seed: int, indices, num_classes: int, labels=None) -> jax.Array:
@@ -81,58 +88,6 @@ def padded_batch_size(batch_size: int, mesh) -> int:
     return max(shards, -(-int(batch_size) // shards) * shards)
 
 
-def load_weights(path: str) -> tuple[dict, dict]:
-    """``config.model.weights`` -> (params as numpy, metadata or {}): a converted checkpoint
-    (``python -m nag_jax.convert to-orbax``: params + metadata) or a training workdir's
-    checkpoints/ directory (latest EMA params, no metadata); local or remote (``gs://``,
-    nag_jax.storage.paths)."""
-    path = str(as_path(path))
-    if not as_path(path).exists():
-        raise FileNotFoundError(
-            f"config.model.weights={path} does not exist; convert a release with "
-            "`python -m nag_jax.convert to-orbax SiT-XL-2-256.pt ckpt/sit_xl2_256 --family SiT` "
-            "or point it at a training workdir's checkpoints/ directory."
-        )
-    from nag_jax.storage.weights import load_params
-
-    return load_params(path)
-
-
-def with_domain_params(config, params):
-    """The params a sampler of ``config`` takes: ``params`` itself, or with Domain Guidance
-    (``config.sample.dog_scale != 1``) ``{"main": params, "domain": pre-trained}``, the
-    pre-trained weights read from ``config.model.domain_weights`` and fitted to ``params``'s tree
-    (``build.domain_params_like``: only their null label row is read)."""
-    if float(config.sample.dog_scale) == 1.0:
-        return params
-    if not config.model.domain_weights:
-        raise ValueError(
-            f"config.sample.dog_scale={config.sample.dog_scale} (Domain Guidance) needs the "
-            "pre-trained weights: set config.model.domain_weights to the model the fine-tune "
-            "started from (a converted release or a training checkpoints/ directory)."
-        )
-    domain = load_weights(config.model.domain_weights)[0]
-    return {build.MAIN: params, build.DOMAIN: build.domain_params_like(params, domain)}
-
-
-def load_decoder(config) -> tuple[Callable, object] | None:
-    """``(fn(vae_params, latents) -> images in [-1, 1], vae_params)`` for latent models
-    (``config.model.in_channels != 3``: the SD-VAE at ``config.vae.path``); None for pixel
-    models."""
-    if int(config.model.in_channels) == 3:
-        return None
-    if not config.vae.path:
-        raise ConfigError(
-            f"{config.model.name} samples {config.model.in_channels}-channel latents: set "
-            "--config.vae.path to the SD-VAE (a local stabilityai/sd-vae-ft-ema folder or "
-            "`python -m nag_jax.convert vae` output)."
-        )
-    from nag_jax.models import vae as vae_lib
-
-    vae, vae_params = vae_lib.load_vae(config.vae.path, chunk_size=int(config.vae.chunk_size))
-    return vae.decode, vae_params
-
-
 def make_batch_sampler(
     config,
     model,
@@ -154,9 +109,10 @@ def make_batch_sampler(
     B must be a multiple of the mesh's batch shards and of the process count
     (`padded_batch_size`). ``params_like``: the params tree or its shapes (for the shardings;
     config.parallel's FSDP rules apply). ``sample_fn(params, keys, y)`` defaults to
-    ``build.build_sampler(config, model)``; ``decode = (fn, decode_params)`` (`load_decoder`)
-    runs inside the same jit, its params a replicated jit argument. Multi-process: every process
-    passes the same indices; the images are gathered on every process.
+    ``build.build_sampler(config, model)``; ``decode = (fn, decode_params)``
+    (``build.build_decoder``) runs inside the same jit, its params a replicated jit argument.
+    Multi-process: every process passes the same indices; the images are gathered on every
+    process.
     """
     if sample_fn is None:
         sample_fn = build.build_sampler(config, model)
@@ -229,3 +185,32 @@ def iterate_batches(
     finally:
         if bar is not None:
             bar.close()
+
+
+def sample_all(
+    run_batch: Callable, params, num_images: int, batch_size: int, *, desc: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images 0..num_images-1 of `make_batch_sampler`'s ``run_batch`` with ``params`` (placed
+    once), ``batch_size`` at a time (`iterate_batches`) -> ((N, H, W, 3) uint8, (N,) labels)."""
+    params = run_batch.place(params)
+    images, labels = [], []
+    batches = iterate_batches(
+        lambda idx: run_batch(params, idx), np.arange(num_images), batch_size, desc=desc
+    )
+    for _, x, y in batches:
+        images.append(x)
+        labels.append(y)
+    if not images:
+        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0,), np.int32)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# Names that moved (issue 21): a one-line error naming the new home.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "load_weights": "nag_jax.storage.weights.load_params",
+        "with_domain_params": "nag_jax.sampling.build.with_domain_params",
+        "load_decoder": "nag_jax.sampling.build.build_decoder",
+    },
+)

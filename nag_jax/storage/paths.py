@@ -34,3 +34,22 @@ def as_path(path) -> epath.Path:
     if is_remote(text):
         return epath.Path(text)
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def atomic_write(path, write, mode: str = "wb") -> str:
+    """Writes the file at user path ``path`` (local or remote) through ``write(f)`` on an open
+    file, atomically: into a temporary sibling that is renamed into place, so a reader never sees
+    a partial file and a failed write leaves the old one. Creates the parent folder; returns
+    ``str(path)``."""
+    out = as_path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        with tmp.open(mode) as f:
+            write(f)
+        tmp.replace(out)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    return str(out)

@@ -46,6 +46,7 @@ from flax import traverse_util
 
 from nag_jax.errors import UserError
 from nag_jax.storage.paths import as_path, is_remote
+from nag_jax.storage.workdir import pid_alive
 
 FORMAT_VERSION = 1
 PARAMS_ITEM = "params"
@@ -73,16 +74,6 @@ def _tmp_prefix(dest: str) -> str:
 _TMP_OWNER = re.compile(r"^(\d+)@(.+)-[^-]+$")  # "<pid>@<host>-<random>" after the prefix
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_tmp(dest: str) -> list[str]:
     """Removes the temporary siblings of ``dest`` (``.NAME.tmp-<pid>@<host>-*``) left by killed
     writes: those of a dead pid on this host. Returns the removed paths. A leftover without a
@@ -104,7 +95,7 @@ def clean_stale_tmp(dest: str) -> list[str]:
                 path,
                 dest,
             )
-        elif owner.group(2) == host and not _pid_alive(int(owner.group(1))):
+        elif owner.group(2) == host and not pid_alive(int(owner.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             logging.warning("Removed %s: the leftover of a killed write (pid %s).", path, owner[1])
             removed.append(path)

@@ -71,7 +71,9 @@ def check_workdir(path) -> str:
     return text
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` of this host exists (the workdir lock's and the weights'
+    temporary files' test for a dead owner)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -120,7 +122,7 @@ class WorkdirLock:
             if flocked is False:  # another live process holds the OS lock
                 raise WorkdirLockedError(self._busy(previous))
             if previous and (previous.get("host"), previous.get("pid")) != tuple(me.values()):
-                stale = previous.get("host") == me["host"] and not _pid_alive(
+                stale = previous.get("host") == me["host"] and not pid_alive(
                     int(previous.get("pid") or 0)
                 )
                 if flocked is None and not stale:  # no OS lock: the record decides

@@ -182,9 +182,8 @@ def make_grid_sampler(config, model, mesh):
 
 def make_grid_decoder(config):
     """``fn(latents) -> images in [-1, 1]`` for the periodic grids of a latent model when
-    ``config.vae.path`` is set (the SD-VAE, nag_jax.sampling.generate.load_decoder, jitted once);
-    None for
-    pixel models or without a VAE (the grids are then saved as raw latents .npy)."""
+    ``config.vae.path`` is set (the SD-VAE, nag_jax.sampling.build.build_decoder, jitted once);
+    None for pixel models or without a VAE (the grids are then saved as raw latents .npy)."""
     if int(config.model.in_channels) == 3:
         return None
     if not config.vae.path:
@@ -193,27 +192,25 @@ def make_grid_decoder(config):
             "--config.vae.path to decode them into PNG and TensorBoard grids."
         )
         return None
-    from nag_jax.sampling import generate
-
-    decode, vae_params = generate.load_decoder(config)
+    decode, vae_params = _builders().build_decoder(config)
     fn = jax.jit(decode)
     return lambda latents: np.asarray(fn(vae_params, latents))
 
 
 def write_grid(workdir, writer, step, images, decode=None) -> str:
-    """Saves samples: an RGB PNG grid (and TensorBoard image), or raw latents as .npy when the
-    images are latents and no ``decode`` (latents -> images in [-1, 1]) is given."""
+    """Saves samples under ``<workdir>/samples/`` (local or gs://, nag_jax.storage.paths): an RGB
+    PNG grid (and TensorBoard image), or raw latents as .npy when the images are latents and no
+    ``decode`` (latents -> images in [-1, 1]) is given. Returns the file's path."""
+    from nag_jax.storage.paths import as_path, atomic_write
     from nag_jax.utils import make_grid, save_png, to_uint8
 
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    out = as_path(workdir) / "samples"
     if images.shape[-1] != 3 and decode is not None:
         images = decode(images)
     if images.shape[-1] != 3:  # latents without a VAE
-        path = os.path.join(workdir, "samples", f"step_{step:08d}_latents.npy")
-        np.save(path, images)
-        return path
+        return atomic_write(out / f"step_{step:08d}_latents.npy", lambda f: np.save(f, images))
     grid = make_grid(to_uint8(images), ncols=int(np.ceil(np.sqrt(len(images)))))
-    path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
+    path = str(out / f"step_{step:08d}.png")
     save_png(path, grid)
     writer.write_images(step, {"samples": grid[None]})
     return path

@@ -13,25 +13,24 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from nag_jax import sampling
 from nag_jax.analysis.estimator import train_estimator, train_params
+from nag_jax.diffusion.family import SIT
 from nag_jax.diffusion.transport import Transport
-from nag_jax.guidance import guided_prediction
+from nag_jax.guidance import GuidanceConfig, guided_prediction
 from nag_jax.guidance.classifier import classifier_nag_prediction
-from nag_jax.sampling import build
 
 LAB_SAMPLERS = ("ode", "sde")
 
 
 def build_transport(config) -> Transport:
-    """The lab's noising process: ``nag_jax.sampling.build.build_process`` of ``config.process``.
+    """The lab's noising process: the SiT family's process of ``config.process``.
 
     Both labs sample SiT-style models. The GMM lab's MLP denoiser has no registry name
     ("SiT-MLP"), so the process is asked for as for any registered SiT model: only the family
-    and ``config.process`` enter ``build_process``.
+    and ``config.process`` enter ``Family.build_process``.
     """
     name = str(config.model.name)
     if not name.startswith("SiT-"):
@@ -39,10 +38,7 @@ def build_transport(config) -> Transport:
             f"config.model.name={name!r}: the lab samples SiT-style models (float t, 0 = noise, "
             "1 = data); use a 'SiT-...' name."
         )
-    view = ml_collections.ConfigDict(
-        {"model": {"name": "SiT-S/2"}, "process": config.process.to_dict()}
-    )
-    return build.build_process(view)
+    return SIT.build_process(config.process, learn_sigma=True)
 
 
 def train_denoiser(key, module, sample_batch, transport, config):
@@ -103,16 +99,14 @@ def make_pred_builder(net_fn_factory, transport, row, estimator=None):
     """``params -> pred_fn(x, t, y)``: the guided prediction for one lab row.
 
     ``net_fn_factory(params) -> net_fn(x, t, y, drop_class, drop_noise)`` (for an image model
-    ``build.make_net_fn``). The CFG / NAG setting is ``build.build_guidance`` of the row's
+    ``build.make_net_fn``). The CFG / NAG setting is the `GuidanceConfig` of the row's
     scales; the branches are fused by ``nag_jax.guidance.guided_prediction`` (one network call
     per step); ``cls_nag`` wraps it in classifier-based NAG with ``estimator``.
     """
-    guidance = build.build_guidance(
-        {
-            "cfg_scale": row["cfg"],
-            "nag_scale": row["nag"],
-            "nag_interval": tuple(row.get("nag_interval", (0.0, 1.0))),
-        }
+    guidance = GuidanceConfig(
+        cfg_scale=float(row["cfg"]),
+        nag_scale=float(row["nag"]),
+        nag_interval=tuple(row.get("nag_interval", (0.0, 1.0))),
     )
     cls_scale = float(row.get("cls_nag", 0.0))
     if cls_scale != 0.0 and estimator is None:

@@ -22,7 +22,6 @@ paper's noise level lambda = 1 - t (1 = pure noise).
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -45,6 +44,7 @@ from nag_jax.analysis.lab.common import (
     train_lab_estimator,
 )
 from nag_jax.analysis.networks import MLPDenoiser
+from nag_jax.storage.paths import as_path
 
 CURVES = ("levels", "delta", "density_traj", "density_fwd")  # per-run arrays, not table entries
 
@@ -218,7 +218,7 @@ def _row_line(agg) -> str:
 def run(config, workdir: str) -> dict:
     """The GMM lab: writes ``workdir``/report.md, results.json and figures; returns the results."""
     t_start = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    as_path(workdir).mkdir(parents=True, exist_ok=True)
     lab = config.lab
     transport = build_transport(config)
     key = jax.random.PRNGKey(config.seed)

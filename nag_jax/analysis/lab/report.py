@@ -13,6 +13,7 @@ from absl import logging
 
 from nag_jax.analysis import gmm as G
 from nag_jax.analysis.lab.common import fmt, json_default
+from nag_jax.storage.paths import as_path
 from nag_jax.utils import save_figure
 
 
@@ -228,8 +229,7 @@ def write(workdir, results, lines, figs) -> None:
     """Writes ``workdir``/report.md (``lines`` + the figures + elapsed time) and results.json."""
     lines = list(lines) + ["", "## Figures", ""] + [f"![{f}]({f})" for f in figs]
     lines += ["", f"Elapsed: {results['elapsed_s']:.0f} s."]
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=json_default)
+    out = as_path(workdir)
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=json_default))
     logging.info("lab: report %s", os.path.join(workdir, "report.md"))

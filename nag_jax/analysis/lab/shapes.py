@@ -16,7 +16,6 @@ levels are noise levels lambda = 1 - t (1 = pure noise).
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -36,6 +35,7 @@ from nag_jax.analysis.lab.common import (
     train_lab_estimator,
 )
 from nag_jax.sampling import build
+from nag_jax.storage.paths import as_path
 
 QUALITY = ("class_accuracy", "proxy_fd")
 
@@ -58,7 +58,7 @@ def run(config, workdir: str) -> dict:
     from nag_jax.data.synthetic import ShapesDataset
 
     t_start = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    as_path(workdir).mkdir(parents=True, exist_ok=True)
     lab = config.lab
     transport = build_transport(config)
     size, k_cls = int(config.data.image_size), int(config.model.num_classes)
