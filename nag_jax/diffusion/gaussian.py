@@ -33,8 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nag_jax.diffusion.transport import mean_flat  # its one home
-
 __all__ = [
     "GaussianDiffusion",
     "create_diffusion",
@@ -45,6 +43,11 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "mean_flat",
 ]
+
+
+def mean_flat(x: jax.Array) -> jax.Array:
+    """Mean over all non-batch dims: ``(N, ...) -> (N,)`` (its one home; transport imports it)."""
+    return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
 # ----------------------------------------------------------------------------- schedules
