@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 from nag_jax.evaluation import evaluators
-from nag_jax.evaluation.results import digest, params_fingerprint, sampling_identity, weights_path
+from nag_jax.evaluation.results import digest
+from nag_jax.evaluation.samples import params_fingerprint, sampling_identity, weights_path
 from nag_jax.reporting import stats
 from nag_jax.sampling import build, generate
 from nag_jax.storage import weights
@@ -147,7 +148,7 @@ class ParamsCache:
             c = self.config.copy_and_resolve_references()
             if path:
                 c.model.weights = path
-            params = dict(generate.load_weights(weights_path(c))[0])
+            params = dict(weights.load_params(weights_path(c))[0])
             if c.model.null_noise == "learned" and "null_noise_token" not in params:
                 hidden = int(np.shape(params["x_embedder"]["proj"]["kernel"])[-1])
                 params["null_noise_token"] = np.zeros((hidden,), np.float32)
@@ -165,7 +166,7 @@ class PointParams:
         self.cache = ParamsCache(config, default)
         self.use_dog = float(sconf.sample.dog_scale) != 1.0
         if self.use_dog:
-            self.domain = generate.load_weights(config.model.domain_weights)[0]
+            self.domain = weights.load_params(config.model.domain_weights)[0]
 
     def __call__(self, point: Point):
         params = dict(self.cache(point.weights))

@@ -62,7 +62,7 @@ def run(config, workdir: str) -> dict:
     ns = config.noise_shift
     mesh = parallel.create_mesh(config.parallel)
     model = build.build_model(config.model)
-    params = jax.tree.map(jnp.asarray, generate.load_weights(config.model.weights)[0])
+    params = jax.tree.map(jnp.asarray, weights.load_params(config.model.weights)[0])
     params = jax.device_put(params, parallel.tree_shardings(params, mesh))
     process = build.build_process(config, for_sampling=True)
     est, est_path, est_info = sampler_shift.get_estimator(config, workdir, mesh, process)
