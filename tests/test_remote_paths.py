@@ -230,7 +230,7 @@ def test_weights_and_workdir_paths_keep_their_scheme(gcs):
 
 
 def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeypatch):
-    """sweep / noise_shift write their figures (utils.save_figure), tables and reports to a
+    """sweep / noise_shift write their figures (reporting.figures), tables and reports to a
     gs:// workdir, and nothing lands on the local disk."""
     import matplotlib
 
