@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import timing  # noqa: E402
 from nag_jax import sampling  # noqa: E402
-from nag_jax.jobs import demo
+from nag_jax.evaluation.guidance_rows import image_batch
 from nag_jax.sampling import build
 from nag_jax.storage import weights
 
@@ -68,7 +68,7 @@ def main(argv=None):
     params = jax.tree.map(jnp.asarray, weights.load_params(a.weights)[0])
     process = build.build_process(config, for_sampling=True)
     n, k = int(a.num_images), int(config.model.num_classes)
-    keys, labels = demo.image_batch(a.seed, n, k)
+    keys, labels = image_batch(a.seed, n, k)
     shape = (model.input_size, model.input_size, model.in_channels)
     x_init = build.initial_noise(keys, shape)
     rows = {r["name"]: r for r in (dict(s) for s in config.demo.settings)}

@@ -32,7 +32,7 @@ from benchmarks import timing  # noqa: E402
 from benchmarks.two_model import _params  # noqa: E402
 from nag_jax import parallel  # noqa: E402
 from nag_jax.config.schema import base_config  # noqa: E402
-from nag_jax.jobs.sweep import Point, sampler_config  # noqa: E402
+from nag_jax.evaluation.guidance_grid import Point, sampler_config  # noqa: E402
 from nag_jax.sampling import build, generate
 
 POINTS = (

@@ -2,7 +2,7 @@
 
     python -m nag_jax.main --config=configs/demo.py --workdir=runs/demo
 
-No downloads. The paper's recipe in miniature (nag_jax/demo.py): a small SiT (patch 2, 16x16
+No downloads. The paper's recipe in miniature (nag_jax/jobs/demo.py): a small SiT (patch 2, 16x16
 RGB, 16 classes = 4 shapes x 4 colours of the built-in shapes set) trained WITHOUT noise-condition
 dropout -- like the DiT/SiT releases -- ships as nag_jax/assets/demo_base (reproduce it with
 configs/demo_pretrain.py). The demo fine-tunes it for 600 steps (5% of its training) with

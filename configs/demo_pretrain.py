@@ -6,8 +6,9 @@
 This is the situation of the released DiT/SiT checkpoints: class dropout (for CFG) but no
 noise-condition dropout, so the model has no noise-unconditional branch and NAG cannot be used
 on it as it is. ``configs/demo.py`` starts from this model (shipped in the repository as
-``nag_jax/assets/demo_base``, exported from this run's EMA weights) and runs the paper's short
-NAG fine-tune before sampling. Data parallel over the two host devices of a 2-core CPU (the
+``nag_jax/assets/demo_base``, exported from this run's EMA weights by
+``nag_jax.training.export.export_base``) and runs the paper's short NAG fine-tune before
+sampling. Data parallel over the two host devices of a 2-core CPU (the
 XLA flag above); the same config runs unchanged on one device.
 
 Time convention: SiT, t = 0 noise, t = 1 data.

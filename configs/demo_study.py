@@ -1,4 +1,4 @@
-"""The demo's fuller study (nag_jax/analysis/demo_study.py): Table 1 in miniature on held-out
+"""The demo's fuller study (nag_jax/jobs/study.py): Table 1 in miniature on held-out
 seeds, the fine-tune recipe, guidance curves, noise shift and sampler steps.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 \

@@ -100,18 +100,6 @@ def progress_bar(
     )
 
 
-def save_figure(fig, path, dpi: int = 110) -> None:
-    """Writes a matplotlib figure as PNG at ``path`` (local or gs:// / s3://,
-    nag_jax.storage.paths),
-    creating its folder."""
-    from nag_jax.storage.paths import as_path
-
-    path = as_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        fig.savefig(f, format="png", dpi=dpi)
-
-
 def sha256_file(path, *, progress: bool = False, chunk: int = 1 << 22) -> str:
     """The hex sha256 of a file (local or remote, nag_jax.storage.paths), read in ``chunk``-byte
     blocks;

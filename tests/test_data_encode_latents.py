@@ -1,4 +1,5 @@
-"""Tests for the resumable latent encoder (nag_jax.jobs.encode_latents)."""
+"""Tests for the resumable latent encoder (nag_jax.data.encode) and mode=encode_latents
+(nag_jax.jobs.encode_latents)."""
 
 import os
 
@@ -9,6 +10,7 @@ import pytest
 
 from nag_jax.config import schema
 from nag_jax.config.schema import base_config
+from nag_jax.data.encode import encode_dataset
 from nag_jax.data.latents import LatentsSource, read_metadata
 from nag_jax.data.pipeline import create_dataset
 from nag_jax.data.synthetic import ShapesDataset
@@ -39,7 +41,7 @@ def _encode(out_dir, **kw):
         log=lambda *_: None,
     )
     args.update(kw)
-    return encode_latents.encode_dataset(src, str(out_dir), **args), src
+    return encode_dataset(src, str(out_dir), **args), src
 
 
 class Interrupt(Exception):

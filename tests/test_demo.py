@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from nag_jax.data.synthetic import ShapesDataset
+from nag_jax.evaluation.guidance_rows import Row, RowSampler
 from nag_jax.jobs import demo
-from nag_jax.jobs.demo import Row
+from nag_jax.reporting import stats
 from nag_jax.sampling import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,11 +27,12 @@ def _config(name="demo.py"):
 
 
 def test_summarize_paired_differences_by_hand():
+    metrics = ("class_accuracy", "proxy_fd", "precision", "recall")
     results = {
-        "a": {"per_seed": {m: [1.0, 2.0, 3.0] for m in demo.METRICS}},
-        "b": {"per_seed": {m: [0.5, 1.0, 2.5] for m in demo.METRICS}},
+        "a": {"per_seed": {m: [1.0, 2.0, 3.0] for m in metrics}},
+        "b": {"per_seed": {m: [0.5, 1.0, 2.5] for m in metrics}},
     }
-    s = demo.summarize(results, [("a", "b"), ("a", "missing")])
+    s = stats.summarize_rows(results, [("a", "b"), ("a", "missing")], metrics)
     # Row a: mean 2, sample sd 1, SE 1/sqrt(3).
     assert s["rows"]["a"]["proxy_fd"]["mean"] == pytest.approx(2.0)
     assert s["rows"]["a"]["proxy_fd"]["se"] == pytest.approx(1 / np.sqrt(3))
@@ -38,7 +40,7 @@ def test_summarize_paired_differences_by_hand():
     d = s["differences"]["a - b"]["class_accuracy"]
     assert d["mean"] == pytest.approx(2 / 3)
     assert d["se"] == pytest.approx(1 / 6)
-    assert d["z"] == pytest.approx(4.0)
+    assert d["t"] == pytest.approx(4.0) and d["dof"] == 2
     assert list(s["differences"]) == ["a - b"]  # comparisons naming absent rows are skipped
 
 
@@ -166,7 +168,7 @@ def test_row_sampler_compiles_per_batch_size_and_is_deterministic(tiny_demo):
         jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.ones((1,)), jnp.zeros((1,), jnp.int32)
     )["params"]
     params = jax.tree.map(lambda a: a + 0.01, params)  # non-zero output
-    sampler = demo.RowSampler(c, model)
+    sampler = RowSampler(c, model)
     row = Row("NAG", nag_scale=1.0)
     a16, y16, _ = sampler(row, params, 3, 16)
     a32, y32, _ = sampler(row, params, 3, 32)

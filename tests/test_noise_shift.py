@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nag_jax.analysis import sampler_shift
 from nag_jax.analysis import shift as S
 from nag_jax.config import schema
 from nag_jax.diffusion.gaussian import create_diffusion
@@ -50,7 +51,7 @@ def test_dit_forward_at_level_is_q_sample_at_the_original_step():
 
 def test_kde_integrates_to_one_and_peaks_at_the_data():
     grid = np.linspace(0, 1, 401)
-    d = noise_shift.kde(np.array([0.3, 0.3, 0.31, 0.29]), grid)
+    d = S.kde(np.array([0.3, 0.3, 0.31, 0.29]), grid)
     assert abs(np.trapezoid(d, grid) - 1.0) < 1e-3
     assert abs(grid[np.argmax(d)] - 0.3) < 0.01
 
@@ -184,7 +185,7 @@ def test_noise_shift_mode_end_to_end_on_a_tiny_model(tmp_path):
     # A second run reuses the saved estimator.
     mesh = parallel.create_mesh(c.parallel)
     process = build.build_process(c, for_sampling=True)
-    _, path, info = noise_shift.get_estimator(c, str(tmp_path / "ns"), mesh, process)
+    _, path, info = sampler_shift.get_estimator(c, str(tmp_path / "ns"), mesh, process)
     assert info["trained_here"] is False and path.endswith("estimator")
 
 
@@ -202,7 +203,7 @@ def test_noise_shift_configs_validate_and_their_rows_build(name):
     names = [r["name"] for r in c.noise_shift.rows]
     assert names == ["none", "CFG", "NAG", "CFG+NAG", "cls-NAG"]
     for row in c.noise_shift.rows:
-        rc = noise_shift.row_config(c, dict(row), "est")
+        rc = sampler_shift.row_config(c, dict(row), "est")
         assert rc.sample.nag_mode == row.get("nag_mode", "token")
 
 
@@ -210,7 +211,7 @@ def test_unknown_row_key_is_refused():
     c = tiny_config()
     c.noise_shift = schema.noise_shift_section()
     with pytest.raises(ValueError, match="unknown keys.*'cls_nag'"):
-        noise_shift.row_config(c, dict(name="x", cls_nag=1.0), "est")
+        sampler_shift.row_config(c, dict(name="x", cls_nag=1.0), "est")
 
 
 @pytest.mark.slow  # ~40 s on the loaded 2-core machine (two SPMD compiles)

@@ -230,7 +230,7 @@ def test_weights_and_workdir_paths_keep_their_scheme(gcs):
 
 
 def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeypatch):
-    """sweep / noise_shift write their figures (utils.save_figure), tables and reports to a
+    """sweep / noise_shift write their figures (reporting.figures), tables and reports to a
     gs:// workdir, and nothing lands on the local disk."""
     import matplotlib
 
@@ -238,8 +238,9 @@ def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeyp
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from nag_jax.jobs import noise_shift
-    from nag_jax.utils import save_figure
+    from nag_jax.reporting.figures import save_figure
+    from nag_jax.reporting.tables import shift_report
+    from nag_jax.storage.paths import as_path
 
     monkeypatch.chdir(tmp_path)
     fig, ax = plt.subplots(figsize=(2, 1))
@@ -251,7 +252,8 @@ def test_figures_and_reports_of_the_pod_modes_on_a_bucket(gcs, tmp_path, monkeyp
     results = dict(model="SiT-S/2", sampler="sde euler 4 steps", estimator={}, late=0.25,
                    rows={"none": dict(late=0.01, all=0.02, abs_all=0.03)}, num_images=8,
                    elapsed_s=1.0, devices="1 x cpu")  # fmt: skip
-    text = noise_shift.write_report("gs://bucket/run", results, ["noise_shift_kde.png"])
+    text = shift_report(results, ["noise_shift_kde.png"])
+    (as_path("gs://bucket/run") / "report.md").write_text(text)  # as mode=noise_shift does
     assert (gcs / "run" / "report.md").read_text() == text
     assert "| none | +0.0100 | +0.0200 | 0.0300 |" in text
     assert list(tmp_path.iterdir()) == []

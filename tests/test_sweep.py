@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nag_jax.evaluation import metrics, reference_stats
+from nag_jax.evaluation import evaluators, metrics, reference_stats
+from nag_jax.evaluation.guidance_grid import points_of, select_best
 from nag_jax.jobs import sweep
 from nag_jax.sampling import build, generate
 from nag_jax.training.testing import tiny_config, tiny_model
@@ -91,8 +92,8 @@ def test_sweep_resumes_point_by_point_and_gives_the_same_table(tmp_path, model_p
     ref = _reference(ex)
     kw = dict(model=model, params=params, extractor=ex, reference=ref)
     calls = []
-    score = sweep.score_images
-    monkeypatch.setattr(sweep, "score_images", lambda *a: calls.append(1) or score(*a))
+    score = evaluators.score_images
+    monkeypatch.setattr(evaluators, "score_images", lambda *a: calls.append(1) or score(*a))
 
     def kill_after(k):
         def on_point(done):
@@ -129,7 +130,7 @@ def test_sweep_picks_the_argmin_of_a_synthetic_metric():
     """A bowl with its minimum at (s_cfg, w_nag) = (1.5, 0.5), one NaN point and a tie."""
     c = _sweep_config()
     c.sweep.update(cfg_scales=(1.0, 1.25, 1.5, 2.0), nag_scales=(0.0, 0.5, 1.0))
-    points = sweep.points_of(c.sweep)
+    points = points_of(c.sweep)
     assert len(points) == 12
     rows = []
     for p in points:
@@ -137,18 +138,18 @@ def test_sweep_picks_the_argmin_of_a_synthetic_metric():
         if (p.cfg_scale, p.nag_scale) == (2.0, 1.0):
             value = float("nan")
         rows.append(dict(name=p.name, mean={"fid": value}))
-    best = sweep.select_best(rows, "fid")
+    best = select_best(rows, "fid")
     assert best["name"] == "cfg=1.5 nag=0.5"
     tie = [dict(name="a", mean={"fid": 1.0}), dict(name="b", mean={"fid": 1.0})]
-    assert sweep.select_best(tie, "fid")["name"] == "a"
+    assert select_best(tie, "fid")["name"] == "a"
     with pytest.raises(ValueError, match="sweep.metric"):
-        sweep.select_best(rows, "class_accuracy")
+        select_best(rows, "class_accuracy")
 
 
 def test_grid_drops_intervals_of_off_terms_and_seeds_must_be_disjoint(tmp_path):
     c = _sweep_config()
     c.sweep.update(cfg_scales=(1.0,), nag_scales=(0.0, 1.0), nag_intervals=((0, 1), (0, 0.5)))
-    names = [p.name for p in sweep.points_of(c.sweep)]
+    names = [p.name for p in points_of(c.sweep)]
     assert names == ["cfg=1 nag=0", "cfg=1 nag=1", "cfg=1 nag=1 nag_on=[0,0.5]"]
     c.sweep.report_seeds = (5,)
     with pytest.raises(ValueError, match="overlap"):
@@ -164,7 +165,7 @@ def test_fine_grained_table_is_six_rows_with_nag_only_on_the_nag_fine_tune():
     spec.loader.exec_module(fg)
     for arg in ("food101,table", "shapes,table"):
         c = fg.get_config(arg)
-        points = sweep.points_of(c.sweep)
+        points = points_of(c.sweep)
         assert [p.name for p in points] == [
             "FT", "FT + NAG", "FT w/ CFG", "FT w/ CFG + NAG", "FT w/ DoG", "FT w/ DoG + NAG",
         ]  # fmt: skip
@@ -175,5 +176,5 @@ def test_fine_grained_table_is_six_rows_with_nag_only_on_the_nag_fine_tune():
     assert fg.get_config("shapes,table").model.domain_weights.endswith("assets/demo_base")
     c = fg.get_config("food101,table")
     assert c.eval.num_images == c.sweep.num_images == 10_000
-    nonag = {p.weights for p in sweep.points_of(c.sweep) if p.nag_scale == 0}
+    nonag = {p.weights for p in points_of(c.sweep) if p.nag_scale == 0}
     assert nonag == {os.path.join("runs", "ft_food101_nonag", "checkpoints")}

@@ -163,3 +163,13 @@ def summarize_shift(result: ShiftResult, late: float = 0.25) -> dict:
         "all": float(delta.mean()),
         "abs_all": float(np.abs(delta).mean()),
     }
+
+
+def kde(values, grid) -> np.ndarray:
+    """Gaussian KDE of 1-D ``values`` on ``grid`` (Silverman's bandwidth, at least 0.005);
+    ``grid``: (G,) points, returns (G,) densities (the paper's Fig. 4 curves of E[lambda | x])."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    grid = np.asarray(grid)
+    bw = max(1.06 * v.std() * len(v) ** (-0.2), 5e-3)
+    z = (grid[:, None] - v[None, :]) / bw
+    return np.exp(-0.5 * z**2).sum(axis=1) / (len(v) * bw * np.sqrt(2 * np.pi))

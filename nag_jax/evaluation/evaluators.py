@@ -84,6 +84,27 @@ def load_reference(config, extractor, workdir: str) -> reference_stats.Reference
     )
 
 
+def score_images(extractor, reference, images, labels, config) -> dict:
+    """Metrics of images (N, H, W, 3; uint8, or floats in [-1, 1]) against ``reference`` with
+    ``config.eval``'s settings; with the demo's proxy classifier also ``class_accuracy`` (its
+    logits' argmax == the label)."""
+    from nag_jax.utils import to_uint8
+
+    ec = config.eval
+    images = to_uint8(images) if images.dtype != np.uint8 else images
+    feats = metrics_lib.extract_features(extractor, images, batch_size=int(ec.feature_batch_size))
+    values = metrics_lib.compute_metrics(
+        feats,
+        reference,
+        k=int(ec.pr_k),
+        num_splits=min(int(ec.is_splits), len(images)),
+        block_size=int(ec.pr_block_size),
+    )
+    if extractor.name.startswith("shapes_proxy") and "logits" in feats:
+        values["class_accuracy"] = float(np.mean(np.argmax(feats["logits"], -1) == labels))
+    return values
+
+
 def score_npz(config, workdir: str, samples_path: str, extractor) -> dict:
     """Metrics of an ADM-format sample .npz against ``config.eval.reference``."""
     ec = config.eval

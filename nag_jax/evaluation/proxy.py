@@ -264,3 +264,29 @@ def _quantise(images) -> np.ndarray:
 def quality_metrics(params, num_classes: int, images, labels, real_images) -> dict:
     """`ProxyScorer` metrics of float images (N, S, S, 3) in [-1, 1] against ``real_images``."""
     return ProxyScorer.from_real(params, num_classes, real_images)(images, labels)
+
+
+# Real reference images of the demo come from indices no training batch can draw.
+REAL_OFFSET = 2**41
+
+
+def real_reference(config, num_images: int) -> np.ndarray:
+    """(N, S, S, 3) real shapes of ``config.data``, class-balanced, from indices no training
+    batch draws (``REAL_OFFSET + i``)."""
+    k = int(config.model.num_classes)
+    ds = ShapesDataset(int(config.data.image_size), k, seed=int(config.data.synthetic_seed))
+    return ds.render_batch(REAL_OFFSET + np.arange(num_images))["image"]
+
+
+def load_scorer(config, workdir: str) -> ProxyScorer:
+    """The demo's quality proxy: the classifier (trained once, cached in ``workdir`` with seed
+    ``config.demo.proxy_seed``) and ``config.demo.num_real`` real reference images."""
+    size, k = int(config.data.image_size), int(config.model.num_classes)
+    classifier, real_acc = load_or_train(
+        size,
+        k,
+        seed=int(config.demo.proxy_seed),
+        path=os.path.join(workdir, f"proxy_classifier_{ARCH}.npz"),
+    )
+    real = real_reference(config, int(config.demo.num_real))
+    return ProxyScorer.from_real(classifier, k, real, real_accuracy=real_acc)

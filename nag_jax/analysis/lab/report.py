@@ -13,17 +13,9 @@ from absl import logging
 
 from nag_jax.analysis import gmm as G
 from nag_jax.analysis.lab.common import fmt, json_default
+from nag_jax.reporting.figures import pyplot as _pyplot
+from nag_jax.reporting.figures import save_figure
 from nag_jax.storage.paths import as_path
-from nag_jax.utils import save_figure
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _colors(plt, names) -> dict:

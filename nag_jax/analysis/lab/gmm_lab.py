@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from nag_jax.analysis import distances as M
 from nag_jax.analysis import gmm as G
-from nag_jax.analysis import metrics as M
 from nag_jax.analysis import shift as S
 from nag_jax.analysis.estimator import bin_log_posterior, posterior_gap
 from nag_jax.analysis.lab import report
