@@ -34,8 +34,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nag_jax.config.schema import ConfigError
-from nag_jax.errors import UserError
+from nag_jax.errors import ConfigError, UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")

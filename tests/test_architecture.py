@@ -40,18 +40,7 @@ LAYERS = (
 )
 
 # "importer -> [via ->] imported" routes that break a contract now; each with the way out.
-KNOWN_VIOLATIONS = {
-    # build completes configs itself (schema.complete, 6 calls; issue 21: the config is completed
-    # once, where a job starts, and the math takes plain arguments or the section it needs).
-    "nag_jax.sampling.build -> nag_jax.config.schema",
-    # generate raises schema.ConfigError only: its home could be nag_jax.errors (schema re-exports).
-    "nag_jax.sampling.generate -> nag_jax.config.schema",
-    # One job uses another's parts (issue 21): move the shared part into the library.
-    # study: demo's RowSampler, evaluate_rows, mean_se, summarize/format_table (-> sampling,
-    # reporting); sweep: eval's weights_path, sampling_identity, params_fingerprint.
-    "nag_jax.jobs.study -> nag_jax.jobs.demo",
-    "nag_jax.jobs.sweep -> nag_jax.jobs.eval",
-}
+KNOWN_VIOLATIONS: set[str] = set()  # none today; a new violation fails
 
 
 @pytest.fixture(scope="module")

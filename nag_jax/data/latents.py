@@ -153,7 +153,7 @@ def check_readable(directory: str) -> None:
     """UserError (one line with the copy command) for a remote latents directory: array_record
     reads local files only (google/array_record#120). nag_jax.main runs it before JAX starts."""
     if is_remote(directory):
-        from nag_jax.config.schema import ConfigError  # a UserError and a ValueError
+        from nag_jax.errors import ConfigError  # a UserError and a ValueError
 
         local = "/tmp/" + (str(directory).rstrip("/").rsplit("/", 1)[-1] or "latents")
         raise ConfigError(
