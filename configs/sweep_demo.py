@@ -1,4 +1,4 @@
-"""Guidance sweep on the demo model (mode "sweep", nag_jax/sweep.py): choose (s_cfg, w_nag) and
+"""Guidance sweep on the demo model (mode "sweep", nag_jax/jobs/sweep.py): choose (s_cfg, w_nag) and
 the NAG interval on validation seeds, report the choice on held-out seeds.
 
     python -m nag_jax.main --config=configs/demo.py --workdir=runs/demo   # the fine-tuned model

@@ -1,5 +1,5 @@
 """Guidance sweep for SiT-XL/2 (256px) with NAG: FID-vs-scale curves and the best point, one
-compiled sampler for the whole grid (mode "sweep", nag_jax/sweep.py). Pod-ready:
+compiled sampler for the whole grid (mode "sweep", nag_jax/jobs/sweep.py). Pod-ready:
 
     python -m nag_jax.main --config=configs/sweep_sit_xl.py --workdir=runs/sweep_sit_xl \
         --config.model.weights=ckpt/sit_xl2_256_nag --config.vae.path=ckpt/sd-vae-ft-ema \
