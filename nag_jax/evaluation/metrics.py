@@ -217,7 +217,8 @@ def kid(
     vals = kid_subsets(
         features_a, features_b, num_subsets=num_subsets, subset_size=subset_size, seed=seed
     )
-    se = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else 0.0
+    spread = len(vals) > 1 and np.ptp(vals) > 0  # (np.std of equal values may round above 0)
+    se = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if spread else 0.0
     return float(np.mean(vals)), se
 
 
