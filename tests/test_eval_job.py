@@ -135,9 +135,9 @@ def test_run_writes_adm_npz_metrics_and_results_rows(tmp_path, model_and_params)
     work = str(tmp_path / "w")
     row = eval_job.run(c, work, model=model, params=params, extractor=ex)
     # not the FID Inception: the numbers go to proxy_* columns, "fid" etc. stay empty
-    for k in ("proxy_fd", "proxy_precision", "proxy_recall", "proxy_score"):
+    for k in ("proxy_fd", "proxy_precision", "proxy_recall", "proxy_score", "proxy_kid"):
         assert np.isfinite(row[k]), k
-    for k in ("fid", "sfid", "inception_score", "precision", "recall", "proxy_sfd"):
+    for k in ("fid", "sfid", "inception_score", "kid", "precision", "recall", "proxy_sfd"):
         assert row[k] is None, k  # (the toy extractor has no spatial features)
     assert row["is_fid_inception"] is False and row["extractor"] == "toy-test"
     with np.load(row["samples"]) as z:
@@ -173,6 +173,8 @@ def test_fid_evaluator_for_training_is_deterministic(tmp_path, model_and_params)
     assert set(a) == {
         "eval/proxy_fd",
         "eval/proxy_score",
+        "eval/proxy_kid",
+        "eval/proxy_kid_se",
         "eval/proxy_precision",
         "eval/proxy_recall",
     }

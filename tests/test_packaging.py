@@ -41,7 +41,7 @@ def test_package_list_names_every_subpackage_and_the_configs(pyproject):
 
 def test_console_scripts_point_at_callables(pyproject):
     scripts = pyproject["project"]["scripts"]
-    assert set(scripts) == {"nag-jax", "nag-convert"}
+    assert set(scripts) == {"nag-jax", "nag-convert", "nag-jax-fetch"}
     for target in scripts.values():
         module, attr = target.split(":")
         assert callable(getattr(importlib.import_module(module), attr))

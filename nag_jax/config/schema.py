@@ -75,6 +75,8 @@ _OWN_CHOICES = {
     "eval.inception_preprocess": ("pytorch_fid", "adm_tf"),
     "eval.reference_stats": ("images", "precomputed"),
     "data.bad_images": ("skip", "fail"),
+    "data.channels": (1, 3),
+    "data.idx_fit": ("pad", "resize"),
 }
 
 
@@ -177,7 +179,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.objective = _section(p_class_drop=0.1, p_noise_drop=0.1)  # NAG's two dropouts
     c.data = _section(
-        name="synthetic_shapes",  # "latents", "synthetic_shapes", "image_folder" or a tfds name
+        name="synthetic_shapes",  # "latents", "synthetic_shapes", "image_folder", "idx" or tfds
         data_dir=placeholder(str),  # latents: the encode step's out_dir
         split="train",
         image_size=32,
@@ -194,6 +196,8 @@ def base_config() -> ml_collections.ConfigDict:
         synthetic_seed=0,  # synthetic_shapes only
         num_examples=100_000,  # synthetic_shapes only
         synthetic_variant="base",  # synthetic_shapes: "recoloured" = new colours (transfer)
+        channels=3,  # idx: 3 = grey repeated (an RGB model), 1 = grey (model.in_channels=1)
+        idx_fit="pad",  # idx: to image_size by centred zero "pad" (or crop), or bicubic "resize"
         # an image that does not decode: "skip" (a warning naming it, a running count, and the
         # next good image of the same process's shard in its place: batches and resumes stay
         # deterministic) or "fail" (stop, naming the file)
@@ -521,16 +525,18 @@ def value_errors(config) -> list[str]:
     size, ch = config.data.image_size, m.in_channels
     if config.mode == "train" and _int(size) and _int(m.input_size) and _int(ch):
         latents = config.data.name == "latents"
+        nc = config.data.channels if config.data.name == "idx" else 3  # image channels
         if latents and ch == 3:
             lines.append(
                 "config.model.in_channels=3 is not allowed with config.data.name='latents': "
                 "latents have 4 channels (set model.in_channels=4, or train on an image source)."
             )
-        elif not latents and ch != 3:
+        elif not latents and ch != nc:
             lines.append(
                 f"config.model.in_channels={ch!r} is not allowed with the image source "
-                f"config.data.name={config.data.name!r}: images have 3 channels (set "
-                "model.in_channels=3, or encode the images first and train on data.name='latents')."
+                f"config.data.name={config.data.name!r}: images have {nc} channels (set "
+                f"model.in_channels={nc}, or encode the images first and train on "
+                "data.name='latents')."
             )
         want = VAE_FACTOR * m.input_size if latents else m.input_size
         if size != want:

