@@ -11,11 +11,11 @@ import json
 import os
 import struct
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from nag_jax.config import schema
 from nag_jax.data import fetch, idx
 from nag_jax.data.pipeline import create_dataset, dataset_info
 from nag_jax.data.preprocess import flip_decisions
@@ -53,7 +53,7 @@ def _make_folder(root, *, gz=True, seed=0):
 def _cfg(root, **kw):
     base = dict(name="idx", data_dir=str(root), image_size=32, return_index=True)
     base.update(kw)
-    return ml_collections.ConfigDict(base)
+    return schema.complete(base, "data")  # a hand-built section gets the schema's defaults
 
 
 # ----------------------------------------------------------------------------- reader
