@@ -85,7 +85,7 @@ def choices() -> dict[str, tuple]:
     """Every enumerated key -> its allowed values (``CHOICES``): `_OWN_CHOICES` and the tuples
     of the modules that own them (imported on first use: they import jax)."""
     from nag_jax.diffusion import family, transport
-    from nag_jax.sampling import scan
+    from nag_jax.sampling import adaptive, scan
 
     samplers = tuple(dict.fromkeys(s for f in family.FAMILIES.values() for s in f.samplers))
     owned = {
@@ -93,7 +93,7 @@ def choices() -> dict[str, tuple]:
         "process.path": transport.PATHS,
         "process.prediction": transport.PREDICTIONS,
         "sample.sampler": samplers,
-        "sample.ode_solver": scan.ADAPTIVE_SOLVERS,
+        "sample.ode_solver": adaptive.ADAPTIVE_SOLVERS,
         "sample.method": scan.ODE_METHODS,  # the SDE integrators are the same pair (a test)
         "sample.diffusion_form": transport.DIFFUSION_FORMS,
         "sample.last_step": scan.LAST_STEPS,

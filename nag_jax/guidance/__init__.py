@@ -18,16 +18,3 @@ from nag_jax.guidance.combine import (
     guided_prediction,
 )
 from nag_jax.guidance.two_model import DOMAIN, TwoModelNet
-
-__all__ = [
-    "CLASS_UNCOND",
-    "COND",
-    "NOISE_UNCOND",
-    "DOMAIN",
-    "NetFn",
-    "GuidanceConfig",
-    "branch_inputs",
-    "combine",
-    "TwoModelNet",
-    "guided_prediction",
-]

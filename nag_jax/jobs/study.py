@@ -40,7 +40,7 @@ from absl import logging
 from nag_jax.analysis.sampler_shift import shapes_rows_shift
 from nag_jax.evaluation import proxy
 from nag_jax.evaluation.guidance_rows import Row, RowSampler, report_table, scale_curves, table_rows
-from nag_jax.reporting import figures, tables
+from nag_jax.reporting import figures, stats, tables
 from nag_jax.sampling import build
 from nag_jax.storage import weights
 from nag_jax.storage.paths import as_path
@@ -61,13 +61,7 @@ def run(config, workdir: str) -> dict:
     start = time.time()
     st = config.study
     n = int(st.images_per_seed)
-    val_seeds = [int(s) for s in st.val_seeds]
-    rep_seeds = [int(s) for s in st.report_seeds]
-    if set(val_seeds) & set(rep_seeds):
-        raise ValueError(
-            f"study.val_seeds {val_seeds} and study.report_seeds {rep_seeds} overlap: scales "
-            "must be chosen on seeds that are not reported. Use disjoint seeds."
-        )
+    val_seeds, rep_seeds = stats.held_out_seeds(st, "study")
     work = as_path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     scorer = proxy.load_scorer(config, workdir)

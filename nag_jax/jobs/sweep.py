@@ -67,7 +67,7 @@ from nag_jax.evaluation.guidance_grid import (
     select_best,
 )
 from nag_jax.evaluation.results import metric_names
-from nag_jax.reporting import figures, tables
+from nag_jax.reporting import figures, stats, tables
 from nag_jax.sampling import build, generate
 from nag_jax.storage import weights
 from nag_jax.storage.paths import as_path
@@ -83,13 +83,7 @@ def run(config, workdir: str, **overrides) -> dict:
     parallel.maybe_initialize_distributed()
     sw = config.sweep
     points = points_of(sw)
-    val_seeds = [int(s) for s in sw.val_seeds]
-    rep_seeds = [int(s) for s in sw.report_seeds]
-    if set(val_seeds) & set(rep_seeds):
-        raise ValueError(
-            f"config.sweep.val_seeds {val_seeds} and report_seeds {rep_seeds} overlap: the best "
-            "point is chosen on val_seeds and reported on held-out seeds; make them disjoint."
-        )
+    val_seeds, rep_seeds = stats.held_out_seeds(sw, "sweep")
     n = int(sw.num_images)
     out_dir = as_path(workdir) / "sweep"
     mesh = overrides.pop("mesh", None) or parallel.create_mesh(config.parallel)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nag_jax.errors import ConfigError
+
 
 def standard_error(values, axis: int = 0):
     """SE of the mean along ``axis``: ``std(ddof=1) / sqrt(n)``; nan where ``n < 2``.
@@ -71,3 +73,17 @@ def summarize_rows(results: dict, comparisons, metrics) -> dict:
         pa, pb = results[a]["per_seed"], results[b]["per_seed"]
         summary["differences"][f"{a} - {b}"] = {m: paired_difference(pa[m], pb[m]) for m in metrics}
     return summary
+
+
+def held_out_seeds(section, name: str) -> tuple[list[int], list[int]]:
+    """``(val_seeds, report_seeds)`` of a config section (``config.study``, ``config.sweep``):
+    scales are chosen on the validation seeds and reported on the others, so the two lists must
+    be disjoint (ConfigError naming both otherwise)."""
+    val = [int(s) for s in section.val_seeds]
+    rep = [int(s) for s in section.report_seeds]
+    if set(val) & set(rep):
+        raise ConfigError(
+            f"config.{name}.val_seeds {val} and config.{name}.report_seeds {rep} overlap: scales "
+            "are chosen on val_seeds and reported on held-out seeds; make them disjoint."
+        )
+    return val, rep

@@ -27,20 +27,3 @@ from nag_jax.sampling.scan import (
     sample_sde,
     sde_grid,
 )
-
-__all__ = [
-    "PredFn",
-    "ODE_METHODS",
-    "SDE_METHODS",
-    "LAST_STEPS",
-    "ADAPTIVE_SOLVERS",
-    "DIVERGENCES",
-    "ode_grid",
-    "sample_ode",
-    "sde_grid",
-    "sample_sde",
-    "sample_ode_adaptive",
-    "ode_log_likelihood",
-    "sample_ddpm",
-    "sample_ddim",
-]
