@@ -104,6 +104,33 @@ def resolve_config_path(value: str) -> str:
     )
 
 
+def split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``--config.KEY=None`` (or ``--config.KEY=``) for an optional key (schema default None:
+    ``schema.optional_keys``) -> (argv without it, [KEY, ...]) to set to None after parsing
+    (ml_collections would read the text "None" as a path, or fail to parse it as a number).
+    Other keys keep their argument, so unknown keys and required values get their usual error."""
+    optional = schema.optional_keys()
+    out, keys = [], []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        key = name[len("--config.") :] if name.startswith("--config.") else None
+        if eq and key in optional and value.strip() in ("None", "none", ""):
+            keys.append(key)
+        else:
+            out.append(arg)
+    return out, keys
+
+
+def set_none(config, keys: list[str]) -> None:
+    """Sets each dotted key of ``config`` to None."""
+    for key in keys:
+        *sections, name = key.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[name] = None
+
+
 def _with_resolved_config(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
@@ -128,7 +155,7 @@ def _flag_error_message(e: Exception, argv: list[str]) -> str:
         given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
         hint = next((s for s in lines[1:] if s.lower().startswith("did you mean")), "")
         where = given[0] if given else f"--config.…{key}"
-        fix = f" {hint}" if hint else " See the keys in nag_jax/schema.py."
+        fix = f" {hint}" if hint else " See the keys in nag_jax/config/schema.py."
         return f"unknown config override {where}: no key {key!r}.{fix}"
     if isinstance(e, flags.Error):
         first = text.splitlines()[0] if text else type(e).__name__
@@ -229,6 +256,9 @@ def main(argv):
             "" if jax.process_count() == 1 else "es",
         )
         if _VERBOSE.value:
+            from nag_jax.training import checkpoint
+
+            checkpoint.QUIET.verbose = True  # Orbax's tracebacks of a failed save come back
             logging.info("Config (mode=%s):\n%s", config.mode, config)
         else:
             logging.info(
@@ -255,9 +285,10 @@ def cli(argv: list[str] | None = None) -> None:
     verbose = any(a in ("--verbose", "--verbose=true", "--verbose=True") for a in argv)
     app.define_help_flags()  # --help / --helpfull (app.run defines them too late for us)
     try:
-        argv = _with_resolved_config(argv)
+        argv, none_keys = split_none_overrides(_with_resolved_config(argv))
         rest = flags.FLAGS(argv)
-        _ = _CONFIG.value  # a config file that failed to load raises here
+        if _CONFIG.value is not None:  # a config file that failed to load raises here
+            set_none(_CONFIG.value, none_keys)
     except UserError as e:
         if verbose:
             raise
