@@ -267,3 +267,51 @@ def test_full_disk_ends_in_a_few_lines(tmp_path):
     (line,) = [x for x in noisy if x.startswith("error:")]
     assert "errno 28 ENOSPC" in line and "free disk space" in line
     assert "The previous checkpoint (step 20) is intact" in line
+
+
+# ---------------------------------------------------------------------------- a bad image
+
+BAD_IMAGE_TRAIN = """
+from nag_jax.training.testing import tiny_config
+
+
+def get_config():
+    c = tiny_config(num_steps=4)
+    c.mode = "train"
+    c.data.update(name="image_folder", data_dir={root!r}, bad_images="fail", shuffle=False)
+    return c
+"""
+
+
+def test_bad_image_stop_is_one_line(tmp_path):
+    """Before: 80 lines and 3 tracebacks (the decoder's, the re-raise, the run's)."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for c in ("a", "b", "c", "d"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.random.default_rng(i).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+    bad = root / "a" / "1.png"
+    bad.write_bytes(b"not an image")
+    (tmp_path / "cfg.py").write_text(BAD_IMAGE_TRAIN.format(root=str(root)))
+    rc, out = _main([f"--config={tmp_path / 'cfg.py'}", f"--workdir={tmp_path / 'wd'}"])
+    assert rc == 1, out[-3000:]
+    assert "Traceback" not in out
+    (line,) = [x for x in out.splitlines() if x.startswith("error:")]
+    assert f"image {bad} (record 1) does not decode" in line
+    assert "replace or remove the file, or set config.data.bad_images='skip'" in line
+
+
+@pytest.mark.parametrize("command", ["inspect", "to-torch"])
+def test_converter_refuses_corrupt_weights_in_one_line(tmp_path, command, capsys):
+    pytest.importorskip("torch")
+    from nag_jax.convert import __main__ as convert_cli
+
+    dest, bad = _tiny_converted(tmp_path)
+    args = [command, dest] if command == "inspect" else [command, dest, str(tmp_path / "o.pt")]
+    assert convert_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {bad} does not match its sha256 (corrupt bytes)"
+    assert not (tmp_path / "o.pt").exists()

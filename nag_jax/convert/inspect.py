@@ -50,6 +50,7 @@ def describe(path: str) -> dict:
     from nag_jax.storage import weights
 
     if os.path.isdir(path):
+        weights.verify(path)  # a file that fails the sha256 manifest: one line naming it
         try:  # metadata is {} for a params tree without converter metadata
             meta = weights.read_metadata(path)
             tree = weights.params_tree_metadata(path)
