@@ -278,11 +278,90 @@ def main(argv):
         _error_exit(str(e), status=1)
 
 
+# ----------------------------------------------------------------------------------------------
+# Multi-process jobs: a lost peer in one line
+
+
+def _multiprocess() -> bool:
+    from nag_jax import parallel  # jax is imported, not started
+
+    return parallel.multiprocess_env()
+
+
+SUPERVISED = "NAG_JAX_SUPERVISED"
+# The distributed runtime's own report of a lost process (it then aborts with a native stack).
+_LOST_PEER = (
+    "Polled an error from coordination service",
+    "Use error polling to propagate the following error",
+    "stopped sending heartbeats",
+    "Terminating process because the JAX distributed service detected fatal errors",
+)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the supervising parent dies (kill -9 of the process a
+    scheduler started must not leave the job running)."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def supervise(argv: list[str]) -> int:
+    """Runs this job as a child process and forwards its output, so that a process that loses a
+    peer (killed, crashed: JAX's distributed runtime then aborts it with a page of native stack,
+    after the heartbeat timeout) ends with ONE line and exit status 1 instead. Signals (SIGTERM,
+    SIGINT) go to the child; the child dies with this process. Only for multi-process jobs
+    without ``--verbose`` (nag_jax.parallel.multiprocess_env)."""
+    import signal
+    import subprocess
+
+    env = dict(os.environ, **{SUPERVISED: "1"})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "nag_jax.main", *argv[1:]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        preexec_fn=_die_with_parent,
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, _f: child.send_signal(s))
+    lost, held = None, []
+    for line in child.stdout:
+        if lost is None and any(m in line for m in _LOST_PEER):
+            lost = line.strip()
+        if lost is None:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        else:
+            held.append(line)
+    rc = child.wait()
+    if lost is not None and rc != 0:
+        detail = next((x.strip() for x in held if "unhealthy" in x or "heartbeat" in x), "")
+        reason = lost[lost.find("]") + 1 :].strip() if "]" in lost else lost
+        print(
+            "error: this process stopped: the distributed runtime lost another process (killed, "
+            f"crashed or unreachable; {detail or reason}). The last committed checkpoint is "
+            "intact; restart every process to resume.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    sys.stdout.writelines(held)
+    return rc if rc >= 0 else 128 - rc
+
+
 def cli(argv: list[str] | None = None) -> None:
     """The ``nag-jax`` console script: resolves ``--config``, parses the flags (config file and
     overrides) with user errors as one line, then runs ``main`` under absl."""
     argv = list(sys.argv if argv is None else argv)
     verbose = any(a in ("--verbose", "--verbose=true", "--verbose=True") for a in argv)
+    if not verbose and not os.environ.get(SUPERVISED) and _multiprocess():
+        sys.exit(supervise(argv))
     app.define_help_flags()  # --help / --helpfull (app.run defines them too late for us)
     try:
         argv, none_keys = split_none_overrides(_with_resolved_config(argv))

@@ -237,7 +237,9 @@ def maybe_initialize_distributed() -> bool:
 
     Explicit variables win (``JAX_COORDINATOR_ADDRESS`` host:port, ``JAX_NUM_PROCESSES``,
     ``JAX_PROCESS_ID``, optional ``JAX_LOCAL_DEVICE_IDS`` comma list); otherwise JAX's cluster
-    auto-detection (SLURM, Cloud TPU, ...) fills them in.
+    auto-detection (SLURM, Cloud TPU, ...) fills them in. ``NAG_JAX_HEARTBEAT_TIMEOUT`` (seconds,
+    JAX's default 100): a process silent that long is declared lost and every other stops
+    (nag_jax.main prints that as one line).
     """
     if jax.distributed.is_initialized() or not multiprocess_env():
         return False
@@ -252,6 +254,8 @@ def maybe_initialize_distributed() -> bool:
             kwargs["local_device_ids"] = [
                 int(i) for i in os.environ["JAX_LOCAL_DEVICE_IDS"].split(",")
             ]
+    if os.environ.get("NAG_JAX_HEARTBEAT_TIMEOUT"):  # how long a silent process is waited for
+        kwargs["heartbeat_timeout_seconds"] = int(os.environ["NAG_JAX_HEARTBEAT_TIMEOUT"])
     jax.distributed.initialize(**kwargs)
     logging.info(
         "jax.distributed initialised: process %d of %d, %d local / %d global devices",

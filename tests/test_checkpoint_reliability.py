@@ -35,6 +35,7 @@ from nag_jax.storage import weights
 from nag_jax.storage import workdir as workdir_lib
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training import loop as train
+from nag_jax.training import run_config
 from nag_jax.training.testing import slow_iterator, standin_loss, tiny_config, tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -401,7 +402,7 @@ def test_nan_before_any_checkpoint_does_not_name_a_step(tmp_path):
 # ---------------------------------------------------------------------------- workdir lock
 
 _HOLD = (
-    "import sys, time; from nag_jax import workdir as w\n"
+    "import sys, time; from nag_jax.storage import workdir as w\n"
     "with w.locked(sys.argv[1], job='train'):\n"
     "    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n"
 )
@@ -538,12 +539,12 @@ def test_first_ctrl_c_checkpoints_and_exits_cleanly(tmp_path):
 
 def test_resume_names_changed_dotted_keys_and_batch_size(tmp_path, caplog):
     cfg = _cfg()
-    ckpt.check_or_write_config(cfg, str(tmp_path))
+    run_config.check_or_write_config(cfg, str(tmp_path))
     new = _cfg()
     new.data.global_batch_size = 16
     new.optim.lr = 2e-3
     with caplog.at_level(logging.WARNING):
-        ckpt.check_or_write_config(new, str(tmp_path))
+        run_config.check_or_write_config(new, str(tmp_path))
     assert "data.global_batch_size: 8 -> 16" in caplog.text
     assert "optim.lr: 0.001 -> 0.002" in caplog.text
     assert "data.global_batch_size changed on resume: 8 -> 16" in caplog.text

@@ -583,7 +583,8 @@ def _restore_step(mngr, step, state_like, data_iter) -> tuple[TrainState, bool]:
     if data_iter is not None and hasattr(data_iter, "set_state") and _has_item(mngr, step, "data"):
         import grain
 
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        if _data_saved_for_this_process_count(step_dir):
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     r, error = None, ""
     try:
         r = mngr.restore(step, args=ocp.args.Composite(**items))
@@ -611,6 +612,25 @@ def _restore_step(mngr, step, state_like, data_iter) -> tuple[TrainState, bool]:
         rng=r["meta"]["rng"],
     )
     return state, verified
+
+
+def _data_saved_for_this_process_count(step_dir: str) -> bool:
+    """Whether the step holds this process's data-iterator position (grain writes one JSON per
+    process: ``process_<i>-of-<n>.json``). A step saved by another number of processes restores
+    (params, optimizer, step, rng) with the data pipeline starting afresh, and a warning."""
+    i, n = jax.process_index(), jax.process_count()
+    data = os.path.join(step_dir, "data")
+    if os.path.exists(os.path.join(data, f"process_{i}-of-{n}.json")):
+        return True
+    saved = sorted(f for f in os.listdir(data) if f.startswith("process_"))
+    logging.warning(
+        "Checkpoint %s was saved by another number of processes (%s; now %d): the train state "
+        "restores, the data pipeline starts afresh (its position is per process).",
+        step_dir,
+        ", ".join(saved) or "none",
+        n,
+    )
+    return False
 
 
 def _set_aside(directory: str, step: int) -> str:
