@@ -28,9 +28,24 @@ import json
 import os
 
 from nag_jax.errors import RunStopped
-from nag_jax.utils import sha256_file
+from nag_jax.storage.paths import as_path
 
 MANIFEST_FILE = "nag_jax_sha256.json"
+
+
+def sha256_file(path, *, bar=None, chunk: int = 1 << 22) -> str:
+    """The hex sha256 of a file (local or remote, nag_jax.storage.paths), read in ``chunk``-byte
+    blocks; ``bar``: an object whose ``update(n)`` gets the bytes read (a progress bar). The one
+    sha256 of the project (``nag_jax.utils.sha256_file`` adds the converter's progress bar)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with as_path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            if bar is not None:
+                bar.update(len(block))
+    return h.hexdigest()
 
 
 class CorruptCheckpointError(RunStopped, ValueError):
