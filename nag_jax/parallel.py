@@ -275,3 +275,15 @@ def any_across_processes(flag: bool) -> bool:
 
     flags = multihost_utils.process_allgather(jnp.asarray([int(bool(flag))], jnp.int32))
     return bool(np.asarray(flags).any())
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+    """A barrier through the coordination service (no device collective): every process waits
+    here until all arrive. Before the first train step, it keeps a slow start of one process
+    (imports, restore, compile on a loaded host) from running out the CPU collectives' 30 s
+    connection timeout on the others. Free with one process."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)

@@ -336,6 +336,7 @@ def _run_locked(config, workdir, stop, model, process, loss_fn, data_iter, make_
         del state
         state = ckpt.restore(mngr, abstract, data_iter)
 
+    parallel.wait_for_all_processes("nag_jax_train_start")  # start the steps together
     train_step = jit_train_step(
         shardings,
         mesh,
