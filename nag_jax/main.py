@@ -256,9 +256,9 @@ def main(argv):
             "" if jax.process_count() == 1 else "es",
         )
         if _VERBOSE.value:
-            from nag_jax.training import checkpoint
+            from nag_jax.training import save_errors
 
-            checkpoint.QUIET.verbose = True  # Orbax's tracebacks of a failed save come back
+            save_errors.QUIET.verbose = True  # Orbax's tracebacks of a failed save come back
             logging.info("Config (mode=%s):\n%s", config.mode, config)
         else:
             logging.info(

@@ -29,7 +29,9 @@ of another model is not "corrupt": it stops the run with the mismatched params
 
 Save failures (full disk, read-only or unwritable workdir) are caught at the step after the
 async write fails (:func:`check_save`, a flag read; no I/O) and stop the run with one line
-naming the path, the errno and the fix (:class:`CheckpointSaveError`).
+naming the path, the errno and the fix (:class:`CheckpointSaveError`; the text and the quieting
+of Orbax's noise: ``nag_jax.training.save_errors``). With several processes they agree first, so
+a save that fails on one host stops every host.
 
 Sampling, evaluation and fine-tuning read these checkpoints' params (latest EMA by default)
 through the one weights loader, ``nag_jax.storage.weights.load_params``.
@@ -41,7 +43,6 @@ import asyncio
 import errno as errno_lib
 import logging as py_logging
 import os
-import threading
 import time
 
 import jax
@@ -55,6 +56,7 @@ from nag_jax.storage import manifest
 from nag_jax.storage.manifest import MANIFEST_FILE, CorruptCheckpointError
 from nag_jax.storage.paths import as_path, is_remote
 from nag_jax.storage.weights import check_params_match
+from nag_jax.training import save_errors
 from nag_jax.training.state import TrainState
 
 CORRUPT_SUFFIX = ".corrupt"
@@ -134,83 +136,6 @@ class _ManifestTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
         await atomicity.async_path.rename(self._tmp_path, self._final_path)
 
 
-class _QuietSaveErrors(py_logging.Filter):
-    """Orbax logs a failed background save from each of its threads, with full tracebacks; the
-    run reports the failure in one line (CheckpointSaveError). Drops those records (Orbax's
-    records whose exception carries a save errno) and the "Event loop is closed" tracebacks its
-    threads print while they shut down (:class:`_QuietShutdown`).
-    ``verbose`` (nag-jax --verbose) keeps everything."""
-
-    verbose = False
-
-    def filter(self, record) -> bool:
-        if self.verbose:
-            return True
-        exc = record.exc_info[1] if record.exc_info else None
-        orbax = "/orbax/" in (record.pathname or "") and record.levelno >= py_logging.WARNING
-        if orbax and (_save_errno(exc) or _save_errno(record.getMessage())):
-            return False
-        return not _loop_closed(exc)
-
-
-def _loop_closed(exc) -> bool:
-    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
-
-
-class _QuietShutdown:
-    """A sys.stderr wrapper (installed with the checkpoint manager, unless verbose): drops the
-    tracebacks that end in "RuntimeError: Event loop is closed" (TensorStore callbacks into
-    Orbax's event loops, closed after a failed save, printed straight to stderr, one per pending
-    write); everything else passes unchanged, a line at a time."""
-
-    NOISE = "RuntimeError: Event loop is closed"
-
-    def __init__(self, stream):
-        self.stream, self._partial, self._block = stream, "", None
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        with self._lock:
-            self._partial += text
-            *lines, self._partial = self._partial.split("\n")
-            for line in lines:
-                self._line(line + "\n")
-        return len(text)
-
-    def _line(self, line: str) -> None:
-        if self._block is None:
-            if line.startswith("Traceback (most recent call last):"):
-                self._block = [line]
-            else:
-                self.stream.write(line)
-            return
-        self._block.append(line)
-        if not line.startswith((" ", "\t")):  # the exception line ends the traceback
-            block, self._block = self._block, None
-            if not line.startswith(self.NOISE):
-                self.stream.write("".join(block))
-
-    def flush(self) -> None:
-        with self._lock:
-            if self._block is None and self._partial:
-                self.stream.write(self._partial)
-                self._partial = ""
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-def _quiet_shutdown() -> None:
-    import sys
-
-    if not QUIET.verbose and not isinstance(sys.stderr, _QuietShutdown):
-        sys.stderr = _QuietShutdown(sys.stderr)
-
-
-QUIET = _QuietSaveErrors()
-
-
 def create_manager(
     directory: str, *, keep: int = 3, keep_every: int | None = None, async_save: bool = True
 ) -> ocp.CheckpointManager:
@@ -231,11 +156,12 @@ def create_manager(
 
     handlers = {k: ocp.StandardCheckpointHandler() for k in TREE_ITEMS}
     handlers["data"] = grain.checkpoint.CheckpointHandler()
+    quiet = save_errors.QUIET
     for name in ("absl", "asyncio", "concurrent.futures"):
         logger = py_logging.getLogger(name)
-        if QUIET not in logger.filters:
-            logger.addFilter(QUIET)
-    _quiet_shutdown()  # before any save: the noise of a failed one comes from its threads
+        if quiet not in logger.filters:
+            logger.addFilter(quiet)
+    save_errors.quiet_shutdown()  # before any save: a failed one is noisy in its threads
     return _Manager(str(as_path(directory)), options=options, item_handlers=handlers)
 
 
@@ -266,9 +192,9 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, data_iter=None, *, forc
     try:
         saved = mngr.save(step, args=ocp.args.Composite(**items), force=force)
     except Exception as e:
-        if _save_errno(e) is None:
+        if save_errors.save_errno(e) is None:
             raise
-        raise CheckpointSaveError(_save_message(mngr, step, e)) from None
+        raise CheckpointSaveError(save_errors.message(mngr.directory, step, e)) from None
     if saved and isinstance(mngr, _Manager):
         mngr._pending_step = step
     check_save(mngr, wait=not mngr._options.enable_async_checkpointing)
@@ -292,7 +218,7 @@ def _agree_on_save_error(mngr, step, error: CheckpointSaveError | None) -> None:
         raise CheckpointSaveError(
             f"Checkpoint save of step {step} failed on process(es) {failed} (their log names "
             f"the path and the errno); every process stops. The previous checkpoint "
-            f"({_latest_committed(mngr)}) is intact."
+            f"({save_errors.latest_committed(mngr.directory)}) is intact."
         )
 
 
@@ -319,7 +245,7 @@ def check_save(mngr: ocp.CheckpointManager, *, wait: bool = False) -> None:
             return  # the next save (or finish) stops every process together
         e, mngr.save_error = mngr.save_error, None
         step, mngr._pending_step = mngr._pending_step, None
-        raise CheckpointSaveError(_save_message(mngr, step, e)) from None
+        raise CheckpointSaveError(save_errors.message(mngr.directory, step, e)) from None
 
 
 def finish(mngr: ocp.CheckpointManager, *, raise_errors: bool = True) -> None:
@@ -346,68 +272,9 @@ def _check_writable(mngr, step) -> None:
         return
     readonly = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
     n = errno_lib.EROFS if readonly else errno_lib.EACCES
-    raise CheckpointSaveError(_save_message(mngr, step, OSError(n, os.strerror(n), directory)))
-
-
-# ---------------------------------------------------------------------------- save errors
-
-_FIX = {
-    errno_lib.ENOSPC: "free disk space (or lower config.train.keep) and resume",
-    errno_lib.EDQUOT: "free space within your quota (or lower config.train.keep) and resume",
-    errno_lib.EROFS: "the filesystem is read-only: remount it read-write or use another --workdir",
-    errno_lib.EACCES: "make the workdir writable for this user (permissions) or use another "
-    "--workdir",
-    errno_lib.EPERM: "make the workdir writable for this user (permissions) or use another "
-    "--workdir",
-    errno_lib.EIO: "an I/O error of the disk: check the device, then resume",
-}
-_ERRNO_TEXT = {os.strerror(n): n for n in _FIX}
-
-
-def _chain(e):
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = getattr(e, "__cause__", None) or getattr(e, "__context__", None)
-
-
-def _save_errno(e) -> int | None:
-    """The errno of a save failure (an OSError in the chain, or TensorStore's message)."""
-    for x in _chain(e):
-        if isinstance(x, OSError) and x.errno:
-            return x.errno
-        for text, n in _ERRNO_TEXT.items():
-            if text in str(x):
-                return n
-    return None
-
-
-def _first_line(e) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
-def _save_message(mngr, step, e) -> str:
-    n = _save_errno(e)
-    path = next(
-        (x.filename for x in _chain(e) if isinstance(x, OSError) and x.filename),
-        os.path.join(str(mngr.directory), str(step) if step is not None else ""),
+    raise CheckpointSaveError(
+        save_errors.message(mngr.directory, step, OSError(n, os.strerror(n), directory))
     )
-    code = f"errno {n} {errno_lib.errorcode.get(n, '?')}: {os.strerror(n)}" if n else "no errno"
-    fix = _FIX.get(n, "check the filesystem of the workdir")
-    return (
-        f"Checkpoint save of step {step} to {path} failed ({code}); {fix}. The previous "
-        f"checkpoint ({_latest_committed(mngr)}) is intact. [{type(e).__name__}: {_first_line(e)}]"
-    )
-
-
-def _latest_committed(mngr) -> str:
-    try:
-        steps = _step_dirs(str(mngr.directory))
-    except OSError:
-        return "unknown"
-    return f"step {max(steps)}" if steps else "none yet"
 
 
 # ---------------------------------------------------------------------------- restore
@@ -569,7 +436,8 @@ def _restore_step(mngr, step, state_like, data_iter) -> tuple[TrainState, bool]:
         saved_params = getattr(saved_params, "tree", saved_params)
     except Exception as e:  # noqa: BLE001 - unreadable metadata: the step is damaged
         raise CorruptCheckpointError(
-            f"{step_dir}: its metadata is unreadable ({type(e).__name__}: {_first_line(e)})"
+            f"{step_dir}: its metadata is unreadable "
+            f"({type(e).__name__}: {save_errors.first_line(e)})"
         ) from None
     if not saved_params:
         raise CorruptCheckpointError(f"{step_dir}/params/_METADATA is missing or empty")
@@ -589,7 +457,7 @@ def _restore_step(mngr, step, state_like, data_iter) -> tuple[TrainState, bool]:
     try:
         r = mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 - TensorStore / JSON / Orbax errors of damaged files
-        error = f"{step_dir}: restore failed ({type(e).__name__}: {_first_line(e)})"
+        error = f"{step_dir}: restore failed ({type(e).__name__}: {save_errors.first_line(e)})"
     failed = _failed_processes(bool(error))
     if failed:
         raise CorruptCheckpointError(

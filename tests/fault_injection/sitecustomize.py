@@ -21,7 +21,7 @@ if _spec and os.environ.get("NAG_JAX_SUPERVISED") == "1":
         def _check_writable(mngr, step):
             if step == _step:
                 e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(mngr.directory))
-                raise _ckpt.CheckpointSaveError(_ckpt._save_message(mngr, step, e))
+                raise _ckpt.CheckpointSaveError(_ckpt.save_errors.message(mngr.directory, step, e))
             return _orig(mngr, step)
 
         _ckpt._check_writable = _check_writable
