@@ -312,9 +312,10 @@ def _die_with_parent() -> None:
 def supervise(argv: list[str]) -> int:
     """Runs this job as a child process and forwards its output, so that a process that loses a
     peer (killed, crashed: JAX's distributed runtime then aborts it with a page of native stack,
-    after the heartbeat timeout) ends with ONE line and exit status 1 instead. Signals (SIGTERM,
-    SIGINT) go to the child; the child dies with this process. Only for multi-process jobs
-    without ``--verbose`` (nag_jax.parallel.multiprocess_env)."""
+    after the heartbeat timeout) ends with ONE line and exit status 1 instead. SIGTERM is passed
+    on to the child (a terminal's Ctrl-C reaches it directly); the child dies with this process
+    (kill -9 included). Only for multi-process jobs without ``--verbose``
+    (nag_jax.parallel.multiprocess_env); the child's stdout and stderr come out on stdout."""
     import signal
     import subprocess
 
@@ -328,8 +329,10 @@ def supervise(argv: list[str]) -> int:
         errors="replace",
         preexec_fn=_die_with_parent,
     )
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda s, _f: child.send_signal(s))
+    # The child shares the process group: a terminal's Ctrl-C reaches it directly (forwarding it
+    # too would be a second Ctrl-C: an abort); SIGTERM is forwarded (a second one is harmless).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda s, _f: child.send_signal(s))
     lost, held = None, []
     for line in child.stdout:
         if lost is None and any(m in line for m in _LOST_PEER):

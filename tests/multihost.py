@@ -84,7 +84,7 @@ def steps(workdir: str) -> list[int]:
     return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
-def wait_for_step(procs, workdir: str, step: int, timeout: float = 400) -> None:
+def wait_for_step(procs, workdir: str, step: int, timeout: float = 900) -> None:
     """Waits until checkpoint ``step`` is committed (its folder exists)."""
     t0 = time.time()
     while step not in steps(workdir):
@@ -96,7 +96,7 @@ def wait_for_step(procs, workdir: str, step: int, timeout: float = 400) -> None:
         time.sleep(0.2)
 
 
-def finish(procs, timeout: float = 400) -> list[tuple[int, str, float]]:
+def finish(procs, timeout: float = 900) -> list[tuple[int, str, float]]:
     """(rc, output, seconds until it ended) per process; kills what is left after ``timeout``."""
     t0, res = time.time(), []
     for p in procs:
