@@ -279,9 +279,9 @@ def any_across_processes(flag: bool) -> bool:
 
 def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
     """A barrier through the coordination service (no device collective): every process waits
-    here until all arrive. Before the first train step, it keeps a slow start of one process
-    (imports, restore, compile on a loaded host) from running out the CPU collectives' 30 s
-    connection timeout on the others. Free with one process."""
+    here until all arrive. Between compiling the train step and its first run, it keeps a slow
+    compile on one process (a loaded host) from running out the CPU collectives' 30 s connection
+    timeout on the others. Free with one process."""
     if jax.process_count() == 1:
         return
     from jax._src import distributed

@@ -336,7 +336,6 @@ def _run_locked(config, workdir, stop, model, process, loss_fn, data_iter, make_
         del state
         state = ckpt.restore(mngr, abstract, data_iter)
 
-    parallel.wait_for_all_processes("nag_jax_train_start")  # start the steps together
     train_step = jit_train_step(
         shardings,
         mesh,
@@ -397,6 +396,9 @@ def _loop(
             batch = parallel.global_batch(model_batch(batch), mesh)
             if pending is None:
                 logging.info("Compiling the train step (the first step waits for it) ...")
+                if jax.process_count() > 1:  # compile, then run the first step together
+                    train_step.lower(state, batch).compile()  # (the call reuses it)
+                    parallel.wait_for_all_processes("nag_jax_first_step")
             state, metrics = train_step(state, batch)
             step += 1
             ckpt.check_save(mngr)  # a failed async save stops the run now (a flag read)
