@@ -309,6 +309,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _lost_tasks(lines: list[str]) -> str:
+    """ ", process(es) 1 stopped sending heartbeats" from the runtime's report, if it names them
+    (the process ids follow the line "The following tasks are unhealthy ...")."""
+    for i, line in enumerate(lines):
+        if "tasks are unhealthy" in line and i + 1 < len(lines):
+            ids = lines[i + 1].strip()
+            if ids.replace(",", "").replace(" ", "").isdigit():
+                return f"; process(es) {ids} stopped sending heartbeats"
+    return ""
+
+
 def supervise(argv: list[str]) -> int:
     """Runs this job as a child process and forwards its output, so that a process that loses a
     peer (killed, crashed: JAX's distributed runtime then aborts it with a page of native stack,
@@ -344,11 +355,9 @@ def supervise(argv: list[str]) -> int:
             held.append(line)
     rc = child.wait()
     if lost is not None and rc != 0:
-        detail = next((x.strip() for x in held if "unhealthy" in x or "heartbeat" in x), "")
-        reason = lost[lost.find("]") + 1 :].strip() if "]" in lost else lost
         print(
             "error: this process stopped: the distributed runtime lost another process (killed, "
-            f"crashed or unreachable; {detail or reason}). The last committed checkpoint is "
+            f"crashed or unreachable{_lost_tasks(held)}). The last committed checkpoint is "
             "intact; restart every process to resume.",
             file=sys.stderr,
             flush=True,

@@ -26,6 +26,7 @@ _FIX = {
     errno_lib.EIO: "an I/O error of the disk: check the device, then resume",
 }
 _ERRNO_TEXT = {os.strerror(n): n for n in _FIX}
+_ERRNO_TEXT["RESOURCE_EXHAUSTED: Error writing"] = errno_lib.ENOSPC  # TensorStore's full disk
 
 
 def _chain(e):
@@ -90,8 +91,9 @@ class _QuietSaveErrors(py_logging.Filter):
         if self.verbose:
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        orbax = "/orbax/" in (record.pathname or "") and record.levelno >= py_logging.WARNING
-        if orbax and (save_errno(exc) or save_errno(record.getMessage())):
+        text = record.getMessage()
+        orbax = "/orbax/" in (record.pathname or "") or "/orbax/" in text  # asyncio: its tasks
+        if orbax and record.levelno >= py_logging.WARNING and (save_errno(exc) or save_errno(text)):
             return False
         return not _loop_closed(exc)
 
