@@ -315,3 +315,36 @@ def test_converter_refuses_corrupt_weights_in_one_line(tmp_path, command, capsys
     err = capsys.readouterr().err.strip()
     assert err == f"error: {bad} does not match its sha256 (corrupt bytes)"
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_shutdown_noise_is_dropped_per_thread_and_real_tracebacks_pass():
+    """The "Event loop is closed" tracebacks of Orbax's threads after a failed save are dropped,
+    even when the run's one line is printed in the middle of one; other tracebacks pass."""
+    import io
+    import threading
+
+    from nag_jax.training.save_errors import QuietShutdown
+
+    out = io.StringIO()
+    q = QuietShutdown(out)
+    head, tail = threading.Event(), threading.Event()
+
+    def orbax_thread():
+        q.write("Traceback (most recent call last):\n")
+        q.write('  File "base_events.py", line 806, in call_soon_threadsafe\n')
+        head.set()
+        tail.wait()
+        q.write("    raise RuntimeError('Event loop is closed')\n")
+        q.write("RuntimeError: Event loop is closed\n")
+
+    t = threading.Thread(target=orbax_thread)
+    t.start()
+    head.wait()
+    q.write("error: Checkpoint save of step 30 failed (errno 28 ENOSPC)\n")  # the main thread
+    tail.set()
+    t.join()
+    q.write("Traceback (most recent call last):\n  File x\nValueError: a real one\n")
+    assert out.getvalue() == (
+        "error: Checkpoint save of step 30 failed (errno 28 ENOSPC)\n"
+        "Traceback (most recent call last):\n  File x\nValueError: a real one\n"
+    )

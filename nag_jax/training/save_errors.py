@@ -106,40 +106,44 @@ class QuietShutdown:
     """A sys.stderr wrapper (installed with the checkpoint manager, unless verbose): drops the
     tracebacks that end in "RuntimeError: Event loop is closed" (TensorStore callbacks into
     Orbax's event loops, closed after a failed save, printed straight to stderr, one per pending
-    write); everything else passes unchanged, a line at a time."""
+    write); everything else passes unchanged, a line at a time. Each thread's text is followed
+    on its own (a traceback of one thread is not cut by a line another thread prints)."""
 
     NOISE = "RuntimeError: Event loop is closed"
 
     def __init__(self, stream):
-        self.stream, self._partial, self._block = stream, "", None
+        self.stream = stream
+        self._partial: dict[int, str] = {}
+        self._block: dict[int, list[str]] = {}
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
+        me = threading.get_ident()
         with self._lock:
-            self._partial += text
-            *lines, self._partial = self._partial.split("\n")
+            *lines, self._partial[me] = (self._partial.get(me, "") + text).split("\n")
             for line in lines:
-                self._line(line + "\n")
+                self._line(me, line + "\n")
         return len(text)
 
-    def _line(self, line: str) -> None:
-        if self._block is None:
+    def _line(self, me: int, line: str) -> None:
+        block = self._block.get(me)
+        if block is None:
             if line.startswith("Traceback (most recent call last):"):
-                self._block = [line]
+                self._block[me] = [line]
             else:
                 self.stream.write(line)
             return
-        self._block.append(line)
+        block.append(line)
         if not line.startswith((" ", "\t")):  # the exception line ends the traceback
-            block, self._block = self._block, None
+            del self._block[me]
             if not line.startswith(self.NOISE):
                 self.stream.write("".join(block))
 
     def flush(self) -> None:
+        me = threading.get_ident()
         with self._lock:
-            if self._block is None and self._partial:
-                self.stream.write(self._partial)
-                self._partial = ""
+            if me not in self._block and self._partial.get(me):
+                self.stream.write(self._partial.pop(me))
         self.stream.flush()
 
     def __getattr__(self, name):
