@@ -38,10 +38,18 @@ def write_config(workdir: str, num_steps: int, every: int) -> str:
 
 
 def start(
-    workdir: str, *, procs: int = 2, num_steps: int = 40, every: int = 10, extra=(), env=None
+    workdir: str,
+    *,
+    procs: int = 2,
+    num_steps: int = 40,
+    every: int = 10,
+    extra=(),
+    env=None,
+    repo: str = REPO,
 ):
     """Starts ``procs`` processes of ``nag_jax.main`` training the tiny config in ``workdir``;
-    ``env``: extra variables (e.g. tests/fault_injection's)."""
+    ``env``: extra variables (e.g. tests/fault_injection's); ``repo``: the checkout to run
+    (another commit's, to measure the behaviour before a change)."""
     import portpicker
 
     cfg = write_config(workdir, num_steps, every)
@@ -60,13 +68,13 @@ def start(
             NAG_JAX_HEARTBEAT_TIMEOUT=str(HEARTBEAT),
             JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "nag_jax_test_mh_cache"),
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            PYTHONPATH=REPO + os.pathsep + penv.get("PYTHONPATH", ""),
+            PYTHONPATH=repo + os.pathsep + penv.get("PYTHONPATH", ""),
         )
         args = [sys.executable, "-m", "nag_jax.main", f"--config={cfg}", f"--workdir={workdir}"]
         logfile = os.path.join(os.path.dirname(os.path.abspath(workdir)), f"p{pid}.log")
         log = open(logfile, "w+")  # noqa: SIM115 - read back by output(), closed with the test
         p = subprocess.Popen(
-            [*args, *extra], env=penv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True
+            [*args, *extra], env=penv, cwd=repo, stdout=log, stderr=subprocess.STDOUT, text=True
         )
         p.log = log
         out.append(p)
@@ -115,7 +123,8 @@ def error_lines(text: str) -> list[str]:
 
 if __name__ == "__main__":
     case, wd = sys.argv[1], sys.argv[2]
-    ps = start(wd, num_steps=100000 if case in ("kill9", "term") else 40)
+    repo = sys.argv[3] if len(sys.argv) > 3 else REPO
+    ps = start(wd, num_steps=100000 if case in ("kill9", "term") else 40, repo=repo)
     if case == "kill9":
         wait_for_step(ps, wd, 10)
         t = time.time()
