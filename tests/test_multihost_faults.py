@@ -33,17 +33,14 @@ INJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault_injecti
 
 
 def _params(workdir, step):
-    """The params tree of a committed step, read by Orbax on this (single) process."""
-    import orbax.checkpoint as ocp
+    """The params of a committed step, read on this one process through the project's loader
+    (host numpy, whatever sharding wrote them; verified against the manifest)."""
+    from flax import traverse_util
 
-    with ocp.StandardCheckpointer() as c:
-        tree = c.restore(os.path.join(workdir, "checkpoints", str(step), "params"))
-    import jax
+    from nag_jax.storage import weights
 
-    return {
-        "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-        for path, v in jax.tree_util.tree_leaves_with_path(tree)
-    }
+    tree, _ = weights.load_params(os.path.join(workdir, "checkpoints", str(step)), item="params")
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _verified(workdir, step):
