@@ -125,6 +125,33 @@ def resolve_config_path(value: str) -> str:
     )
 
 
+def split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``--config.KEY=None`` (or ``--config.KEY=``) for an optional key (schema default None:
+    ``schema.optional_keys``) -> (argv without it, [KEY, ...]) to set to None after parsing
+    (ml_collections would read the text "None" as a path, or fail to parse it as a number).
+    Other keys keep their argument, so unknown keys and required values get their usual error."""
+    optional = schema.optional_keys()
+    out, keys = [], []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        key = name[len("--config.") :] if name.startswith("--config.") else None
+        if eq and key in optional and value.strip() in ("None", "none", ""):
+            keys.append(key)
+        else:
+            out.append(arg)
+    return out, keys
+
+
+def set_none(config, keys: list[str]) -> None:
+    """Sets each dotted key of ``config`` to None."""
+    for key in keys:
+        *sections, name = key.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[name] = None
+
+
 def _with_resolved_config(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
@@ -240,7 +267,7 @@ def _flag_error_message(e: Exception, argv: list[str]) -> str:
         given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
         hint = next((s for s in lines[1:] if s.lower().startswith("did you mean")), "")
         where = given[0] if given else f"--config.…{key}"
-        fix = f" {hint}" if hint else " See the keys in nag_jax/schema.py."
+        fix = f" {hint}" if hint else " See the keys in nag_jax/config/schema.py."
         return f"unknown config override {where}: no key {key!r}.{fix}"
     if isinstance(e, flags.Error):
         first = text.splitlines()[0] if text else type(e).__name__
@@ -386,6 +413,9 @@ def main(argv):
             "" if jax.process_count() == 1 else "es",
         )
         if _VERBOSE.value:
+            from nag_jax.training import save_errors
+
+            save_errors.QUIET.verbose = True  # Orbax's tracebacks of a failed save come back
             logging.info("Config (mode=%s):\n%s", config.mode, config)
         else:
             logging.info(
@@ -405,6 +435,95 @@ def main(argv):
         _error_exit(str(e), status=1)
 
 
+# ----------------------------------------------------------------------------------------------
+# Multi-process jobs: a lost peer in one line
+
+
+def _multiprocess() -> bool:
+    from nag_jax import parallel  # jax is imported, not started
+
+    return parallel.multiprocess_env()
+
+
+SUPERVISED = "NAG_JAX_SUPERVISED"
+# The distributed runtime's own report of a lost process (it then aborts with a native stack).
+_LOST_PEER = (
+    "Polled an error from coordination service",
+    "Use error polling to propagate the following error",
+    "stopped sending heartbeats",
+    "Terminating process because the JAX distributed service detected fatal errors",
+)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the supervising parent dies (kill -9 of the process a
+    scheduler started must not leave the job running)."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _lost_tasks(lines: list[str]) -> str:
+    """ ", process(es) 1 stopped sending heartbeats" from the runtime's report, if it names them
+    (the process ids follow the line "The following tasks are unhealthy ...")."""
+    for i, line in enumerate(lines):
+        if "tasks are unhealthy" in line and i + 1 < len(lines):
+            ids = lines[i + 1].strip()
+            if ids.replace(",", "").replace(" ", "").isdigit():
+                return f"; process(es) {ids} stopped sending heartbeats"
+    return ""
+
+
+def supervise(argv: list[str]) -> int:
+    """Runs this job as a child process and forwards its output, so that a process that loses a
+    peer (killed, crashed: JAX's distributed runtime then aborts it with a page of native stack,
+    after the heartbeat timeout) ends with ONE line and exit status 1 instead. SIGTERM is passed
+    on to the child (a terminal's Ctrl-C reaches it directly); the child dies with this process
+    (kill -9 included). Only for multi-process jobs without ``--verbose``
+    (nag_jax.parallel.multiprocess_env); the child's stdout and stderr come out on stdout."""
+    import signal
+    import subprocess
+
+    env = dict(os.environ, **{SUPERVISED: "1"})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "nag_jax.main", *argv[1:]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        preexec_fn=_die_with_parent,
+    )
+    # The child shares the process group: a terminal's Ctrl-C reaches it directly (forwarding it
+    # too would be a second Ctrl-C: an abort); SIGTERM is forwarded (a second one is harmless).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda s, _f: child.send_signal(s))
+    lost, held = None, []
+    for line in child.stdout:
+        if lost is None and any(m in line for m in _LOST_PEER):
+            lost = line.strip()
+        if lost is None:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        else:
+            held.append(line)
+    rc = child.wait()
+    if lost is not None and rc != 0:
+        print(
+            "error: this process stopped: the distributed runtime lost another process (killed, "
+            f"crashed or unreachable{_lost_tasks(held)}). The last committed checkpoint is "
+            "intact; restart every process to resume.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    sys.stdout.writelines(held)
+    return rc if rc >= 0 else 128 - rc
+
+
 def cli(argv: list[str] | None = None) -> None:
     """The ``nag-jax`` console script: resolves ``--config``, parses the flags (config file and
     overrides) with user errors as one line, then runs ``main`` under absl."""
@@ -413,13 +532,16 @@ def cli(argv: list[str] | None = None) -> None:
     if any(a in HELP_ARGS for a in argv[1:]):  # the project's usage, before absl's flag dump
         print(usage(), flush=True)
         sys.exit(0)
+    if not verbose and not os.environ.get(SUPERVISED) and _multiprocess():
+        sys.exit(supervise(argv))
     app.define_help_flags()  # --helpfull (app.run defines it too late for us)
     try:
-        argv = _with_resolved_config(argv)
+        argv, none_keys = split_none_overrides(_with_resolved_config(argv))
         rest = flags.FLAGS(argv)
         if len(rest) > 1:  # absl would print its whole usage for a stray word
             raise UserError(_positional_error(rest[1:]))
-        _ = _CONFIG.value  # a config file that failed to load raises here
+        if _CONFIG.value is not None:  # a config file that failed to load raises here
+            set_none(_CONFIG.value, none_keys)
     except UserError as e:
         if verbose:
             raise

@@ -304,6 +304,8 @@ def maybe_initialize_distributed() -> bool:
     ``JAX_PROCESS_ID``, optional ``JAX_LOCAL_DEVICE_IDS`` comma list); SLURM and Cloud TPU VMs
     call it without arguments (JAX's cluster detection). A failure raises UserError: one line
     naming what described the job and JAX's first line (the traceback behind ``--verbose``).
+    ``NAG_JAX_HEARTBEAT_TIMEOUT`` (seconds, JAX's default 100): a process silent that long is
+    declared lost and every other stops (nag_jax.main prints that as one line).
     """
     kind = multiprocess_env()
     if jax.distributed.is_initialized() or kind is None:
@@ -314,7 +316,10 @@ def maybe_initialize_distributed() -> bool:
         logging.info("Cloud TPU VM: JAX already initialised, jax.distributed not started")
         return False
     try:
-        jax.distributed.initialize(**distributed_kwargs(kind))
+        kwargs = distributed_kwargs(kind)
+        if os.environ.get("NAG_JAX_HEARTBEAT_TIMEOUT"):  # how long a silent process is waited for
+            kwargs["heartbeat_timeout_seconds"] = int(os.environ["NAG_JAX_HEARTBEAT_TIMEOUT"])
+        jax.distributed.initialize(**kwargs)
     except Exception as e:  # noqa: BLE001 - any failure here is the environment's, reported as one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(
@@ -342,3 +347,15 @@ def any_across_processes(flag: bool) -> bool:
 
     flags = multihost_utils.process_allgather(jnp.asarray([int(bool(flag))], jnp.int32))
     return bool(np.asarray(flags).any())
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+    """A barrier through the coordination service (no device collective): every process waits
+    here until all arrive. Between compiling the train step and its first run, it keeps a slow
+    compile on one process (a loaded host) from running out the CPU collectives' 30 s connection
+    timeout on the others. Free with one process."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)

@@ -101,27 +101,16 @@ def progress_bar(
 
 
 def sha256_file(path, *, progress: bool = False, chunk: int = 1 << 22) -> str:
-    """The hex sha256 of a file (local or remote, nag_jax.storage.paths), read in ``chunk``-byte
-    blocks;
+    """The hex sha256 of a file (local or remote): ``nag_jax.storage.manifest.sha256_file``, with
     ``progress``: a tqdm bar in bytes (large weight files)."""
-    import contextlib
-    import hashlib
-
+    from nag_jax.storage.manifest import sha256_file as sha256
     from nag_jax.storage.paths import as_path
 
-    path = as_path(path)
-    h = hashlib.sha256()
-    with contextlib.ExitStack() as stack:
-        f = stack.enter_context(path.open("rb"))
-        bar = None
-        if progress:
-            size = path.stat().length
-            bar = stack.enter_context(progress_bar(total=size, desc="sha256", unit="B"))
-        while block := f.read(chunk):
-            h.update(block)
-            if bar is not None:
-                bar.update(len(block))
-    return h.hexdigest()
+    if not progress:
+        return sha256(path, chunk=chunk)
+    size = as_path(path).stat().length
+    with progress_bar(total=size, desc="sha256", unit="B") as bar:
+        return sha256(path, bar=bar, chunk=chunk)
 
 
 def moved_names(module: str, moved: dict[str, str]):

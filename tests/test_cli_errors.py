@@ -46,6 +46,43 @@ CASES = [
         "config.model.weights: Checkpoint",
     ),
     ("missing workdir", ["--config=configs/demo.py"], "--workdir=DIR is required"),
+    # issue 20: value checks were ValueErrors (a 19-line traceback, rc 1, after JAX started)
+    (
+        "nan learning rate",
+        ["--config=configs/demo.py", "--config.optim.lr=nan", "--workdir=WD"],
+        "config.optim.lr=nan is not allowed: expected a finite number >= 0",
+    ),
+    (
+        "negative num_steps",
+        ["--config=configs/demo.py", "--config.train.num_steps=-5", "--workdir=WD"],
+        "config.train.num_steps=-5 is not allowed: expected an integer >= 1",
+    ),
+    (
+        "image size vs model input size",
+        [
+            "--config=configs/demo.py",
+            "--config.mode=train",
+            "--config.data.image_size=24",
+            "--workdir=WD",
+        ],
+        "config.data.image_size=24 is not allowed with config.model.input_size=16",
+    ),
+    (
+        "several bad values, one line",
+        [
+            "--config=configs/demo.py",
+            "--config.optim.lr=-1",
+            "--config.optim.b1=2",
+            "--workdir=WD",
+        ],
+        "config.optim.lr=-1.0 is not allowed: expected a finite number >= 0 (the releases: 1e-4)."
+        " config.optim.b1=2.0 is not allowed",
+    ),
+    (
+        "None for a required key",
+        ["--config=configs/demo.py", "--config.sample.cfg_scale=None", "--workdir=WD"],
+        "flag --config.sample.cfg_scale=None: could not convert string to float: 'None'",
+    ),
 ]
 
 
@@ -84,6 +121,7 @@ def test_user_error_is_one_line_exit_2(outcomes, name, args, expected):
     lines = [s for s in stderr.splitlines() if s.strip()]
     assert rc == 2, stderr[-2000:]
     assert lines and lines[-1].startswith("error: ") and expected in lines[-1], lines[-3:]
+    assert len(lines) == 1, lines  # one line, nothing before it
     assert "Traceback" not in stderr and "Config" not in stderr + stdout  # no dump, no trace
     assert not [s for s in lines if "xla_bridge" in s or "JAX " in s]  # JAX never started
     assert not os.path.exists(wd)

@@ -17,6 +17,7 @@ import pytest
 from nag_jax import parallel
 from nag_jax.storage.weights import save_params
 from nag_jax.training import checkpoint as ckpt
+from nag_jax.training import run_config
 from nag_jax.training import step as step_lib
 from nag_jax.training.finetune import mean_time_embedding, training_times
 from nag_jax.training.loop import NonFiniteLossError, run, setup_state
@@ -128,7 +129,7 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path)
     cfg = tiny_config(num_steps=5, checkpoint_every=1, log_every=100)
     cfg.optim.lr = 1e30  # the first update makes params ~1e30 -> the second loss overflows
     with pytest.raises(
-        NonFiniteLossError, match=r"(?s)NaN/Inf at step 2.*last good checkpoint is step 1"
+        NonFiniteLossError, match=r"(?s)NaN/Inf at step 2.*a resume restores step 1"
     ):
         run(cfg, str(tmp_path), model=tiny_model(cfg), loss_fn=standin_loss)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
@@ -136,13 +137,13 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path)
 
 def test_workdir_with_another_runs_config_is_refused(tmp_path):
     cfg = tiny_config()
-    ckpt.check_or_write_config(cfg, str(tmp_path))
-    ckpt.check_or_write_config(cfg, str(tmp_path))  # same run: fine
+    run_config.check_or_write_config(cfg, str(tmp_path))
+    run_config.check_or_write_config(cfg, str(tmp_path))  # same run: fine
     other = tiny_config()
     other.model.depth = 2
     msg = r"(?s)holds another run.*model.depth: workdir 1 vs config 2"
     with pytest.raises(ValueError, match=msg):
-        ckpt.check_or_write_config(other, str(tmp_path))
+        run_config.check_or_write_config(other, str(tmp_path))
     with pytest.raises(ValueError, match="holds another run"):
         run(other, str(tmp_path), model=tiny_model(other), loss_fn=standin_loss)
 

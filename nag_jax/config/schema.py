@@ -393,6 +393,22 @@ def resolve(config, *, mode: str | None = None) -> ml_collections.ConfigDict:
     return config
 
 
+def optional_keys() -> set[str]:
+    """Dotted keys whose schema default is None (typed placeholders: paths, sizes taken from the
+    name, optional limits). ``--config.KEY=None`` (or an empty value) sets them to None."""
+    out = set()
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif v is None:
+                out.add(f"{prefix}{k}")
+
+    walk(base_config().to_dict())
+    return out
+
+
 def _missing(reference, config, prefix: str = "") -> list[str]:
     out = []
     for key, value in reference.items():
@@ -598,5 +614,5 @@ def validate(config) -> None:
                 f"valid regex ({e})."
             ) from e
     errors = value_errors(config)
-    if errors:
-        raise ValueError("\n".join(errors))
+    if errors:  # every impossible value at once, on one line
+        raise ConfigError(" ".join(errors))

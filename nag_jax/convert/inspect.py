@@ -55,6 +55,8 @@ def describe(path: str) -> dict:
     remote_dir = is_remote(path) and not path.endswith((".pt", ".pth", ".safetensors", ".bin"))
     if not (remote_dir or os.path.isdir(path)):
         check_source_file(path)  # missing: said before torch is imported
+    if os.path.isdir(path):
+        weights.verify(path)  # a file that fails the sha256 manifest: one line naming it
     if remote_dir or os.path.isdir(path):
         try:  # metadata is {} for a params tree without converter metadata
             meta = weights.read_metadata(path)

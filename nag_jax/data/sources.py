@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from nag_jax.data.idx import IdxSource  # noqa: F401 -- registered here beside the others
+from nag_jax.errors import RunStopped
 from nag_jax.storage.paths import as_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -38,8 +39,10 @@ TFDS_MANUAL_HINT = {
 }
 
 
-class BadImageError(ValueError):
-    """An image file that does not decode; ``path`` names it, ``index`` is its record key."""
+class BadImageError(RunStopped, ValueError):
+    """An image file that does not decode; ``path`` names it, ``index`` is its record key. With
+    ``config.data.bad_images="fail"`` it stops the run: ``nag-jax`` prints its message (the file,
+    the decoder's reason, what to do) as one ``error:`` line, exit status 1."""
 
     def __init__(self, path: str, index: int, cause: BaseException, hint: str = ""):
         self.path, self.index, self.cause = str(path), int(index), cause

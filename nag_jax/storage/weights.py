@@ -18,6 +18,13 @@ every checkpoint it knows). It returns ``(params, metadata)`` for each layout th
 Arrays come back as numpy on the host CPU (also on GPU/TPU machines) unless an abstract
 ``target`` (``jax.ShapeDtypeStruct`` leaves with shardings) asks for device arrays.
 
+Integrity: every read goes through :func:`verify` (the one check, ``nag_jax.storage.manifest``):
+a folder with a sha256 manifest (training steps, converted checkpoints of this version) is
+checked file by file before anything is restored, and one without (older versions, remote
+stores, trees of other tools) is restored and then refused if any leaf holds a NaN/Inf. Either
+failure is a one-line ``manifest.CorruptCheckpointError`` naming the file; nothing is computed on
+it. :func:`save_params` writes the manifest inside the temporary folder, before the publish.
+
 Writes go through :func:`atomic_publish`: the output is built under a temporary sibling name and
 renamed into place, so a killed or failing write never leaves a partial checkpoint at ``dest``.
 The temporary sibling is ``.NAME.tmp-<pid>@<host>-XXXXXXXX``: removed on failure, and a leftover
@@ -45,6 +52,7 @@ from absl import logging
 from flax import traverse_util
 
 from nag_jax.errors import UserError
+from nag_jax.storage import manifest
 from nag_jax.storage.paths import as_path, is_remote
 from nag_jax.storage.workdir import pid_alive
 
@@ -199,8 +207,8 @@ def save_tree(directory: str, tree: Mapping) -> None:
 
 def save_params(directory: str, params: Mapping, metadata: Mapping, *, force: bool = False):
     """Writes ``params`` (nested dict of arrays) + JSON ``metadata`` as an Orbax composite
-    checkpoint at ``directory`` (items ``params`` and ``metadata``), atomically; refuses an
-    existing directory unless ``force``."""
+    checkpoint at ``directory`` (items ``params`` and ``metadata``) with its sha256 manifest,
+    atomically; refuses an existing directory unless ``force``."""
     import orbax.checkpoint as ocp
 
     meta = dict(metadata)
@@ -217,6 +225,7 @@ def save_params(directory: str, params: Mapping, metadata: Mapping, *, force: bo
                     }
                 ),
             )
+        manifest.write(tmp)  # before the publish: the checkpoint never exists without it
 
     atomic_publish(write, directory, force)
 
@@ -250,8 +259,8 @@ def resolve(path: str, item: str = "ema_params") -> tuple[str, str]:
     if not root.exists():
         raise FileNotFoundError(
             f"Checkpoint {path} does not exist; convert a release first with "
-            "`python -m nag_jax.convert to-orbax SRC DEST --family SiT|DiT` or point at a training "
-            "workdir (or its checkpoints/ directory)."
+            "`python -m nag_jax.convert to-orbax SRC DEST --family SiT` (or --family DiT) or point "
+            "at a training workdir (or its checkpoints/ directory)."
         )
     params_dir = root / PARAMS_ITEM
     if params_dir.is_dir() and (root / METADATA_ITEM).is_dir():
@@ -293,6 +302,25 @@ def read_metadata(path: str) -> dict:
     return json.loads(meta_file.read_text())
 
 
+def verify(path: str, item: str = "ema_params") -> bool:
+    """Checks the weights at ``path`` (any layout of :func:`load_params`) against their sha256
+    manifest: True when verified, False when there is none (a remote store, an older version, a
+    tree of other tools: :func:`load_params` then checks the values for NaN/Inf). Raises
+    ``manifest.CorruptCheckpointError`` naming the first file that fails, or a malformed
+    manifest. Only the files of the tree read are hashed (``<step>/ema_params/`` of a training
+    step, ``params/`` + ``metadata/`` of a converted checkpoint)."""
+    tree_dir, layout = resolve(path, item)
+    if is_remote(tree_dir):
+        return False
+    if os.path.exists(os.path.join(tree_dir, manifest.MANIFEST_FILE)):
+        return manifest.verify(tree_dir)
+    parent, name = os.path.split(tree_dir.rstrip("/"))
+    if os.path.exists(os.path.join(parent, manifest.MANIFEST_FILE)):
+        under = (name, METADATA_ITEM) if layout == "converted" else (name,)
+        return manifest.verify(parent, under=under)
+    return False
+
+
 def load_params(path: str, *, target=None, item: str = "ema_params") -> tuple[dict, dict]:
     """Reads model params from any layout of the project -> ``(params, metadata)``.
 
@@ -307,11 +335,15 @@ def load_params(path: str, *, target=None, item: str = "ema_params") -> tuple[di
     Returns:
       params: nested dict (a ``{"params": tree}`` wrapper is removed).
       metadata: the converter's metadata dict; {} for layouts that carry none.
+    Raises:
+      manifest.CorruptCheckpointError (one line naming the file): a file fails the manifest, the
+      manifest is malformed, or (no manifest) the arrays are unreadable or hold NaN/Inf.
     """
     import jax
     import orbax.checkpoint as ocp
 
     tree_dir, _ = resolve(path, item)
+    verified = verify(path, item)
     metadata = read_metadata(path)
     abstract = params_tree_metadata(tree_dir)
     wrapped = isinstance(abstract, Mapping) and set(abstract) == {PARAMS_ITEM}
@@ -323,11 +355,21 @@ def load_params(path: str, *, target=None, item: str = "ema_params") -> tuple[di
         )
     elif wrapped:
         target = {PARAMS_ITEM: target}
-    with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(tree_dir, target)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(tree_dir, target)
+    except Exception as e:  # noqa: BLE001 - TensorStore / JSON errors of damaged files
+        if host and not verified and isinstance(e, (ValueError, OSError, RuntimeError)):
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise manifest.CorruptCheckpointError(
+                f"{tree_dir}: the weights are unreadable ({type(e).__name__}: {first})"
+            ) from None
+        raise
     if wrapped:
         tree = tree[PARAMS_ITEM]
     params = jax.tree.map(np.asarray, dict(tree)) if host else dict(tree)
+    if not verified:
+        manifest.check_finite(params, source=tree_dir)
     return params, metadata
 
 

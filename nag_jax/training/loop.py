@@ -11,11 +11,11 @@ Story of ``run(config, workdir)``:
 3. Abstract state (``jax.eval_shape``) -> shardings from the rules in ``nag_jax.parallel``.
 4. Latest checkpoint restored (state + data position), else params from ``model.weights``
    (a converted release: null token created) or a fresh init, placed by one jit.
-5. Loop: one jitted, donated step per batch; NaN/Inf stops with the step number (the last good
-   checkpoint stays); metrics + steps/s, examples/s, ETA every ``log_every``; sample grids every
-   ``sample_every`` (images i = 0..N-1 of config.seed, nag_jax.sampling.generate); the evaluators
-   given
-   by the caller on the EMA weights every ``eval_every`` (nag_jax.main passes
+5. Loop: one jitted, donated step per batch; NaN/Inf stops with one line (the step, the
+   checkpoint a resume restores, what to change; nothing is saved); metrics + steps/s,
+   examples/s, ETA every ``log_every``; sample grids every ``sample_every`` (images
+   i = 0..N-1 of config.seed, nag_jax.sampling.generate); the evaluators given by the caller on
+   the EMA weights every ``eval_every`` (nag_jax.main passes
    nag_jax.evaluation.evaluators.from_config: FID per config.eval); async checkpoints every
    ``checkpoint_every`` and at the end. Training never imports the evaluation jobs.
 6. SIGTERM (preemption) or a first Ctrl-C (SIGINT): a flag; at the next step boundary (all
@@ -40,14 +40,17 @@ import numpy as np
 from absl import logging
 
 from nag_jax import parallel
+from nag_jax.errors import RunStopped
 from nag_jax.storage import workdir as workdir_lib
 from nag_jax.training import checkpoint as ckpt
+from nag_jax.training import run_config
 from nag_jax.training.state import TrainState, create_optimizer, init_state
 from nag_jax.training.step import jit_train_step, make_apply_fn, make_nag_loss
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Raised when the loss or the gradient norm becomes NaN/Inf."""
+class NonFiniteLossError(RunStopped, FloatingPointError):
+    """Raised when the loss or the gradient norm becomes NaN/Inf (one line: the step, the
+    checkpoint to resume from and what to change; ``nag-jax`` exits 1)."""
 
 
 class _StopFlag:
@@ -96,6 +99,33 @@ def model_batch(batch) -> dict:
             "('label'/'y')."
         )
     return {"x": np.asarray(x, np.float32), "y": np.asarray(y, np.int32)}
+
+
+def nonfinite_message(step: int, loss: float, mngr, resumed=None) -> str:
+    """The one line of a NaN/Inf stop: the step, the checkpoint a resume restores, what to do.
+
+    ``resumed``: (step, verified) of the checkpoint this run restored. A run that diverges within
+    a few steps of a restore from a step no manifest verified (its values were finite, but the
+    bytes cannot be checked) is told how to set that step aside, not to lower the learning rate.
+    """
+    latest = mngr.latest_step()
+    where = mngr.directory
+    if latest is None:
+        kept = f"no checkpoint has been saved yet in {where}"
+    else:
+        kept = f"a resume restores step {latest} in {where}"
+    fix = "lower config.optim.lr, set config.optim.grad_clip, or check the data, then resume"
+    if resumed is not None and not resumed[1] and latest == resumed[0]:
+        s0 = resumed[0]
+        fix = (
+            f"step {s0} was restored without a checksum manifest (it cannot be verified); if "
+            f"the loss was fine before it, set it aside (mv {where}/{s0} {where}/{s0}.corrupt) "
+            f"and resume from the previous step; else {fix}"
+        )
+    return (
+        f"Loss or gradient norm is NaN/Inf at step {step} (loss={loss}). Stopped without "
+        f"saving; {kept}. To go on: {fix}."
+    )
 
 
 def _with_shardings(abstract, shardings):
@@ -267,7 +297,7 @@ def _run_locked(config, workdir, stop, model, process, loss_fn, data_iter, make_
         loss_fn = make_nag_loss(config, process)
     if data_iter is None:
         data_iter = _dataset_iterator(config, gbs)
-    ckpt.check_or_write_config(config, workdir)
+    run_config.check_or_write_config(config, workdir)
     mngr = ckpt.create_manager(
         os.path.join(workdir, "checkpoints"),
         keep=int(tcfg.keep),
@@ -340,20 +370,13 @@ def _loop(
         writer.write_hparams(flat_hparams(config))
     progress = Progress(num_steps, gbs, start_step=step)
     lr_at = learning_rate_schedule(config.optim)  # the lr of the update that made step s: s - 1
+    resumed = getattr(mngr, "restored", None)  # (step, verified) when this run resumed
 
     def check_finite(s, metrics):
         if not bool(jax.device_get(metrics["finite"])):
-            ckpt.check_save(mngr, wait=True)  # the last good step is committed (or reported)
-            latest = mngr.latest_step()  # verified at restore, or saved finite by this run
-            kept = (
-                f"the last good checkpoint is step {latest} in {mngr.directory}"
-                if latest is not None
-                else f"no checkpoint has been saved yet in {mngr.directory}"
-            )
+            ckpt.check_save(mngr, wait=True)  # the latest step is committed (or reported)
             raise NonFiniteLossError(
-                f"Loss or gradient norm is NaN/Inf at step {s} (loss="
-                f"{float(jax.device_get(metrics['loss']))}). Stopped without saving; {kept}. "
-                "Lower config.optim.lr, set config.optim.grad_clip, or check the data."
+                nonfinite_message(s, float(jax.device_get(metrics["loss"])), mngr, resumed)
             )
 
     logging.info("Training from step %d to %d (global batch %d).", step, num_steps, gbs)
@@ -370,6 +393,9 @@ def _loop(
             batch = parallel.global_batch(model_batch(batch), mesh)
             if pending is None:
                 logging.info("Compiling the train step (the first step waits for it) ...")
+                if jax.process_count() > 1:  # compile, then run the first step together
+                    train_step.lower(state, batch).compile()  # (the call reuses it)
+                    parallel.wait_for_all_processes("nag_jax_first_step")
             state, metrics = train_step(state, batch)
             step += 1
             ckpt.check_save(mngr)  # a failed async save stops the run now (a flag read)
