@@ -39,7 +39,7 @@ from nag_jax.sampling import build, generate
 def compile_times(args) -> list[dict]:
     from nag_jax.training import step as step_lib
     from nag_jax.training.state import create_optimizer, init_state
-    from nag_jax.training.testing import standin_loss
+    from tests.fixtures import standin_loss
 
     config = make_config(args.model, 32, 4, 8, 1.5, 1.0, args.dtype)
     n = args.batch

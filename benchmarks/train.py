@@ -35,7 +35,7 @@ def measure(num_devices: int, args) -> dict:
     from nag_jax import parallel
     from nag_jax.training import step as step_lib
     from nag_jax.training.loop import setup_state
-    from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
+    from tests.fixtures import standin_loss, tiny_config, tiny_model
 
     cfg = tiny_config()
     cfg.model.update(hidden_size=args.hidden, depth=args.depth, num_heads=4, input_size=16)

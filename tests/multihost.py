@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEARTBEAT = 10  # NAG_JAX_HEARTBEAT_TIMEOUT of the tests: a lost process is noticed within it
 
 CONFIG = """
-from nag_jax.training.testing import tiny_config
+from tests.fixtures import tiny_config
 
 
 def get_config():

@@ -165,7 +165,7 @@ def test_no_recompiles_between_train_steps_or_sampler_calls():
     from nag_jax.sampling import build, generate
     from nag_jax.training import step as step_lib
     from nag_jax.training.loop import setup_state
-    from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
+    from tests.fixtures import standin_loss, tiny_config, tiny_model
 
     cfg = tiny_config()
     mesh = parallel.create_mesh(cfg.parallel, jax.devices()[:1])

@@ -2,7 +2,7 @@
 the previous step restored bit-exactly; failed saves stop the run at once in one line; the
 workdir lock; Ctrl-C; resume names changed config keys; converter temp folders; refused pickles.
 
-One tiny run (SiT hidden 32, stand-in loss, steps 2/4/6 saved, nag_jax.training.testing) is
+One tiny run (SiT hidden 32, stand-in loss, steps 2/4/6 saved, tests.fixtures) is
 shared; each damage test works on a copy. "Bit-exact" is checked against Orbax's own read of the
 undamaged step (``StandardCheckpointer`` on the item folder of the pristine copy) and the data
 iterator position against the step's saved JSON, not against ``checkpoint.restore`` itself.
@@ -36,7 +36,7 @@ from nag_jax.storage import workdir as workdir_lib
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training import loop as train
 from nag_jax.training import run_config
-from nag_jax.training.testing import slow_iterator, standin_loss, tiny_config, tiny_model
+from tests.fixtures import slow_iterator, standin_loss, tiny_config, tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -513,7 +513,7 @@ def test_first_ctrl_c_checkpoints_and_exits_cleanly(tmp_path):
     # the child restores the default (Ctrl-C in a terminal) first.
     code = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from nag_jax.training.testing import main; sys.exit(main(sys.argv[1:]))"
+        "from tests.fixtures import main; sys.exit(main(sys.argv[1:]))"
     )
     args = [sys.executable, "-c", code, str(tmp_path)]
     args += ["num_steps=1000", "checkpoint_every=1000", "sleep=0.2", "fsdp=0"]

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from nag_jax.config import schema
-from nag_jax.training.testing import tiny_config
+from tests.fixtures import tiny_config
 
 NAN, INF = float("nan"), float("inf")
 

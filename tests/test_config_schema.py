@@ -12,7 +12,7 @@ import pytest
 from nag_jax import main, sampling
 from nag_jax.config import schema
 from nag_jax.diffusion import family, transport
-from nag_jax.training.testing import tiny_config
+from tests.fixtures import tiny_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, "*.py")))

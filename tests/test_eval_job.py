@@ -16,7 +16,7 @@ from nag_jax import parallel
 from nag_jax.evaluation import evaluators, metrics, results, samples, store
 from nag_jax.jobs import eval as eval_job
 from nag_jax.sampling import build, generate
-from nag_jax.training.testing import tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
 
 
 def _config(**eval_overrides):

@@ -61,7 +61,7 @@ def _corrupt(path):
 
 def _tiny_converted(tmp_path, corrupt=True):
     """A tiny SiT checkpoint written by the one writer (weights.save_params: with manifest)."""
-    from nag_jax.training.testing import tiny_config, tiny_model
+    from tests.fixtures import tiny_config, tiny_model
 
     c = tiny_config()
     model = tiny_model(c)
@@ -146,7 +146,7 @@ def test_sample_refuses_corrupt_weights_in_one_line(tmp_path):
 
 def test_eval_refuses_corrupt_weights(tmp_path):
     from nag_jax.jobs import eval as eval_job
-    from nag_jax.training.testing import tiny_config
+    from tests.fixtures import tiny_config
 
     dest, bad = _tiny_converted(tmp_path)
     c = tiny_config()
@@ -229,7 +229,7 @@ def _can_mount_tmpfs() -> bool:
 
 
 TINY_TRAIN = """
-from nag_jax.training.testing import tiny_config
+from tests.fixtures import tiny_config
 
 
 def get_config():
@@ -272,7 +272,7 @@ def test_full_disk_ends_in_a_few_lines(tmp_path):
 # ---------------------------------------------------------------------------- a bad image
 
 BAD_IMAGE_TRAIN = """
-from nag_jax.training.testing import tiny_config
+from tests.fixtures import tiny_config
 
 
 def get_config():

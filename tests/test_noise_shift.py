@@ -30,7 +30,7 @@ from nag_jax.models.noise_estimator import (
     save_estimator,
 )
 from nag_jax.sampling import build
-from nag_jax.training.testing import tiny_config
+from tests.fixtures import tiny_config
 
 
 def test_dit_forward_at_level_is_q_sample_at_the_original_step():

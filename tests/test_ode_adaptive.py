@@ -172,7 +172,7 @@ def test_likelihood_matches_release_within_tolerance(small_pair, exact):
 def test_config_sampler_ode_adaptive_agrees_with_fine_heun():
     # Independent check of the builder path: a fine fixed-step Heun solution of the same ODE.
     from nag_jax.sampling import build, generate
-    from nag_jax.training.testing import tiny_config, tiny_model
+    from tests.fixtures import tiny_config, tiny_model
 
     c = tiny_config()
     c.sample.update(sampler="ode_adaptive", cfg_scale=1.5, nag_scale=0.5, rtol=1e-5, atol=1e-6)

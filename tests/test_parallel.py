@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 from nag_jax import parallel
 from nag_jax.training import step as step_lib
 from nag_jax.training.loop import setup_state
-from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
+from tests.fixtures import standin_loss, tiny_config, tiny_model
 
 
 def _cfg(fsdp, **mesh):

@@ -1,6 +1,6 @@
 """Two JAX processes on localhost (jax.distributed.initialize, 4 CPU devices each) train together.
 
-Each process runs ``python -m nag_jax.training.testing`` with JAX_COORDINATOR_ADDRESS /
+Each process runs ``python -m tests.fixtures`` with JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID (what launch/slurm_gpu.sh exports), loads only its half of the
 global batch, and FSDP shards params over all 8 devices. Both must finish, write one shared Orbax
 checkpoint, and hold identical (all-gathered) params.
@@ -37,7 +37,7 @@ def test_two_processes_train_and_agree(tmp_path):
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
         )
-        args = [sys.executable, "-m", "nag_jax.training.testing", str(tmp_path)]
+        args = [sys.executable, "-m", "tests.fixtures", str(tmp_path)]
         args += ["num_steps=4", "checkpoint_every=2"]
         procs.append(
             subprocess.Popen(

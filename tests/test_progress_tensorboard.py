@@ -77,7 +77,7 @@ def tiny_run(tmp_path_factory):
     """A 4-step run of the tiny config through the project's NAG objective, TensorBoard on,
     logging every 2 steps, lr warming up linearly over 4 steps."""
     from nag_jax.training.loop import run
-    from nag_jax.training.testing import tiny_config, tiny_model
+    from tests.fixtures import tiny_config, tiny_model
 
     workdir = str(tmp_path_factory.mktemp("tb_run"))
     cfg = tiny_config(num_steps=4, log_every=2, checkpoint_every=0, tensorboard=True)

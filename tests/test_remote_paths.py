@@ -219,7 +219,7 @@ def test_vae_from_a_bucket(gcs):
 def test_weights_and_workdir_paths_keep_their_scheme(gcs):
     from nag_jax.evaluation import samples
     from nag_jax.storage import weights
-    from nag_jax.training.testing import tiny_config
+    from tests.fixtures import tiny_config
 
     c = tiny_config()
     c.model.weights = "gs://bucket/ckpt/sit"

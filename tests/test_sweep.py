@@ -12,7 +12,7 @@ from nag_jax.evaluation import evaluators, metrics, reference_stats
 from nag_jax.evaluation.guidance_grid import points_of, select_best
 from nag_jax.jobs import sweep
 from nag_jax.sampling import build, generate
-from nag_jax.training.testing import tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
 from tests.helpers import init_params, rerandomize
 
 

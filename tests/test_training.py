@@ -1,7 +1,7 @@
 """Train state, optimizer selection, EMA, NaN stop, clear errors, NAG fine-tuning from a release.
 
 Tiny SiT (hidden 32, depth 1, 8x8x3). Most tests use a stand-in flow-matching loss
-(nag_jax.training.testing) to pin the training machinery; one runs the real NAG objective end to
+(tests.fixtures) to pin the training machinery; one runs the real NAG objective end to
 end (train.run -> make_nag_loss on the synthetic pipeline).
 """
 
@@ -27,7 +27,7 @@ from nag_jax.training.state import (
     learning_rate_schedule,
     trainable_labels,
 )
-from nag_jax.training.testing import standin_loss, tiny_config, tiny_model
+from tests.fixtures import standin_loss, tiny_config, tiny_model
 
 
 def _one_device_setup(cfg, loss_fn=standin_loss):

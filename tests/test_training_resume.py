@@ -1,6 +1,6 @@
 """Preemption and crash safety: kill -9 and SIGTERM mid-training, then resume bit-exactly.
 
-Each run is a subprocess (``python -m nag_jax.training.testing WORKDIR key=value``: tiny SiT,
+Each run is a subprocess (``python -m tests.fixtures WORKDIR key=value``: tiny SiT,
 stand-in loss, synthetic shapes, FSDP over 8 CPU devices) that writes its final params to
 WORKDIR/final_params_0.npz. A persistent XLA compilation cache shared by the subprocesses keeps
 each run to seconds after the first.
@@ -36,7 +36,7 @@ def _env(num_devices=8):
 
 
 def _start(workdir, **opts):
-    args = [sys.executable, "-m", "nag_jax.training.testing", str(workdir)]
+    args = [sys.executable, "-m", "tests.fixtures", str(workdir)]
     args += [f"{k}={v}" for k, v in opts.items()]
     return subprocess.Popen(
         args, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -1,6 +1,6 @@
 """The one config schema: every section, every key, its default and its meaning.
 
-Every job config (configs/*.py) and the tests' tiny config (nag_jax.training.testing) start from
+Every job config (configs/*.py) and the tests' tiny config (tests.fixtures) start from
 ``base_config()`` and change values, never the set of keys, so a key means the same thing in
 every mode and an override valid for one job is valid for all. Jobs read ``config.x.y`` directly,
 without fallbacks: the default lives here and only here. ``validate(config)`` checks that the

@@ -1,4 +1,5 @@
-"""Tiny configs, models and a stand-in loss for tests, benchmarks and smoke runs (CPU)."""
+"""Test fixtures, outside the package: tiny configs, models and a stand-in loss for tests,
+benchmarks and smoke runs on CPU. From the repository root: ``python -m tests.fixtures WORKDIR``."""
 
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def flat_params(params) -> dict:
 
 
 def main(argv=None) -> int:
-    """``python -m nag_jax.training.testing WORKDIR [key=value ...]``: tiny run, writes
+    """``python -m tests.fixtures WORKDIR [key=value ...]``: tiny run, writes
     WORKDIR/final_params_<process>.npz. Keys: num_steps, checkpoint_every, sleep, fsdp."""
     import sys
 
