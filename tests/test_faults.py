@@ -145,14 +145,14 @@ def test_sample_refuses_corrupt_weights_in_one_line(tmp_path):
 
 
 def test_eval_refuses_corrupt_weights(tmp_path):
-    from nag_jax.jobs import eval as eval_job
+    from nag_jax.evaluation import samples  # what jobs/eval.py loads its weights with
     from tests.fixtures import tiny_config
 
     dest, bad = _tiny_converted(tmp_path)
     c = tiny_config()
     c.mode, c.model.weights = "eval", dest
     with pytest.raises(manifest.CorruptCheckpointError, match="does not match its sha256") as e:
-        eval_job.load_sampling_params(c)
+        samples.load_sampling_params(c)
     assert bad in str(e.value)
 
 

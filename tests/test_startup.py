@@ -37,6 +37,9 @@ PRELUDE = (
     "import os, runpy, sys\n"
     "import jax  # cloud_tpu_init: JAX_FORCE_TPU_INIT stands in for libtpu + TPU chips\n"
     "os.environ.pop('TPU_SKIP_MDS_QUERY', None)  # set because /sys shows no TPU chips here\n"
+    # main's supervisor would rerun the job in a child without this prelude (it is tested in
+    # test_multihost_faults); here the start-up runs in this process.
+    "os.environ['NAG_JAX_SUPERVISED'] = '1'\n"
     "runpy.run_module('nag_jax.main', run_name='__main__', alter_sys=True)\n"
 )
 
