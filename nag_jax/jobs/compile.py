@@ -114,6 +114,12 @@ def resolve_target(topology: str | None, hbm_gib: float | None = None) -> Target
         devices = list(topologies.get_topology_desc(topology, platform="tpu").devices)
     except Exception as e:  # noqa: BLE001 - libtpu's own message names what it rejects
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "lockfile" in first:  # another process holds libtpu (one per machine by default)
+            raise UserError(
+                f"config.compile.topology={topology!r}: libtpu is in use by another process on "
+                "this machine; wait for it, or run with ALLOW_MULTIPLE_LIBTPU_LOAD=1 (compiling "
+                "only, no TPU is attached)."
+            ) from None
         raise ConfigError(
             f"config.compile.topology={topology!r} was refused by libtpu ({first}); use a "
             "topology of a real slice, e.g. v5e:2x2, v5e:4x4, v4:2x2x1, v5p:2x2x1, v6e:2x2."
