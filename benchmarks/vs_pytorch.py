@@ -347,7 +347,7 @@ def train_side_by_side(
             opt.step()
             update_ema(ema, tm)
         _torch_sync(torch_device)
-        return float(loss)
+        return float(loss.detach())
 
     jax_loss = float(jax.device_get(jax_steps()["loss"]))  # warm-up both
     torch_loss = torch_steps()
