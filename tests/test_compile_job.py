@@ -141,3 +141,26 @@ def test_tpu_topology_with_libtpu(tmp_path, monkeypatch):
     assert math.isfinite(np.float64(train["bytes_per_device"]["peak"]))
     with pytest.raises(ConfigError, match="refused by libtpu"):
         compile_job.resolve_target("v5e:3x7")
+
+
+def test_cli_bad_topology_is_one_error_line(tmp_path):
+    """Through nag-jax (nag_jax.main): one ``error:`` line, exit status 2, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nag_jax.main", "--config=configs/demo.py"]
+        + [f"--workdir={tmp_path}", "--config.mode=compile", "--config.compile.topology=v9z:2x2"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'v9z:2x2'" in errors[0]
+    assert "Traceback" not in proc.stderr

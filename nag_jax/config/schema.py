@@ -469,7 +469,7 @@ VALUE_CHECKS = {
 }
 
 # optim / objective / train values are checked only in the modes that train (others ignore them).
-TRAINING_MODES = ("train", "demo")
+TRAINING_MODES = ("train", "demo", "compile")  # compile: builds the train step
 _TRAINING_SECTIONS = ("optim.", "objective.", "train.")
 
 # The SD-VAE's spatial downsampling: a 256px image is a 32x32x4 latent.
