@@ -24,11 +24,11 @@ B = 2  # images per batch shard
 
 
 def _config(**compile_overrides):
-    compile_overrides.setdefault("topology", "cpu:8")
+    compile_overrides = {"topology": "cpu:8", "per_device_batch": B, **compile_overrides}
     c = tiny_config()
     c.mode = "compile"
     c.parallel.fsdp = True
-    c.compile.update(dict(per_device_batch=B, **compile_overrides))
+    c.compile.update(compile_overrides)
     validate(c)
     return c
 
@@ -164,3 +164,41 @@ def test_cli_bad_topology_is_one_error_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "'v9z:2x2'" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_compiler_out_of_memory_is_a_row_and_extrapolates(monkeypatch, tmp_path):
+    """The TPU compiler refuses a program over the HBM (RESOURCE_EXHAUSTED, its message as libtpu
+    0.0.42 words it); the job halves the batch until one compiles and extrapolates from the
+    refused batches' temporaries. Simulated on the CPU: batches > 1 are refused, asking for batch
+    1's temporaries plus a made-up SLOPE bytes per further image."""
+    real = compile_job.compile_train_step
+    slope = 2**30 / 3
+    c = _config(hbm_gib=0.5, per_device_batch=4)
+    mesh = parallel.create_mesh(c.parallel, jax.devices()[:8])
+    compiled, _ = real(c, tiny_model(c), mesh, 1)
+    temp1 = compile_job.memory(compiled)["temp"]
+
+    def fake(config, model, mesh, b):
+        if b == 1:
+            return real(config, model, mesh, b)
+        temp = temp1 + (b - 1) * slope
+        raise RuntimeError(
+            "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+            f"temporaries ({temp / 2**30:.4f}G) exceeds available HBM (15.75G)."
+        )
+
+    monkeypatch.setattr(compile_job, "compile_train_step", fake)
+    with pytest.raises(ConfigError) as e:
+        compile_job.run(c, str(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and "per-chip batch 4 (global 32)" in msg and "extrapolation" in msg
+    with open(tmp_path / "compile_report.json") as f:
+        written = json.load(f)
+    rows = written["rows"]
+    assert [r["per_device_batch"] for r in rows] == [4, 2, 1]
+    assert rows[0]["bytes_per_device"] is None and "RESOURCE_EXHAUSTED" in rows[0]["compiler_error"]
+    assert rows[0]["temp_required_bytes"] == pytest.approx(temp1 + 3 * slope, rel=1e-3)
+    # Hand extrapolation: peak(b) = peak(1) + (b - 1) * SLOPE <= 0.5 GiB.
+    peak1 = rows[2]["bytes_per_device"]["peak"]
+    expect = int((0.5 * 2**30 - peak1) // slope) + 1
+    assert written["largest_per_device_batch_extrapolated"] == expect

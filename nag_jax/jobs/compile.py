@@ -242,8 +242,70 @@ def row(program: str, compiled, seconds: float, target: Target, **extra) -> dict
     return r
 
 
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}  # XLA's HumanReadableNumBytes
+_OOM = re.compile(r"temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
+
+
+def compiler_oom(error: Exception) -> dict | None:
+    """The TPU compiler refuses a program whose temporaries exceed the HBM (RESOURCE_EXHAUSTED):
+    its first line, and the bytes it names (temporaries required, HBM available) when given;
+    None for any other error."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+        return None
+    line = next((s for s in text.splitlines() if "memory" in s.lower()), text.splitlines()[0])
+    out = {"compiler_error": line.strip()[:400]}
+    m = _OOM.search(text)
+    if m:
+        out["temp_required_bytes"] = int(float(m.group(1)) * _UNITS[m.group(2)])
+        out["hbm_available_bytes"] = int(float(m.group(3)) * _UNITS[m.group(4)])
+    return out
+
+
+def train_row(config, model, mesh, b: int, target: Target) -> dict:
+    """The train step's row at per-device batch ``b``; a compiler out-of-memory is a row with
+    ``fits=False`` and no bytes (other errors raise)."""
+    shards = parallel.batch_shards(mesh)
+    try:
+        compiled, seconds = compile_train_step(config, model, mesh, b)
+    except Exception as e:  # noqa: BLE001 - only the compiler's out-of-memory is a result
+        oom = compiler_oom(e)
+        if oom is None:
+            raise
+        return dict(
+            program="train",
+            per_device_batch=b,
+            global_batch=b * shards,
+            compile_s=None,
+            bytes_per_device=None,
+            flops_per_device=None,
+            flops_total=None,
+            hbm_bytes_per_device=target.hbm_bytes,
+            fits=False,
+            **oom,
+        )
+    r = row("train", compiled, seconds, target, per_device_batch=b, global_batch=b * shards)
+    del compiled
+    return r
+
+
+def peak_points(rows: list[dict]) -> list[tuple[int, int]]:
+    """(per-device batch, peak bytes) of the train rows, largest batch first: compiled rows as
+    measured; a compiler out-of-memory row estimated from a compiled row as that row's peak with
+    its temporaries replaced by those the compiler asked for."""
+    compiled = [r for r in rows if r["bytes_per_device"] is not None]
+    points = {r["per_device_batch"]: r["bytes_per_device"]["peak"] for r in compiled}
+    for r in rows:
+        if r["bytes_per_device"] is None and "temp_required_bytes" in r and compiled:
+            ref = compiled[0]["bytes_per_device"]
+            points[r["per_device_batch"]] = ref["peak"] - ref["temp"] + r["temp_required_bytes"]
+    return sorted(points.items(), reverse=True)
+
+
 def format_row(r: dict, target: Target) -> str:
     m = r["bytes_per_device"]
+    if m is None:
+        return f"{r['program']:<10} batch/chip {r['per_device_batch']:>4}  {r['compiler_error']}"
     hbm = f" of {_gb(target.hbm_bytes)} HBM" if target.hbm_bytes else ""
     f = f"{r['flops_total'] / 1e12:.2f} TFLOP" if r["flops_total"] is not None else "? FLOP"
     return (
@@ -264,7 +326,7 @@ def largest_batch(b1: int, peak1: int, b2: int, peak2: int, hbm: int) -> int:
     return max(0, int(math.floor((hbm - fixed) / slope)))
 
 
-def does_not_fit_message(config, target: Target, mesh, b: int, peak: int, b_max: int, b2: int):
+def does_not_fit_message(config, target, mesh, b: int, peak: int | None, b_max: int, b2: int):
     name, hbm = config.model.name, target.hbm_bytes
     shards = parallel.batch_shards(mesh)
     gbs = b * shards
@@ -285,8 +347,9 @@ def does_not_fit_message(config, target: Target, mesh, b: int, peak: int, b_max:
         )
     if not config.model.remat:
         parts.append("or model.remat=True (recomputes each block's activations)")
+    need = f"~{_gb(peak)}" if peak else "more than the HBM"
     return (
-        f"{name} train step at per-chip batch {b} (global {gbs}) needs ~{_gb(peak)} per chip on "
+        f"{name} train step at per-chip batch {b} (global {gbs}) needs {need} per chip on "
         f"{target.name} ({target.kind}, {_gb(hbm)} HBM): does not fit; " + ", ".join(parts) + "."
     )
 
@@ -312,13 +375,8 @@ def run(config, workdir: str):
         f"{target.name}: {len(target.devices)} x {target.kind}, mesh {dict(mesh.shape)}",
         flush=True,
     )
-    rows = []
-    compiled, seconds = compile_train_step(config, model, mesh, b)
-    rows.append(
-        row("train", compiled, seconds, target, per_device_batch=b, global_batch=b * shards)
-    )
+    rows = [train_row(config, model, mesh, b, target)]
     print(format_row(rows[-1], target), flush=True)
-    del compiled
     report = dict(
         model=config.model.name,
         dtype=config.model.dtype,
@@ -330,18 +388,22 @@ def run(config, workdir: str):
         mesh=dict(mesh.shape),
         rows=rows,
     )
-    fits = rows[0]["fits"]
     message = None
-    if fits is False:
-        b2 = max(1, b // 2) if b > 1 else 2
-        compiled, seconds = compile_train_step(config, model, mesh, b2)
-        rows.append(
-            row("train", compiled, seconds, target, per_device_batch=b2, global_batch=b2 * shards)
-        )
-        print(format_row(rows[-1], target), flush=True)
-        del compiled
-        peak, peak2 = rows[0]["bytes_per_device"]["peak"], rows[1]["bytes_per_device"]["peak"]
-        b_max = largest_batch(b, peak, b2, peak2, target.hbm_bytes)
+    if rows[0]["fits"] is False:
+        # Smaller batches until one compiles, and two points to extrapolate from.
+        tries = [b // 2, b // 4] if b > 1 else [2]
+        for b2 in dict.fromkeys(max(1, v) for v in tries if v != b):
+            rows.append(train_row(config, model, mesh, b2, target))
+            print(format_row(rows[-1], target), flush=True)
+            if len(peak_points(rows)) >= 2:
+                break
+        points = peak_points(rows)
+        if len(points) >= 2:
+            (b1, p1), (b2, p2) = points[0], points[1]
+            b_max = largest_batch(b1, p1, b2, p2, target.hbm_bytes)
+            peak = dict(points).get(b)
+        else:
+            b_max, b2, peak = 0, rows[-1]["per_device_batch"], None
         report["largest_per_device_batch_extrapolated"] = b_max
         message = does_not_fit_message(config, target, mesh, b, peak, b_max, b2)
     elif cc.sampler:
