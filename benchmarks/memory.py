@@ -13,8 +13,10 @@ shapes with ``nag_jax.jobs.compile.compile_train_step`` (nothing is allocated) a
 per-device bytes (``memory_analysis``: arguments, outputs, aliased, temporaries, generated code,
 their peak estimate) against the chip's HBM, the step's FLOPs and the compile time. Per
 (topology, remat, scan) the largest per-chip batch that fits is extrapolated linearly in the batch
-from the two largest batches compiled (said so in the field name). A row that fails records its
-error and the run goes on. Memory numbers do not depend on the machine's load; compile seconds do.
+from the two largest batches compiled (said so in the field name; a batch the TPU compiler refuses
+for lack of HBM counts with the temporaries it asked for, nag_jax.jobs.compile.peak_points). A row
+that fails otherwise records its error and the run goes on. Memory numbers do not depend on the
+machine's load; compile seconds do.
 """
 
 from __future__ import annotations
@@ -55,38 +57,21 @@ def measure(args) -> dict:
                 mesh = parallel.create_mesh(config.parallel, target.devices)
                 done = []
                 for b in _ints(args.batches):
-                    row = dict(
-                        model=args.model,
-                        dtype=config.model.dtype,
-                        topology=topology,
-                        device_kind=target.kind,
-                        devices=len(target.devices),
-                        chips=target.chips,
-                        per_device_batch=b,
-                        global_batch=b * parallel.batch_shards(mesh),
-                        remat=bool(remat),
-                        scan_blocks=bool(scan),
-                        hbm_bytes_per_device=target.hbm_bytes,
-                    )
-                    try:
-                        compiled, seconds = compile_job.compile_train_step(config, model, mesh, b)
-                        mem = compile_job.memory(compiled)
-                        row.update(
-                            bytes_per_device=mem,
-                            fits=None
-                            if target.hbm_bytes is None
-                            else mem["peak"] <= target.hbm_bytes,
-                            flops_per_device=compile_job.flops(compiled),
-                            compile_s=round(seconds, 1),
-                        )
-                        del compiled
-                        done.append((b, mem["peak"]))
+                    meta = dict(model=args.model, dtype=config.model.dtype, topology=topology)
+                    meta.update(device_kind=target.kind, devices=len(target.devices))
+                    meta.update(chips=target.chips, remat=bool(remat), scan_blocks=bool(scan))
+                    try:  # a compiler out-of-memory is a row (fits False), not an error
+                        row = dict(meta, **compile_job.train_row(config, model, mesh, b, target))
+                        done.append(row)
                     except Exception as e:  # noqa: BLE001
-                        row["error"] = f"{type(e).__name__}: {e}"[:2000]
+                        row = dict(
+                            meta, per_device_batch=b, error=f"{type(e).__name__}: {e}"[:2000]
+                        )
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-                if len(done) >= 2 and target.hbm_bytes:
-                    (b1, p1), (b2, p2) = sorted(done)[-1], sorted(done)[-2]
+                points = compile_job.peak_points(done)
+                if len(points) >= 2 and target.hbm_bytes:
+                    (b1, p1), (b2, p2) = points[0], points[1]
                     fits.append(
                         dict(
                             topology=topology,
