@@ -24,9 +24,13 @@ was measured) and ``DIR/accelerator_check.log``. DIR defaults to ``$OUT`` when s
    params, AdamW, EMA), per-device batch 64 and 32, without and with remat: steps/s, MFU
    (3 x forward FLOPs per example, remat's recompute not counted), memory (XLA's memory
    analysis of the step, and the allocator's process peak).
-5. ``ddpm``: DiT-XL/2 DDPM with CFG+NAG (3 branches), images/s of DDPM-250 from the time per
+5. ``train_vs_pytorch``: the SiT release's PyTorch train loop against the project's step on the
+   same work (SiT-S/2, 32x32x4, batch 32, float32, AdamW + EMA; benchmarks/vs_pytorch.py part
+   train): seconds per step, the ratio, GFLOP/s against measured matmul ceilings. Needs torch
+   with CUDA on a GPU (recorded as skipped otherwise).
+6. ``ddpm``: DiT-XL/2 DDPM with CFG+NAG (3 branches), images/s of DDPM-250 from the time per
    step of a shorter respaced run (same network batch every step).
-6. ``vae``: SD-VAE decode at batch 64 (benchmarks/vae.py's measurement), bf16 then f32.
+7. ``vae``: SD-VAE decode at batch 64 (benchmarks/vae.py's measurement), bf16 then f32.
 
 Every item is timed after an untimed warm-up call; the median of ``repeats`` calls is used.
 Budgets: a global deadline (``--deadline``, seconds from start) and a per-part budget; a part may
@@ -50,7 +54,7 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("environment", "numerics", "sampler", "train", "ddpm", "vae")
+PARTS = ("environment", "numerics", "sampler", "train", "train_vs_pytorch", "ddpm", "vae")
 
 # 237 GFLOP per image per branch-forward of SiT-XL/2 / DiT-XL/2 on 32x32x4 latents: the DiT paper's
 # 118.6 GFLOPs are multiply-adds; benchmarks.timing.transformer_forward_flops counts 237.2e9.
@@ -62,7 +66,15 @@ TINY = dict(hidden_size=32, depth=2, num_heads=2)
 SIZES = {
     "full": dict(
         deadline=450.0,
-        budgets=dict(environment=25, numerics=70, sampler=165, train=120, ddpm=40, vae=30),
+        budgets=dict(
+            environment=25,
+            numerics=70,
+            sampler=150,
+            train=105,
+            train_vs_pytorch=30,
+            ddpm=40,
+            vae=30,
+        ),
         env=dict(matmul=8192, copy_mib=2048),
         numerics=dict(
             models=("SiT-S/2", "DiT-S/2"),
@@ -85,6 +97,9 @@ SIZES = {
         train=dict(
             model="SiT-XL/2", overrides={}, input_size=32, batches=(64, 32), steps=8, repeats=1
         ),
+        train_vs_pytorch=dict(
+            size="S", overrides={}, input_size=32, batch=32, steps=5, repeats=2, ceiling_n=4096
+        ),
         ddpm=dict(
             model="DiT-XL/2",
             overrides={},
@@ -97,8 +112,16 @@ SIZES = {
         vae=dict(batch=64, latent_size=32, config=None, dtypes=("bfloat16", "float32"), repeats=3),
     ),
     "smoke": dict(  # generous: the smoke run must reach every item even on a loaded CI machine
-        deadline=3600.0,
-        budgets=dict(environment=600, numerics=600, sampler=600, train=600, ddpm=600, vae=600),
+        deadline=4200.0,  # the sum of the budgets below: every part keeps its own
+        budgets=dict(
+            environment=600,
+            numerics=600,
+            sampler=600,
+            train=600,
+            train_vs_pytorch=600,
+            ddpm=600,
+            vae=600,
+        ),
         env=dict(matmul=128, copy_mib=4),
         numerics=dict(
             models=("SiT-S/2", "DiT-S/2"),
@@ -120,6 +143,15 @@ SIZES = {
         ),
         train=dict(
             model="SiT-S/2", overrides=dict(TINY, depth=1), input_size=8, batches=(4,), steps=2
+        ),
+        train_vs_pytorch=dict(
+            size="S",
+            overrides=dict(TINY, depth=1),
+            input_size=8,
+            batch=2,
+            steps=1,
+            repeats=1,
+            ceiling_n=128,
         ),
         ddpm=dict(
             model="DiT-S/2",
@@ -896,11 +928,55 @@ def part_vae(p: Part, sizes: dict, ctx: dict):
         p.item(f"decode b{sizes['batch']} {dtype}", run, dtype=dtype)
 
 
+def part_train_vs_pytorch(p: Part, sizes: dict, ctx: dict):
+    """The SiT release's train.py loop (PyTorch) against the project's jitted step on the same work
+    (benchmarks/vs_pytorch.py ``train_side_by_side``: SiT-S/2, float32, AdamW + EMA), torch on
+    the accelerator when it has CUDA. Skipped with the reason when torch is missing (the
+    bootstrap does not install it) or cannot reach the GPU JAX runs on."""
+    import jax
+
+    label = f"train SiT-{sizes['size']}/2 b{sizes['batch']} jax vs torch"
+    try:
+        import torch
+    except ImportError:
+        p.skip(label, "torch is not installed (pip install torch with CUDA for this row)")
+        return
+    backend = jax.default_backend()
+    torch_device = None
+    if backend == "gpu":
+        if not torch.cuda.is_available():
+            p.skip(label, "torch has no CUDA here while JAX runs on the GPU: no fair pair")
+            return
+        torch_device = "cuda"
+    elif backend != "cpu":
+        p.skip(label, f"torch cannot run on JAX's {backend} backend (CUDA or CPU only)")
+        return
+    from benchmarks.vs_pytorch import train_side_by_side
+
+    def run():
+        row = train_side_by_side(
+            sizes["size"],
+            batch=int(sizes["batch"]),
+            input_size=int(sizes["input_size"]),
+            steps=int(sizes["steps"]),
+            repeats=int(sizes["repeats"]),
+            overrides=sizes["overrides"],
+            torch_device=torch_device,
+            ceiling_n=int(sizes["ceiling_n"]),
+        )
+        row["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
+        row["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+        return row
+
+    p.item(label, run, estimate=float(sizes.get("estimate_s", 20.0)))
+
+
 PART_FNS = dict(
     environment=part_environment,
     numerics=part_numerics,
     sampler=part_sampler,
     train=part_train,
+    train_vs_pytorch=part_train_vs_pytorch,
     ddpm=part_ddpm,
     vae=part_vae,
 )
@@ -1042,6 +1118,9 @@ def summarize(data: dict) -> dict:
             s[key + "_sde250_images_per_s"] = row.get("sde250_images_per_s")
     for row in parts.get("train", {}).get("rows", []):
         s[f"train_b{row['per_device_batch']}_remat{int(row['remat'])}_mfu"] = row.get("mfu")
+    for row in parts.get("train_vs_pytorch", {}).get("rows", []):
+        s["train_speedup_jax_over_torch"] = row.get("speedup_jax_over_torch")
+        s["train_jax_fraction_of_ceiling"] = row.get("jax_fraction_of_ceiling")
     for row in parts.get("ddpm", {}).get("rows", []):
         s["ddpm250_images_per_s"] = row.get("ddpm250_images_per_s")
     for row in parts.get("vae", {}).get("rows", []):

@@ -10,6 +10,8 @@
 #      --fetch-wheels on a machine that reaches a registry: pure-python wheels, any platform);
 #   2. the package index, pinned as in requirements.txt, --no-deps (so jax / jaxlib are never
 #      replaced; each needed dependency is in the list below), skipped quickly without an index.
+# torch is not installed here (a CUDA build is ~2 GB): the train_vs_pytorch part runs when the
+# machine's image has torch with CUDA and records a skip otherwise.
 # Whatever stays missing is listed in the JSON (environment / devices / missing_modules) and the
 # parts that need it record their error; the run goes on.
 # The run is limited to $LIMIT seconds (default 470) by SIGINT, after which the JSON written so far

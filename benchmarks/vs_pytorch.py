@@ -1,7 +1,8 @@
-"""JAX vs the PyTorch releases: sampler throughput side by side, and checkpoint conversion cost.
+"""JAX vs the PyTorch releases: sampler and train step side by side, and checkpoint conversion cost.
 
-    python benchmarks/vs_pytorch.py                          # both parts, JSON on stdout
+    python benchmarks/vs_pytorch.py                          # every part, JSON on stdout
     python benchmarks/vs_pytorch.py --part sampler --sampler sde --steps 20 --batch 8
+    python benchmarks/vs_pytorch.py --part train --train-sizes S,B --repeats 3 --out train.json
     python benchmarks/vs_pytorch.py --part convert --out /tmp/bench.json
 
 Part "sampler": images/s of the project's jitted sampler (nag_jax.sampling over
@@ -10,6 +11,12 @@ vs the PyTorch reference sampler written the releases' way (tests/torch_referenc
 the network twice per step, for the drift and for the score; CFG is ``forward_with_cfg`` on the
 doubled batch). Same random weights (converted by nag_jax.convert), same size, steps, guidance,
 batch and thread count, measured in one run. JAX compile time is reported separately.
+
+Part "train": seconds per train step of the SiT release's train.py loop (PyTorch: its model,
+``transport.training_losses``, AdamW, ``update_ema``) against ``nag_jax.training.step`` (jit, NAG
+objective, AdamW, EMA, donated state) on the same work (SiT-S/2 and B/2 at 32x32x4, batch 8,
+float32, one thread each by default), interleaved rounds; achieved GFLOP/s (3 forwards per image)
+and the fraction of the machine's measured float32 matmul ceiling (`train_side_by_side`).
 
 Part "convert": a full-size random SiT-XL/2 state dict (675,129,632 float32 numbers, ~2.7 GB) is
 generated and saved in one subprocess; a second subprocess times ``to-orbax`` on it and reports
@@ -172,6 +179,229 @@ def bench_sampler(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Train step, side by side
+
+
+def _torch_sdpa_attention():
+    """The SiT release's attention is timm's ``Attention``, which calls the fused
+    ``F.scaled_dot_product_attention`` (timm >= 0.9); tests/torch_reference.py spells it out with
+    softmax for readability. Same numbers, the release's kernel."""
+    import torch.nn.functional as F
+
+    def forward(self, x):
+        b, n, d = x.shape
+        hd = d // self.num_heads
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+    return forward
+
+
+def matmul_ceiling_gflops(n: int = 1024, repeats: int = 5, torch_device=None) -> dict:
+    """Measured float32 matmul ceilings (GFLOP/s) of this machine: an n x n x n product through XLA
+    (jax, highest precision) and through torch, best of ``repeats`` calls each."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    flop = 2.0 * n**3
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda u, v: jnp.matmul(u, v, precision="highest"))
+    f(a, a).block_until_ready()
+    best_j = min(_seconds(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
+    ta = torch.randn(n, n, device=torch_device)
+    _torch_sync(torch_device, ta @ ta)
+    best_t = min(_seconds(lambda: _torch_sync(torch_device, ta @ ta)) for _ in range(repeats))
+    return dict(n=n, xla=flop / best_j / 1e9, torch=flop / best_t / 1e9)
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _torch_sync(device, out=None):
+    import torch
+
+    if device is not None and str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    return out
+
+
+def train_side_by_side(
+    size: str = "S",
+    *,
+    patch: int = 2,
+    batch: int = 8,
+    input_size: int = 32,
+    steps: int = 3,
+    repeats: int = 2,
+    overrides: dict | None = None,
+    torch_device=None,
+    ceiling_n: int = 1024,
+) -> dict:
+    """Seconds per train step of the SiT release's loop (PyTorch) and of nag_jax's jitted step on
+    the same work: SiT-``size``/``patch`` (or ``overrides`` of hidden_size/depth/num_heads) at
+    ``input_size`` x ``input_size`` x 4 latents, 1000 classes, ``batch`` images, float32, AdamW
+    (lr 1e-4, wd 0) and an EMA update (0.9999) every step, class and noise-condition dropout 0.1.
+
+    PyTorch, written as the release's train.py loop: ``transport.training_losses`` of the linear
+    path (t ~ U[0, 1], x_t = t x1 + (1 - t) x0, target x1 - x0, 0 = noise, 1 = data),
+    ``loss.mean()``, ``zero_grad``/``backward``/``AdamW.step``, then ``update_ema`` param by param
+    (``mul_(decay).add_(p, alpha=1 - decay)``). The release's model (tests/torch_reference.py, its
+    attention through ``F.scaled_dot_product_attention`` as timm's) with the NAG null-noise token.
+    JAX: ``nag_jax.training.step.jit_train_step`` with the NAG objective (same sampling of t and
+    dropouts), donated state. ``repeats`` interleaved rounds (who goes first alternates) of
+    ``steps`` steps each; per framework the best round. FLOPs: 3 forwards per image
+    (benchmarks.timing.transformer_forward_flops), against the measured matmul ceilings."""
+    import copy
+    import types
+    from collections import OrderedDict
+
+    import jax
+    import numpy as np
+    import torch
+    import torch_reference as R
+
+    from benchmarks import timing
+    from nag_jax import parallel
+    from nag_jax.config.schema import base_config
+    from nag_jax.sampling import build
+    from nag_jax.training import step as step_lib
+    from nag_jax.training.loop import setup_state
+
+    arch = dict(R.SIZES[size], **(overrides or {}))
+    name = f"SiT-{size}/{patch}"
+    # ---- JAX
+    config = base_config()
+    config.model.update(name=name, input_size=input_size, in_channels=4, num_classes=1000, **arch)
+    config.model.update(learn_sigma=True, null_noise="learned", dtype="float32")
+    config.optim.update(lr=1e-4, weight_decay=0.0, ema_decay=0.9999)
+    config.parallel.fsdp = False
+    config.data.global_batch_size = batch
+    model = build.build_model(config.model)
+    mesh = parallel.create_mesh(config.parallel, jax.devices()[:1])
+    state, shardings, tx = setup_state(config, model, mesh)
+    fn = step_lib.jit_train_step(
+        shardings,
+        mesh,
+        apply_fn=step_lib.make_apply_fn(model),
+        loss_fn=step_lib.make_nag_loss(config, build.build_process(config)),
+        tx=tx,
+        ema_decay=float(config.optim.ema_decay),
+    )
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal((batch, input_size, input_size, 4)).astype(np.float32)
+    y = rng.integers(0, 1000, batch).astype(np.int32)
+    jbatch = parallel.global_batch({"x": x1, "y": y}, mesh)
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, jbatch).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def jax_steps():
+        for _ in range(steps):
+            holder["state"], metrics = compiled(holder["state"], jbatch)
+        jax.block_until_ready(metrics)
+        return metrics
+
+    # ---- PyTorch, the release's loop
+    dev = torch.device(torch_device or "cpu")
+    tm = R.create(name, input_size=input_size, num_classes=1000, null_noise_token=True, **arch)
+    sdpa = _torch_sdpa_attention()
+    for m in tm.modules():  # timm's fused attention, as the release
+        if isinstance(m, R.Attention):
+            m.forward = types.MethodType(sdpa, m)
+    tm = tm.to(dev).train()
+    ema = copy.deepcopy(tm).to(dev)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(tm.parameters(), lr=1e-4, weight_decay=0)
+    tx1 = torch.from_numpy(x1.transpose(0, 3, 1, 2).copy()).to(dev)
+    ty = torch.from_numpy(y.astype(np.int64)).to(dev)
+
+    @torch.no_grad()
+    def update_ema(ema_model, model, decay=0.9999):  # the release's train.py
+        ema_params = OrderedDict(ema_model.named_parameters())
+        for pname, param in model.named_parameters():
+            ema_params[pname].mul_(decay).add_(param.data, alpha=1 - decay)
+
+    def training_losses(model, x1, y):  # the release's transport, linear path, velocity
+        t = torch.rand(x1.shape[0], device=dev)
+        x0 = torch.randn_like(x1)
+        tb = t[:, None, None, None]
+        xt, ut = tb * x1 + (1 - tb) * x0, x1 - x0
+        drop_class = torch.rand(x1.shape[0], device=dev) < 0.1  # LabelEmbedder.token_drop
+        drop_noise = torch.rand(x1.shape[0], device=dev) < 0.1  # NAG's null noise condition
+        y = torch.where(drop_class, torch.full_like(y, 1000), y)
+        out = model(xt, t, y, drop_noise=drop_noise)
+        return ((out - ut) ** 2).mean(dim=list(range(1, out.ndim)))
+
+    def torch_steps():
+        for _ in range(steps):
+            loss = training_losses(tm, tx1, ty).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            update_ema(ema, tm)
+        _torch_sync(torch_device)
+        return float(loss.detach())
+
+    jax_loss = float(jax.device_get(jax_steps()["loss"]))  # warm-up both
+    torch_loss = torch_steps()
+    jt, tt = [], []
+    for r in range(repeats):
+        order = ((jax_steps, jt), (torch_steps, tt))
+        for fn_, out in order if r % 2 == 0 else order[::-1]:
+            out.append(_seconds(fn_) / steps)
+    ceiling = matmul_ceiling_gflops(ceiling_n, torch_device=torch_device)
+    flop = 3 * timing.transformer_forward_flops(model) * batch
+    j_s, t_s = min(jt), min(tt)
+    j_gf, t_gf = flop / j_s / 1e9, flop / t_s / 1e9
+    top = max(ceiling["xla"], ceiling["torch"])
+    return dict(
+        model=name,
+        arch=arch,
+        input=[input_size, input_size, 4],
+        batch=batch,
+        dtype="float32",
+        steps_per_round=steps,
+        repeats=repeats,
+        torch_device=str(dev),
+        jax_device=jax.devices()[0].device_kind,
+        jax_compile_s=round(compile_s, 2),
+        gflop_per_step=round(flop / 1e9, 3),
+        jax_s_per_step=dict(best=round(j_s, 4), all=[round(v, 4) for v in jt]),
+        torch_s_per_step=dict(best=round(t_s, 4), all=[round(v, 4) for v in tt]),
+        speedup_jax_over_torch=round(t_s / j_s, 3),
+        jax_gflops=round(j_gf, 2),
+        torch_gflops=round(t_gf, 2),
+        matmul_ceiling_gflops={k: round(v, 2) if k != "n" else v for k, v in ceiling.items()},
+        jax_fraction_of_ceiling=round(j_gf / top, 3),
+        torch_fraction_of_ceiling=round(t_gf / top, 3),
+        losses_finite=bool(np.isfinite(jax_loss) and np.isfinite(torch_loss)),
+    )
+
+
+def bench_train(args) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return [
+        train_side_by_side(
+            size,
+            batch=args.train_batch,
+            input_size=args.train_input_size,
+            steps=args.train_steps,
+            repeats=args.repeats,
+        )
+        for size in args.train_sizes.split(",")
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
 # Conversion time and memory (subprocesses)
 
 _GEN = r"""
@@ -269,7 +499,7 @@ def bench_convert(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["all", "sampler", "convert"], default="all")
+    p.add_argument("--part", choices=["all", "sampler", "train", "convert"], default="all")
     p.add_argument("--sampler", choices=["sde", "ode", "ddpm"], default="sde")
     p.add_argument("--steps", type=int, default=10, help="SDE: grid points (release num_steps)")
     p.add_argument("--batch", type=int, default=8)
@@ -287,7 +517,11 @@ def main(argv=None) -> int:
         help="intra-op threads for BOTH frameworks (1 = fair and stable on a shared machine: "
         "torch's spinning worker threads lose 3x+ under oversubscription)",
     )
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (sampler, train)")
+    p.add_argument("--train-sizes", default="S,B", help="part train: SiT sizes, patch 2")
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--train-input-size", type=int, default=32)
+    p.add_argument("--train-steps", type=int, default=5, help="part train: steps per round")
     p.add_argument("--workdir", default=tempfile.gettempdir(), help="scratch for part convert")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
@@ -306,6 +540,8 @@ def main(argv=None) -> int:
     )
     if args.part in ("all", "sampler"):
         result["sampler"] = bench_sampler(args)
+    if args.part in ("all", "train"):
+        result["train"] = bench_train(args)
     if args.part in ("all", "convert"):
         result["convert"] = bench_convert(args)
     text = json.dumps(result, indent=1)

@@ -13,6 +13,7 @@ before the job starts, so a bad value fails here, naming the key and its choices
     noise_shift     noise-shift diagnosis of any checkpoint, Fig. 4 (nag_jax.jobs.noise_shift)
     encode_latents  encode an image dataset to SD-VAE latent shards (nag_jax.jobs.encode_latents)
     sweep           guidance grid (s_cfg, w_nag, DoG, intervals), one compiled sampler
+    compile         AOT-compile train step + sampler for a pod: memory, FLOPs (jobs.compile)
 
 Each job module is imported only when its mode runs, so the core needs none of the others'
 dependencies (TensorFlow, torch).
@@ -362,7 +363,7 @@ def check_devices(config, devices) -> None:
     """A config meant for accelerators (bf16 / fp16 compute: the releases' FSDP configs) on a
     host whose JAX sees only CPUs is almost always a CPU jaxlib installed over the accelerator
     build: UserError, unless ``config.parallel.allow_cpu``."""
-    if config.parallel.allow_cpu or config.model.dtype == "float32":
+    if config.parallel.allow_cpu or config.model.dtype == "float32" or config.mode == "compile":
         return
     if all(d.platform == "cpu" for d in devices):
         raise UserError(

@@ -55,6 +55,7 @@ MODES = {
         "noise_shift",
         "encode_latents",
         "sweep",
+        "compile",
     )
 }
 
@@ -309,6 +310,15 @@ def base_config() -> ml_collections.ConfigDict:
         num_images=1000,  # per seed and point
         metric="fid",  # the key of the evaluation metrics minimised (fid, class_accuracy...)
     )
+    # mode "compile" (nag_jax.jobs.compile): AOT-compile the train step and sampler for a pod
+    # topology ("v5e:4x4", "v4:2x2x1", "v5p:2x2x1", "v6e:2x2": needs libtpu; "cpu:N"; None: this
+    # host's devices) and report per-chip memory against the chip's HBM, FLOPs, compile time.
+    c.compile = _section(
+        topology=placeholder(str),
+        per_device_batch=placeholder(int),  # None: data.global_batch_size / batch shards
+        sampler=True,  # also compile config.sample's sampler at sample.batch_size
+        hbm_gib=placeholder(float),  # None: the chip's (HBM_GIB_PER_CHIP); cpu: unchecked
+    )
     c.parallel = _section(fsdp=True, mesh=_section(data=-1, fsdp=-1, tensor=1), fsdp_min_size=2**16)
     # nag_jax.main: a bf16 / fp16 config (the releases' FSDP recipe) on a host whose JAX sees only
     # CPUs stops with one line (usually a CPU jaxlib over the accelerator build) unless True.
@@ -503,7 +513,7 @@ VALUE_CHECKS = {
 }
 
 # optim / objective / train values are checked only in the modes that train (others ignore them).
-TRAINING_MODES = ("train", "demo")
+TRAINING_MODES = ("train", "demo", "compile")  # compile: builds the train step
 _TRAINING_SECTIONS = ("optim.", "objective.", "train.")
 
 # The SD-VAE's spatial downsampling: a 256px image is a 32x32x4 latent.

@@ -1,0 +1,120 @@
+"""Per-chip memory of the train step by topology, per-chip batch, remat and scanned blocks (JSON).
+
+    # TPU topologies, the real TPU compiler (libtpu in a separate venv: nag_jax.jobs.compile)
+    python benchmarks/memory.py --model SiT-XL/2 --topologies v5e:2x2,v5e:4x4 --batches 8,32,64 \\
+        --remat 0,1 --out benchmarks/results/memory_xl2_tpu.json
+    # CPU devices (the CPU compiler's own buffers: not a guide to TPU or GPU memory)
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/memory.py \\
+        --model SiT-S/2 --topologies cpu:8 --batches 2,4 --remat 0,1 --scan 0,1
+
+Each row AOT-compiles the release config's train step (``nag_jax.config.release.release_config``:
+bf16 compute, f32 params, AdamW + EMA, FSDP over all chips, donated state; NAG loss) from abstract
+shapes with ``nag_jax.jobs.compile.compile_train_step`` (nothing is allocated) and records XLA's
+per-device bytes (``memory_analysis``: arguments, outputs, aliased, temporaries, generated code,
+their peak estimate) against the chip's HBM, the step's FLOPs and the compile time. Per
+(topology, remat, scan) the largest per-chip batch that fits is extrapolated linearly in the batch
+from the two largest batches compiled (said so in the field name; a batch the TPU compiler refuses
+for lack of HBM counts with the temporaries it asked for, nag_jax.jobs.compile.peak_points). A row
+that fails otherwise records its error and the run goes on. Memory numbers do not depend on the
+machine's load; compile seconds do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def measure(args) -> dict:
+    from nag_jax import parallel
+    from nag_jax.config.release import release_config
+    from nag_jax.jobs import compile as compile_job
+    from nag_jax.sampling import build
+
+    rows, fits = [], []
+    for topology in args.topologies.split(","):
+        try:
+            target = compile_job.resolve_target(topology, args.hbm_gib)
+        except Exception as e:  # noqa: BLE001 - recorded, the other topologies go on
+            rows.append(dict(topology=topology, error=f"{type(e).__name__}: {e}"))
+            continue
+        for remat in _ints(args.remat):
+            for scan in _ints(args.scan):
+                config = release_config(args.model)
+                config.model.update(remat=bool(remat), input_size=args.input_size)
+                if args.dtype:
+                    config.model.dtype = args.dtype
+                model = build.build_model(config.model).clone(scan_blocks=bool(scan))
+                mesh = parallel.create_mesh(config.parallel, target.devices)
+                done = []
+                for b in _ints(args.batches):
+                    meta = dict(model=args.model, dtype=config.model.dtype, topology=topology)
+                    meta.update(device_kind=target.kind, devices=len(target.devices))
+                    meta.update(chips=target.chips, remat=bool(remat), scan_blocks=bool(scan))
+                    try:  # a compiler out-of-memory is a row (fits False), not an error
+                        row = dict(meta, **compile_job.train_row(config, model, mesh, b, target))
+                        done.append(row)
+                    except Exception as e:  # noqa: BLE001
+                        row = dict(
+                            meta, per_device_batch=b, error=f"{type(e).__name__}: {e}"[:2000]
+                        )
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                points = compile_job.peak_points(done)
+                if len(points) >= 2 and target.hbm_bytes:
+                    (b1, p1), (b2, p2) = points[0], points[1]
+                    fits.append(
+                        dict(
+                            topology=topology,
+                            remat=bool(remat),
+                            scan_blocks=bool(scan),
+                            largest_per_device_batch_extrapolated=compile_job.largest_batch(
+                                b1, p1, b2, p2, target.hbm_bytes
+                            ),
+                            from_batches=[b2, b1],
+                        )
+                    )
+    return dict(rows=rows, largest_batch=fits)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="SiT-XL/2")
+    p.add_argument("--topologies", default="v5e:2x2,v5e:4x4")
+    p.add_argument("--batches", default="8,32", help="per-chip batches (comma list)")
+    p.add_argument("--remat", default="0,1", help="model.remat values (0/1 comma list)")
+    p.add_argument("--scan", default="0", help="scan_blocks values (0/1 comma list)")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--dtype", default=None, help="compute dtype (default: the release's bf16)")
+    p.add_argument("--hbm-gib", type=float, default=None, help="override the chip's HBM")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    report = dict(
+        benchmark="train step memory by topology and batch",
+        command=" ".join(
+            [os.path.basename(sys.argv[0])] + (sys.argv[1:] if argv is None else argv)
+        ),
+        time_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **measure(args),
+    )
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(report, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
