@@ -387,7 +387,7 @@ def model_inputs(model, batch: int, family: str, seed: int = 0):
     return x, t, y
 
 
-def _config(make_config, name, size, steps, cfg, nag, dtype, overrides, sampler="sde"):
+def _config(make_config, name, size, steps, cfg, nag, dtype, overrides, sampler=None):
     return make_config(name, size, CHANNELS, steps, cfg, nag, dtype, sampler=sampler, **overrides)
 
 

@@ -37,10 +37,13 @@ from nag_jax.sampling import build, generate
 SETTINGS = {1: (1.0, 0.0), 2: (1.5, 0.0), 3: (1.5, 1.0)}  # branches -> (cfg_scale, nag_scale)
 
 
-def make_config(name, input_size, channels, steps, cfg, nag, dtype, sampler="sde", **overrides):
+def make_config(name, input_size, channels, steps, cfg, nag, dtype, sampler=None, **overrides):
     """Sampling config: SiT linear-velocity (or DiT 1000-step) process, ``sampler`` over
-    ``steps`` steps, guidance scales; ``overrides`` (hidden_size, depth, ...) go to the model.
-    Completed from the schema and validated (nag_jax.config.schema.resolve)."""
+    ``steps`` steps (default: SDE for SiT, DDPM for DiT), guidance scales; ``overrides``
+    (hidden_size, depth, ...) go to the model. Completed from the schema and validated
+    (nag_jax.config.schema.resolve)."""
+    if sampler is None:
+        sampler = "ddpm" if name.startswith("DiT") else "sde"
     return schema.resolve(
         dict(
             model=dict(

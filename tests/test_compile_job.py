@@ -18,7 +18,7 @@ from nag_jax.config.schema import ConfigError, validate
 from nag_jax.errors import UserError
 from nag_jax.jobs import compile as compile_job
 from nag_jax.training.loop import setup_state
-from nag_jax.training.testing import tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
 
 B = 2  # images per batch shard
 
