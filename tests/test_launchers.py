@@ -55,7 +55,8 @@ def test_tpu_pod_start_puts_the_code_on_every_worker_and_starts_detached():
     p = _run("tpu_pod.sh", args, env={"LATENTS": "gs://b/in256_latents/", "PROJECT": "proj"})
     assert p.returncode == 0, p.stderr
     out = p.stdout
-    assert "compile-only check: not available yet (nag_jax/jobs/compile.py); skipped" in out
+    assert "python -m nag_jax.main --config=configs/sit_xl_nag_finetune.py" in out  # compile check
+    assert "--config.mode=compile" in out
     cmds = _gcloud(out)
     assert cmds and all("--worker=all" in c and "--zone=us-central2-b" in c for c in cmds)
     assert all("--project=proj" in c for c in cmds)
