@@ -41,6 +41,18 @@ class Row:
     nag_scale: float = 0.0
     nag_interval: tuple[float, float] = (0.0, 1.0)
     num_steps: int | None = None  # None: config.sample.num_steps
+    nag_mode: str = "token"  # "token" (the null noise token) or "classifier" (sample.estimator)
+    # A control: this row's images, then ``nag_jax.evaluation.controls`` (``"unsharp"`` with
+    # amount ``strength``, ``"noise"`` with sigma ``strength``); "" = none. No guidance made it.
+    transform: str = ""
+    strength: float = 0.0
+
+    @property
+    def sampling_key(self) -> tuple:
+        """What fixes the sampled images (not the transform): rows with equal keys draw equal
+        images on a seed."""
+        return (self.cfg_scale, self.nag_scale, tuple(self.nag_interval), self.num_steps,
+                self.nag_mode)  # fmt: skip
 
     @classmethod
     def from_config(cls, entry) -> Row:
@@ -77,6 +89,7 @@ class RowSampler:
         self._compiled = {}
         self.mesh = parallel.create_mesh(config.parallel, jax.local_devices())
         self._placed = (None, None)  # (the params given, their replicated copy)
+        self._images = {}  # (sampling key, seed, N) -> (params, (images, labels, images/s))
 
     def _replicated(self, params):
         if self._placed[0] is not params:
@@ -86,10 +99,12 @@ class RowSampler:
     def _fn(self, row: Row, params, keys, labels):
         steps = int(row.num_steps or self.config.sample.num_steps)
         sig = (row.cfg_scale != 1.0, row.nag_scale != 0.0, row.nag_interval, steps, len(labels))
+        sig += (row.nag_mode,)
         if sig not in self._compiled:
             c = self.config.copy_and_resolve_references()
             c.sample.cfg_scale = 2.0 if sig[0] else 1.0  # any value that switches the branch on
             c.sample.nag_scale = 1.0 if sig[1] else 0.0
+            c.sample.nag_mode = row.nag_mode
             c.sample.nag_interval = row.nag_interval
             c.sample.num_steps = steps
             fn = jax.jit(build.build_sampler(c, self.model))
@@ -105,7 +120,27 @@ class RowSampler:
         return self._compiled[sig]
 
     def __call__(self, row: Row, params, seed: int, num_images: int):
-        """(images (N, H, W, C) numpy float32, labels (N,) numpy, images/s of the sampler)."""
+        """(images (N, H, W, C) numpy float32, labels (N,) numpy, images/s of the sampler).
+
+        A control row (``row.transform``) takes the images of its sampling settings (sampled
+        once per seed and kept: the control of "none" reuses the "none" row's images) and
+        applies the transform (``nag_jax.evaluation.controls.apply``; the noise control's key
+        derives from the seed)."""
+        cache_key = (row.sampling_key, int(seed), int(num_images))
+        held = self._images.get(cache_key)
+        if held is None or held[0] is not params:  # the memo holds the params it was made with
+            if len(self._images) >= 64:  # a bounded memo: the oldest goes first
+                self._images.pop(next(iter(self._images)))
+            self._images[cache_key] = held = (params, self._sample(row, params, seed, num_images))
+        images, labels, ips = held[1]
+        if row.transform:
+            from nag_jax.evaluation import controls
+
+            key = jax.random.fold_in(jax.random.key(int(seed)), 0x6E6F6973)
+            images = np.asarray(controls.apply(row.transform, images, row.strength, key))
+        return images, labels, ips
+
+    def _sample(self, row: Row, params, seed: int, num_images: int):
         params = self._replicated(params)
         keys, labels = jax.device_put(
             image_batch(seed, num_images, int(self.model.num_classes)),
@@ -129,9 +164,10 @@ def evaluate_rows(
     between rows are paired. ``on_images(row, seed, images, labels)``, if given, sees every batch
     (the demo draws its grids from the first seed's images instead of sampling them again).
     """
+    metrics = getattr(scorer, "metrics", METRICS)
     out = {}
     for row in rows:
-        per = {m: [] for m in (*METRICS, "images_per_sec")}
+        per = {m: [] for m in (*metrics, "images_per_sec")}
         for seed in seeds:
             images, labels, ips = sampler(row, params, seed, num_images)
             if on_images is not None:
@@ -140,18 +176,23 @@ def evaluate_rows(
                 per[m].append(float(v))
             per["images_per_sec"].append(float(ips))
         out[row.name] = dict(row=dataclasses.asdict(row), per_seed=per)
-        ms = {m: stats.mean_se(per[m]) for m in METRICS}
+        ms = {m: stats.mean_se(per[m]) for m in metrics}
         logging.info(
             "%-10s %s", row.name, ", ".join(f"{m} {v[0]:.4g}+-{v[1]:.2g}" for m, v in ms.items())
         )
     return out
 
 
-def report_table(sampler, params, rows, seeds, n, scorer, comparisons=COMPARISONS) -> dict:
-    """Rows on ``seeds``: {results, summary (``stats.summarize_rows``), table (markdown)}."""
-    res = evaluate_rows(sampler, params, rows, seeds, n, scorer)
-    summary = stats.summarize_rows(res, comparisons, METRICS)
-    table = tables.guidance_rows_table(res, summary, len(seeds), n)
+def report_table(
+    sampler, params, rows, seeds, n, scorer, comparisons=COMPARISONS, on_images=None
+) -> dict:
+    """Rows on ``seeds``: {results, summary (``stats.summarize_rows``), table (markdown)}.
+    The metrics are the scorer's (``scorer.metrics``; the demo's proxy: ``METRICS``);
+    ``on_images`` as in ``evaluate_rows``."""
+    metrics = getattr(scorer, "metrics", METRICS)
+    res = evaluate_rows(sampler, params, rows, seeds, n, scorer, on_images)
+    summary = stats.summarize_rows(res, comparisons, metrics)
+    table = tables.guidance_rows_table(res, summary, len(seeds), n, metrics)
     return dict(results=res, summary=summary, table=table)
 
 

@@ -58,6 +58,8 @@ def fine_tune_config(config, *, weights: str, num_steps: int, trainable: str, lr
 
 
 def run(config, workdir: str) -> dict:
+    if config.study.get("scorer", "proxy") == "inception":
+        return run_real(config, workdir)
     start = time.time()
     st = config.study
     n = int(st.images_per_seed)
@@ -161,3 +163,186 @@ def recipe(config, workdir, sampler, rows, seeds, n, scorer) -> dict:
         for name, p in ((f"base@{step} + ft_all", ft_small), ("joint from scratch", joint)):
             out[name] = report_table(sampler, p, pair, seeds, n, scorer)
     return out
+
+
+_REAL_PARTS = ("validation", "base", "table", "noise_shift")
+
+
+def run_real(config, workdir: str) -> dict:
+    """The real-image study (configs/fmnist_study.py; protocol: ``evaluation.real_study``).
+
+    Parts, each written to results.json when done and skipped when the file has it: the NAG
+    fine-tune (a training workdir, resumable), the noise-level estimator (for classifier-based
+    NAG and the noise shift), the validation choice (``study.stop_after="validation"`` stops
+    here so the choice can be committed before the report seeds are sampled), the base model's
+    quality, the report table with the verdict, and the noise shift per row.
+    """
+    from nag_jax.analysis import sampler_shift
+    from nag_jax.data import idx
+    from nag_jax.evaluation import real_scorer, real_study
+
+    start = time.time()
+    st = config.study
+    n, n_val = int(st.images_per_seed), int(st.val_images_per_seed)
+    val_seeds, rep_seeds = stats.held_out_seeds(st, "study")
+    work = as_path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "results.json"
+    results = dict(
+        val_seeds=val_seeds, report_seeds=rep_seeds, images_per_seed=n, val_images_per_seed=n_val
+    )
+    if path.exists():  # resume part by part: a finished part is not recomputed
+        done = json.loads(path.read_text())
+        if not all(done.get(k) == results[k] for k in results):
+            raise ValueError(
+                f"{path} was written with other seeds or image counts "
+                f"({ {k: done.get(k) for k in results} }); use a new workdir."
+            )
+        results = done
+        logging.info("Resuming %s: parts done %s", path, [p for p in _REAL_PARTS if p in done])
+    results["elapsed_before_s"] = float(results.get("elapsed_s", 0))
+    timings = results.setdefault("part_seconds", {})
+
+    def save():
+        results["elapsed_s"] = time.time() - start + results["elapsed_before_s"]
+        results["devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+        weights.write_json(path, results, force=True)
+
+    def timed(part, fn):
+        t0 = time.time()
+        out = fn()
+        timings[part] = round(time.time() - t0 + timings.get(part, 0.0), 1)
+        return out
+
+    drop = config.objective.p_noise_drop
+    logging.info("[1/6] NAG fine-tune of the base model (p_noise_drop=%s)", drop)
+    ft = timed("fine_tune", lambda: train.run(config, str(work / "ft_all")).ema_params)
+    logging.info("[2/6] Noise-level estimator on real images (classifier-based NAG, noise shift)")
+    _, est_path, est_info = timed(
+        "estimator", lambda: sampler_shift.study_estimator(config, st, str(work))
+    )
+    results["estimator"] = est_info
+    config = config.copy_and_resolve_references()
+    config.sample.estimator = str(est_path)
+    scorer = timed("references", lambda: real_scorer.from_config(config, str(work / "scorer")))
+    results["scorer"] = scorer.info()
+    sampler = RowSampler(config, build.build_model(config.model))
+    if "validation" not in results:
+        logging.info("[3/6] Validation on seeds %s x %d images", val_seeds, n_val)
+        results["validation"] = timed(
+            "validation", lambda: real_study.validate(sampler, ft, val_seeds, n_val, scorer, st)
+        )
+        save()
+        (work / "validation.md").write_text(_validation_md(results))
+    if st.stop_after == "validation":
+        logging.info("Stopped after validation (study.stop_after): commit the choice, then rerun.")
+        print((work / "validation.md").read_text(), flush=True)
+        return results
+    rows = real_study.report_rows(results["validation"]["choice"])
+    if "base" not in results:
+        logging.info("[4/6] The base model (no fine-tune, unguided) on the report seeds")
+        base = export.with_zero_null_token(
+            weights.load_params(config.model.weights)[0], config.model.hidden_size
+        )
+        results["base"] = timed(
+            "base",
+            lambda: report_table(sampler, base, [Row("none")], rep_seeds, n, scorer, ()),
+        )
+        save()
+    if "table" not in results:
+        logging.info("[5/6] Report table on seeds %s x %d images", rep_seeds, n)
+        grids = _GridCollector(rep_seeds[0])
+        table = timed(
+            "table",
+            lambda: report_table(
+                sampler, ft, rows, rep_seeds, n, scorer, real_study.COMPARISONS, grids
+            ),
+        )
+        table["verdict"] = real_study.verdict(table["summary"])
+        names = idx.read_metadata(config.data.data_dir).get("class_names")
+        table["grids"] = grids.write(work, names)
+        results["table"] = table
+        save()
+    if "noise_shift" not in results:
+        logging.info("[6/6] Noise shift per row")
+        guided = [r for r in rows if not r.transform]
+        results["noise_shift"] = timed(
+            "noise_shift",
+            lambda: sampler_shift.rows_shift(
+                config, sampler.model, ft, guided, rep_seeds, min(n, int(st.shift_images)), st,
+                workdir=str(work),
+            ),
+        )  # fmt: skip
+        save()
+    report = _real_report(config, results)
+    (work / "report.md").write_text(report)
+    save()
+    print(report, flush=True)
+    return results
+
+
+class _GridCollector:
+    """``on_images`` of ``evaluate_rows``: keeps the first report seed's images of every row and
+    writes grid_<row>.png (rows = classes, ``per_class`` columns)."""
+
+    def __init__(self, seed: int):
+        self.seed, self.batches = int(seed), {}
+
+    def __call__(self, row, seed, images, labels):
+        if int(seed) == self.seed:
+            self.batches[row.name] = (images, labels)
+
+    def write(self, work, class_names, per_class: int = 8) -> list[str]:
+        from nag_jax.utils import save_png
+
+        files = []
+        for name, (images, labels) in self.batches.items():
+            names = class_names or [str(k) for k in range(int(labels.max()) + 1)]
+            grid = figures.labelled_grid(
+                images, labels, names, per_class, f"{name} (seed {self.seed})"
+            )
+            files.append("grid_" + "".join(c if c.isalnum() else "_" for c in name) + ".png")
+            save_png(str(work / files[-1]), grid)
+        return files
+
+
+def _validation_md(results: dict) -> str:
+    v = results["validation"]
+    lines = [
+        f"# Validation (seeds {results['val_seeds']} x {results['val_images_per_seed']} images)",
+        "",
+        f"Choice (lowest mean {v['choice']['select']} among scales that switch the guidance on):",
+        "",
+        "```",
+        json.dumps(v["choice"], indent=1),
+        "```",
+        "",
+    ]
+    for axis, pts in v["curves"].items():
+        body = [[p["name"], f"{p['mean']:.3f} +- {p['se']:.2g}"] for p in pts]
+        lines += [f"## {axis}", ""] + tables.markdown_table(["row", v["choice"]["select"]], body)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _real_report(config, r: dict) -> str:
+    from nag_jax.evaluation import real_study
+
+    lines = [f"# Real-image study: NAG on {config.data.data_dir} ({config.model.name})", ""]
+    lines += [f"Scorer: `{r['scorer']}`", "", f"Estimator: `{r['estimator']}`", ""]
+    lines += [_validation_md(r), "## The base model (no fine-tune, unguided)", ""]
+    lines += [r["base"]["table"], "", "## Table 1 in miniature (report seeds)", ""]
+    lines += [r["table"]["table"], "", "## Verdict", ""]
+    lines += real_study.verdict_lines(r["table"]["verdict"])
+    lines += ["", "## Samples (first report seed)", ""]
+    lines += [f"![{f}]({f})" for f in r["table"].get("grids", [])]
+    lines += ["", "## Noise shift (report seeds)", ""]
+    body = [
+        [name, tables.pm(s["late"]["mean"], s["late"]["se"], ".4f", "+"),
+         tables.pm(s["all"]["mean"], s["all"]["se"], ".4f", "+")]
+        for name, s in r["noise_shift"]["rows"].items()
+    ]  # fmt: skip
+    lines += tables.markdown_table(["row", "shift late (λ<=0.25)", "shift all"], body)
+    lines += ["", f"Part seconds: {r['part_seconds']}; elapsed {r['elapsed_s']:.0f} s on "]
+    lines[-1] += f"{r['devices']}."
+    return "\n".join(lines) + "\n"

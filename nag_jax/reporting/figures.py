@@ -60,6 +60,8 @@ def labelled_grid(images, labels, class_names, seeds: int, title: str, scale: in
     seeds = min([seeds] + [int(np.sum(labels == k)) for k in range(num_classes)])
     order = np.concatenate([np.flatnonzero(labels == k)[:seeds] for k in range(num_classes)])
     tiles = to_uint8(images[order])
+    if tiles.shape[-1] == 1:  # grey: shown as RGB
+        tiles = np.repeat(tiles, 3, axis=-1)
     scale = scale or max(1, 64 // tiles.shape[1])  # tiles of about 64 px on screen
     if scale > 1:
         tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)

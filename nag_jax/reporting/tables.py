@@ -11,7 +11,19 @@ from __future__ import annotations
 import math
 
 ROW_METRICS = ("class_accuracy", "proxy_fd", "precision", "recall")
-_ROW_FORMAT = {"class_accuracy": ".3f", "proxy_fd": ".2f", "precision": ".3f", "recall": ".3f"}
+# Every metric a guidance-row scorer may return: (column name, format, t shown in differences).
+_METRIC_COLUMNS = {
+    "class_accuracy": ("class acc", ".3f", False),
+    "proxy_fd": ("proxy FD", ".2f", True),
+    "fid": ("FID", ".2f", True),
+    "kid": ("KID x 1e3", ".2f", True),
+    "fid_train": ("FID (train)", ".2f", False),
+    "kid_train": ("KID (train) x 1e3", ".2f", False),
+    "precision": ("precision", ".3f", False),
+    "recall": ("recall", ".3f", False),
+    "hf_energy": ("HF energy / real", ".3f", False),
+}
+_SCALED = {"kid": 1e3, "kid_train": 1e3}  # shown x 1e3
 
 
 def markdown_table(header, rows) -> list[str]:
@@ -25,32 +37,45 @@ def pm(mean: float, se: float, spec: str, sign: str = "") -> str:
     return f"{mean:{sign}{spec}} +- {se:{spec}}"
 
 
-def guidance_rows_table(results: dict, summary: dict, num_seeds: int, num_images: int) -> str:
-    """The demo's table: one line per guidance row (mean +- SE over seeds of ``ROW_METRICS``
-    and the images/s), then the paired differences with the proxy FD's t statistic.
+def guidance_rows_table(
+    results: dict, summary: dict, num_seeds: int, num_images: int, metrics=ROW_METRICS
+) -> str:
+    """One line per guidance row (mean +- SE over seeds of ``metrics`` and the images/s), then
+    the paired differences with the t statistic (dof = seeds - 1) of the FD-like metrics.
 
     ``results``: ``{name: {"row": Row fields, "per_seed": ...}}``; ``summary``:
-    ``nag_jax.reporting.stats.summarize_rows`` of it.
+    ``nag_jax.reporting.stats.summarize_rows`` of it. The demo's table is ``metrics =
+    ROW_METRICS`` (its headers keep the demo's "proxy FD (z)").
     """
+    cols = [_METRIC_COLUMNS[m] for m in metrics]
+
+    def cell(d: dict, m: str, sign: str = "") -> str:
+        k = _SCALED.get(m, 1.0)
+        return pm(d[m]["mean"] * k, d[m]["se"] * k, _METRIC_COLUMNS[m][1], sign)
+
     lines = [f"mean +- standard error over {num_seeds} seeds x {num_images} images", ""]
-    header = ["setting", "s_cfg", "w_nag", "class acc", "proxy FD", "precision", "recall"]
+    header = ["setting", "s_cfg", "w_nag", *(c[0] for c in cols)]
     body = []
     for name, r in results.items():
         s, row = summary["rows"][name], r["row"]
         nag = f"{row['nag_scale']:g}"
         if row["nag_scale"] and tuple(row["nag_interval"]) != (0.0, 1.0):
             nag += " on [{:g}, {:g}]".format(*row["nag_interval"])
-        cells = [pm(s[m]["mean"], s[m]["se"], _ROW_FORMAT[m]) for m in ROW_METRICS]
+        if row.get("nag_mode", "token") == "classifier" and row["nag_scale"]:
+            nag += " (classifier)"
+        if row.get("transform"):
+            nag += f"; {row['transform']} {row['strength']:.3g}"
         ips = f"{s['images_per_sec']['mean']:.1f}"
-        body.append([name, f"{row['cfg_scale']:g}", nag, *cells, ips])
+        body.append([name, f"{row['cfg_scale']:g}", nag, *(cell(s, m) for m in metrics), ips])
     lines += markdown_table([*header, "images/s"], body)
     if summary["differences"]:
-        # the t statistic (dof = seeds - 1) of the proxy FD; the header keeps the demo's "(z)"
-        header = ["paired difference", "class acc", "proxy FD (z)", "precision", "recall"]
+        t_name = " (z)" if tuple(metrics) == ROW_METRICS else " (t)"
+        header = ["paired difference", *(c[0] + (t_name if c[2] else "") for c in cols)]
         body = []
         for label, d in summary["differences"].items():
-            cells = [pm(d[m]["mean"], d[m]["se"], _ROW_FORMAT[m], "+") for m in ROW_METRICS]
-            cells[1] += f" ({d['proxy_fd']['t']:+.1f})"
+            cells = []
+            for m, c in zip(metrics, cols):
+                cells.append(cell(d, m, "+") + (f" ({d[m]['t']:+.1f})" if c[2] else ""))
             body.append([label, *cells])
         lines += [""] + markdown_table(header, body)
     return "\n".join(lines)
