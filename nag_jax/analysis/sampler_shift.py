@@ -5,8 +5,9 @@ it to a configured model: the noise-level estimator of a config (loaded, or trai
 ``config.data`` and saved), a guidance row's config, the sampler's trajectories of image i of
 ``config.seed`` (``nag_jax.sampling.generate``) sharded over the mesh, and one row's statistics
 (delta with its SE over batches, ``nag_jax.reporting.stats``; KDEs of E[lambda | x]).
-``shapes_rows_shift`` is the demo study's variant (a conv estimator trained on real shapes,
-rows x seeds on one device set, SE over seeds).
+``rows_shift`` is the study job's variant (a conv estimator trained on a pool of real images of
+``config.data`` -- shapes, Fashion-MNIST, ... -- saved in the study's workdir and shared with its
+classifier-NAG row; rows x seeds on one device set, SE over seeds).
 
 Time conventions: models keep their family's time (SiT float t, 0 = noise; DiT original step,
 0 = least noise); everything returned is the noise level lambda in [0, 1], 1 = pure noise.
@@ -128,7 +129,8 @@ def row_config(config, row: dict, estimator_path: str):
     c.sample.nag_mode = str(row.get("nag_mode", "token"))
     # classifier rows guide with the mode's estimator unless the row names another one (an
     # estimator trained with another seed makes the measurement independent of the guidance)
-    c.sample.estimator = str(row.get("estimator", estimator_path))
+    est = row.get("estimator", estimator_path)
+    c.sample.estimator = None if est is None else str(est)
     schema.validate(c)
     return c
 
@@ -203,73 +205,175 @@ def measure_row(c, model, params, mesh, est, process, n: int, batch: int) -> dic
     )
 
 
-_REAL_SHIFT = 2**43  # the demo study's real images for the forward-sample calibration
+# Keys of `nag_jax.data.pipeline.real_images` (for shapes: indices no training batch draws).
+_POOL_KEYS = 2**42  # the study estimator's real images (training and its accuracy check)
+_REAL_SHIFT = 2**43  # the real images of the forward-sample calibration, per seed
+ESTIMATOR_DIR = "estimator"  # <workdir>/estimator: the study's trained g
 
 
-def shapes_rows_shift(config, model, params, rows, seeds, n, study) -> dict:
-    """The demo study's shift: delta(lambda) per guidance row (``rows``: objects with
-    cfg_scale, nag_scale, nag_interval, name), mean and SE over ``seeds`` of ``n`` images each,
-    measured with a conv estimator g trained on real shapes (``study``: config.study)."""
-    from nag_jax.data.synthetic import ShapesDataset
+def _study_settings(config, study) -> dict:
+    """What the study estimator is a function of (stored with it; a saved one must match)."""
+    e, d = study.estimator, config.data
+    return dict(
+        num_bins=int(e.num_bins),
+        hidden=int(e.hidden),
+        depth=int(e.depth),
+        num_steps=int(e.num_steps),
+        batch_size=int(e.batch_size),
+        lr=float(e.lr),
+        seed=int(study.estimator_seed),
+        pool=int(study.estimator_pool),
+        data=str(d.name),
+        image_size=int(d.image_size),
+        channels=int(d.get("channels", 3)) if str(d.name) == "idx" else None,
+        split=str(d.get("split", "")),
+        # the shapes' generator (data_dir is not compared: one folder has many spellings)
+        shapes=[int(d.synthetic_seed), str(d.synthetic_variant), int(d.num_classes)]
+        if str(d.name) == "synthetic_shapes"
+        else None,
+    )
+
+
+def study_estimator(config, study, workdir=None) -> tuple[object, str | None, dict]:
+    """(estimator, its path, info) of the study: a conv g(lambda | x) trained on
+    ``study.estimator_pool`` real images of ``config.data`` (``data.pipeline.real_images``)
+    with ``study.estimator`` and ``study.estimator_seed``.
+
+    With ``workdir`` it is saved to ``<workdir>/estimator`` and loaded from there when present
+    (trained once; the classifier-NAG row, ``sample.nag_mode="classifier"``, samples with this
+    path as ``sample.estimator``); a saved one trained with other settings is refused. Without
+    ``workdir`` the path is None. info: the accuracy of g on fresh forward samples of the pool
+    (mean_abs_err, bias of E[lambda | x] - lambda), final_loss, train_seconds, path,
+    trained_here. Levels: lambda in [0, 1], 1 = pure noise.
+    """
+    from nag_jax.data.pipeline import real_images
+    from nag_jax.storage import weights
 
     process = build.build_process(config, for_sampling=True)
-    size, k = int(config.data.image_size), int(config.model.num_classes)
-    ds = ShapesDataset(size, k, seed=int(config.data.synthetic_seed))
-    pool_idx = np.arange(2**42, 2**42 + int(study.estimator_pool))
-    pool = jnp.asarray(ds.render_batch(pool_idx)["image"])
+    keys = np.arange(_POOL_KEYS, _POOL_KEYS + int(study.estimator_pool))
+    pool = jnp.asarray(real_images(config.data, keys)["image"])
 
     def sample_x1(key, m):
         return pool[jax.random.randint(key, (m,), 0, pool.shape[0])]
 
-    est_cfg = study.estimator
-    start = time.perf_counter()
-    estimator, losses = train_estimator(
-        jax.random.key(int(study.estimator_seed)),
-        sample_x1,
-        process,
-        num_bins=int(est_cfg.num_bins),
-        hidden=int(est_cfg.hidden),
-        depth=int(est_cfg.depth),
-        conv=True,
-        num_steps=int(est_cfg.num_steps),
-        batch_size=int(est_cfg.batch_size),
-        lr=float(est_cfg.lr),
-    )
+    settings = _study_settings(config, study)
+    path = None if workdir is None else as_path(workdir) / ESTIMATOR_DIR
+    if path is not None and path.exists():
+        meta = weights.read_metadata(str(path))
+        if meta.get("study") != settings:
+            raise ValueError(
+                f"{path} holds a noise-level estimator trained with {meta.get('study')}, not this "
+                f"study's {settings}: delete it to train a new one, or use a new workdir"
+            )
+        logging.info("noise-level estimator from %s", path)
+        estimator = load_estimator(str(path))
+        trained = dict(final_loss=meta.get("final_loss"), train_seconds=meta.get("train_seconds"))
+        trained_here = False
+    else:
+        est_cfg = study.estimator
+        start = time.perf_counter()
+        estimator, losses = train_estimator(
+            jax.random.key(int(study.estimator_seed)),
+            sample_x1,
+            process,
+            num_bins=int(est_cfg.num_bins),
+            hidden=int(est_cfg.hidden),
+            depth=int(est_cfg.depth),
+            conv=True,
+            num_steps=int(est_cfg.num_steps),
+            batch_size=int(est_cfg.batch_size),
+            lr=float(est_cfg.lr),
+        )
+        trained = dict(
+            final_loss=float(np.mean(losses[-50:])),
+            train_seconds=round(time.perf_counter() - start, 1),
+        )
+        trained_here = True
+        if path is not None and jax.process_index() == 0:
+            save_estimator(str(path), estimator, extra=dict(trained, study=settings))
     # Accuracy of g on fresh forward samples (no closed form on images).
     k1, k2, k3 = jax.random.split(jax.random.key(int(study.estimator_seed) + 1), 3)
     lam = jax.random.uniform(k2, (512,))
     xt = process.interpolate(
-        jax.random.normal(k3, (512, size, size, 3)), sample_x1(k1, 512), 1.0 - lam
+        jax.random.normal(k3, (512, *pool.shape[1:])), sample_x1(k1, 512), 1.0 - lam
     )[0]
     err = S.posterior_mean(estimator.log_posterior(xt), estimator.grid) - lam
-    est_info = dict(
+    info = dict(
         mean_abs_err=float(jnp.abs(err).mean()),
         bias=float(err.mean()),
-        final_loss=float(np.mean(losses[-50:])),
-        train_seconds=round(time.perf_counter() - start, 1),
+        **trained,
+        path=None if path is None else str(path),
+        trained_here=trained_here,
     )
-    logging.info("noise-level estimator: %s", est_info)
+    logging.info("noise-level estimator: %s", info)
+    return estimator, info["path"], info
+
+
+def _row_sample_config(config, row, estimator_path):
+    """`row_config` of a study row (an object with name, cfg_scale, nag_scale, nag_interval and
+    optionally nag_mode, estimator, num_steps)."""
+    entry = dict(
+        name=row.name,
+        cfg_scale=row.cfg_scale,
+        nag_scale=row.nag_scale,
+        nag_interval=row.nag_interval,
+        nag_mode=str(getattr(row, "nag_mode", "token") or "token"),
+    )
+    if getattr(row, "estimator", None):
+        entry["estimator"] = row.estimator
+    if entry["nag_mode"] == "classifier" and not entry.get("estimator", estimator_path):
+        raise ValueError(
+            f"row {row.name!r} has nag_mode='classifier' and no estimator: give rows_shift a "
+            "workdir (the study estimator is saved there and the sampler loads it) or the row an "
+            "estimator path"
+        )
+    c = row_config(config, entry, estimator_path)
+    if getattr(row, "num_steps", None):
+        c.sample.num_steps = int(row.num_steps)
+    return c
+
+
+def rows_shift(config, model, params, rows, seeds, n, study, workdir=None) -> dict:
+    """The study's shift: delta(lambda) per guidance row, mean and SE over ``seeds`` of ``n``
+    images each (image i of a seed: ``guidance_rows.image_batch``), measured with the study
+    estimator (`study_estimator`: trained on real images of ``config.data``, saved in and
+    reused from ``<workdir>/estimator``).
+
+    rows: objects with name, cfg_scale, nag_scale, nag_interval and optionally nag_mode
+      ("token" default | "classifier": guided by the study estimator, or the row's
+      ``estimator`` path) and num_steps. study: config.study (estimator, estimator_pool,
+      estimator_seed, max_states, late). The forward-sample calibration uses real images of
+      ``config.data`` of the same classes as the samples (``data.pipeline.real_images``).
+    Returns {"estimator": info, "rows": {name: levels, delta_mean, delta_se, late, all}}; levels
+    are noise levels (1 = noise), SiT time t = 1 - level.
+    """
+    from nag_jax.data.pipeline import real_images
+
+    process = build.build_process(config, for_sampling=True)
+    k = int(config.model.num_classes)
+    estimator, est_path, est_info = study_estimator(config, study, workdir)
     shift_fn = jax.jit(
         lambda st, fw, lv: S.measure_shift(estimator.log_posterior, st, fw, lv, estimator.grid)
     )
+    batches = {}  # per seed: the sampler's keys and labels, the calibration's real images
+    for seed in seeds:
+        keys, labels = image_batch(int(seed), n, k)
+        real = real_images(
+            config.data, _REAL_SHIFT + 10_000_000 * int(seed) + np.arange(n), np.asarray(labels)
+        )
+        batches[seed] = (keys, labels, jnp.asarray(real["image"]))
     out = {}
     for row in rows:
-        c = config.copy_and_resolve_references()
-        c.sample.cfg_scale, c.sample.nag_scale = row.cfg_scale, row.nag_scale
-        c.sample.nag_interval = row.nag_interval
+        c = _row_sample_config(config, row, est_path)
         fn = jax.jit(build.build_sampler(c, model, return_trajectory=True))
         deltas, late, whole = [], [], []
         for seed in seeds:
-            idx = np.arange(n)
-            keys, labels = image_batch(int(seed), n, k)
+            keys, labels, real = batches[seed]
             _, traj = fn(params, keys, labels)
             sel = np.unique(np.linspace(0, traj["t"].shape[0] - 1, int(study.max_states)).round())
             states, times = traj["x"][sel.astype(int)], traj["t"][sel.astype(int)]
             levels = process.noise_level(times)
-            real = ds.render_batch(_REAL_SHIFT + 10_000_000 * int(seed) + idx, np.asarray(labels))
-            fwd = S.forward_states(
-                process, jax.random.key(10_000 + int(seed)), jnp.asarray(real["image"]), levels
-            )
+            fwd = S.forward_states(process, jax.random.key(10_000 + int(seed)), real, levels)
             res = shift_fn(states, fwd, levels)
             summ = S.summarize_shift(res, late=float(study.late))
             deltas.append(np.asarray(res.delta))

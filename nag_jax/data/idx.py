@@ -231,6 +231,12 @@ class IdxSource:
         self._load()
         return len(self._images)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int32 labels of the split's records."""
+        self._load()
+        return self._labels
+
     def get_batch(self, keys) -> dict:
         self._load()
         keys = np.asarray(keys, dtype=np.int64)

@@ -5,6 +5,9 @@
                         global_batch_size=config.data.global_batch_size)
     batch = next(it)   # {"image": (B_local, H, W, C) float32, "label": (B_local,) int32}
 
+``real_images(config.data, keys, labels=None)``: deterministic real examples (no shuffle, no
+flips; key k -> one example, optionally of a given class), the reference data of measurements.
+
 B_local = global_batch_size // process_count. "image" holds pixels in [-1, 1] (NHWC, C = 3; the
 "idx" source: C = config.data.channels, 1 or 3) for image sources and latents (B, h, w, 4) for
 the "latents" source (already multiplied by 0.18215).
@@ -145,6 +148,17 @@ def build_source(data_cfg):
     from nag_jax.data.sources import TfdsSource
 
     return TfdsSource(name, d.split, data_dir, prepare=bool(d.tfds_prepare))
+
+
+def _kind_and_scale(name: str, source) -> tuple[str, float]:
+    """(``_LoadBatch`` kind, latent scale) of ``config.data.name``'s source."""
+    kind = {SYNTHETIC: "synthetic", "latents": "latents", IDX: "idx"}.get(name, "image")
+    scale = 1.0
+    if kind == "latents" and not source.metadata.get("scaled", True):
+        from nag_jax.data.latents import SD_VAE_SCALE  # the SD-VAE's, nag_jax.models.vae
+
+        scale = float(source.metadata.get("scale_factor", SD_VAE_SCALE))
+    return kind, scale
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -369,12 +383,7 @@ def create_dataset(
 
     source = build_source(d)
     name = d.name
-    kind = {SYNTHETIC: "synthetic", "latents": "latents", IDX: "idx"}.get(name, "image")
-    scale = 1.0
-    if kind == "latents" and not source.metadata.get("scaled", True):
-        from nag_jax.data.latents import SD_VAE_SCALE  # the SD-VAE's, nag_jax.models.vae
-
-        scale = float(source.metadata.get("scale_factor", SD_VAE_SCALE))
+    kind, scale = _kind_and_scale(name, source)
 
     n = len(source)
     n_even = n - n % process_count
@@ -445,3 +454,85 @@ def dataset_info(data_cfg) -> dict:
         "class_names": class_names,
         "example_shape": shape,
     }
+
+
+# The record order of `real_images` (fixed: the same real images in every run and process).
+_REAL_ORDER_SEED = 0x5EA1_0DE5
+
+
+def _record_labels(source) -> np.ndarray:
+    """(N,) labels of every record of a random-access source that lists them."""
+    labels = getattr(source, "labels", None)
+    if labels is None:
+        raise ValueError(
+            f"real images of given classes need the labels of every record, and {source!r} does "
+            "not list them (the synthetic_shapes, idx and image_folder sources do); call "
+            "real_images without labels"
+        )
+    return np.asarray(labels, np.int64)
+
+
+def real_images(data_cfg, keys, labels=None) -> dict:
+    """Real examples of ``config.data``, model-ready and deterministic: key k -> one example.
+
+    The reference data of measurements (not training batches): no shuffle seed, no flips, the
+    same example for the same key in every run and process.
+
+    Args:
+      data_cfg: the ``config.data`` block (any source of ``build_source``).
+      keys: (N,) non-negative ints.
+      labels: optional (N,) class ids: example n is then of class ``labels[n]``.
+    Returns:
+      {"image": (N, S, S, C) float32 in [-1, 1] (C: 3, or ``data.channels`` for "idx"; latents
+      (N, h, w, 4) scaled as the pipeline's), "label": (N,) int32}.
+
+    synthetic_shapes: ``ShapesDataset.render_batch(keys, labels)`` (the shapes of index k; the
+    generator is unbounded, so keys far above ``num_examples`` are shapes no training batch
+    draws). Other sources: record ``order[k % N]`` of a fixed permutation ``order`` of the N
+    records (with labels: of the records of that class), read and preprocessed as the pipeline
+    does (idx: fitted to ``image_size``, ``channels`` as configured); keys fewer than N apart
+    (with labels: fewer than the class's count) are distinct records.
+    """
+    d = _section(data_cfg)
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if keys.size and keys.min() < 0:
+        raise ValueError(f"real_images keys must be >= 0, got a minimum of {keys.min()}")
+    source = build_source(d)
+    if d.name == SYNTHETIC:
+        out = source.render_batch(keys, labels)
+        return {"image": np.asarray(out["image"], np.float32), "label": out["label"]}
+    n = len(source)
+    if labels is None:
+        records = np.random.default_rng(_REAL_ORDER_SEED).permutation(n)[keys % n]
+    else:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if labels.shape != keys.shape:
+            raise ValueError(f"labels shape {labels.shape} must match keys shape {keys.shape}")
+        record_labels = _record_labels(source)
+        records = np.empty_like(keys)
+        for c in np.unique(labels):
+            members = np.flatnonzero(record_labels == c)
+            if not members.size:
+                raise ValueError(
+                    f"{source!r} has no record of class {c} (its labels are "
+                    f"{sorted(set(record_labels.tolist()))[:20]}): check the labels asked for "
+                    "(config.model.num_classes against the data's)"
+                )
+            order = members[
+                np.random.default_rng([_REAL_ORDER_SEED, int(c)]).permutation(len(members))
+            ]
+            sel = labels == c
+            records[sel] = order[keys[sel] % len(members)]
+    kind, scale = _kind_and_scale(d.name, source)
+    load = _LoadBatch(
+        source,
+        kind=kind,
+        seed=0,
+        image_size=int(d.image_size),
+        random_flip=False,
+        return_index=False,
+        scale=scale,
+        bad_images=d.bad_images,
+    )
+    out = load((np.zeros_like(records), records))
+    return {"image": out["image"], "label": np.asarray(out["label"], np.int32)}
