@@ -23,7 +23,7 @@ Protocol (``config.study``; the demo's own settings are in ``config`` as in conf
    states for each row (``nag_jax.analysis.shift``; the paper's Fig. 4 in miniature).
 
 Library parts: ``nag_jax.evaluation.guidance_rows`` (rows, paired seeds, the validation choice,
-the report table), ``nag_jax.analysis.sampler_shift.shapes_rows_shift``,
+the report table), ``nag_jax.analysis.sampler_shift.rows_shift``,
 ``nag_jax.training.export`` (bases and EMA params of training runs), ``nag_jax.reporting``.
 Writes results.json, report.md, guidance_curves.png, noise_shift.png and steps.png.
 Time convention: SiT, t = 0 noise, t = 1 data; reported levels are noise levels (1 = noise).
@@ -37,7 +37,7 @@ import time
 import jax
 from absl import logging
 
-from nag_jax.analysis.sampler_shift import shapes_rows_shift
+from nag_jax.analysis.sampler_shift import rows_shift, study_estimator
 from nag_jax.evaluation import proxy
 from nag_jax.evaluation.guidance_rows import Row, RowSampler, report_table, scale_curves, table_rows
 from nag_jax.reporting import figures, stats, tables
@@ -104,8 +104,8 @@ def run(config, workdir: str) -> dict:
         save()
     if "noise_shift" not in results:
         logging.info("[4/5] Noise shift with a learned noise-level estimator")
-        results["noise_shift"] = shapes_rows_shift(
-            config, sampler.model, ft_all, rows, rep_seeds, n, st
+        results["noise_shift"] = rows_shift(
+            config, sampler.model, ft_all, rows, rep_seeds, n, st, workdir=workdir
         )
         save()
     figs = figures.study_figures(workdir, results)
@@ -177,7 +177,6 @@ def run_real(config, workdir: str) -> dict:
     here so the choice can be committed before the report seeds are sampled), the base model's
     quality, the report table with the verdict, and the noise shift per row.
     """
-    from nag_jax.analysis import sampler_shift
     from nag_jax.data import idx
     from nag_jax.evaluation import real_scorer, real_study
 
@@ -218,9 +217,7 @@ def run_real(config, workdir: str) -> dict:
     logging.info("[1/6] NAG fine-tune of the base model (p_noise_drop=%s)", drop)
     ft = timed("fine_tune", lambda: train.run(config, str(work / "ft_all")).ema_params)
     logging.info("[2/6] Noise-level estimator on real images (classifier-based NAG, noise shift)")
-    _, est_path, est_info = timed(
-        "estimator", lambda: sampler_shift.study_estimator(config, st, str(work))
-    )
+    _, est_path, est_info = timed("estimator", lambda: study_estimator(config, st, str(work)))
     results["estimator"] = est_info
     config = config.copy_and_resolve_references()
     config.sample.estimator = str(est_path)
@@ -268,7 +265,7 @@ def run_real(config, workdir: str) -> dict:
         guided = [r for r in rows if not r.transform]
         results["noise_shift"] = timed(
             "noise_shift",
-            lambda: sampler_shift.rows_shift(
+            lambda: rows_shift(
                 config, sampler.model, ft, guided, rep_seeds, min(n, int(st.shift_images)), st,
                 workdir=str(work),
             ),
