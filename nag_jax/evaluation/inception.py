@@ -440,12 +440,19 @@ def load_inception_params(path: str) -> dict:
 
 
 def features(
-    params, images_uint8, *, logits_bias: bool = False, preprocess_mode: str = "pytorch_fid"
+    params,
+    images_uint8,
+    *,
+    logits_bias: bool = False,
+    preprocess_mode: str = "pytorch_fid",
+    input_size: int = INPUT_SIZE,
 ) -> dict:
     """Pure fn(params, uint8 (N, H, W, 3)) -> dict(pool, spatial, logits): preprocess + network.
-    Pool-only params (no "fc": the TorchScript port) give no "logits"."""
+    Pool-only params (no "fc": the TorchScript port) give no "logits". ``input_size``: the
+    network's input (299 for FID; smaller, down to 75, only for cheap random-weight tests)."""
     model = InceptionV3(logits_bias=logits_bias, with_logits="fc" in params)
-    return model.apply({"params": params}, preprocess(images_uint8, mode=preprocess_mode))
+    x = preprocess(images_uint8, size=input_size, mode=preprocess_mode)
+    return model.apply({"params": params}, x)
 
 
 def inception_apply_fn(params, *, logits_bias: bool = False, preprocess_mode: str = "pytorch_fid"):

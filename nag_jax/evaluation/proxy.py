@@ -11,8 +11,9 @@ that exists here and whose meaning is easy to defend:
   classifier's feature space: it sees diversity and fidelity, and compares runs of the demo with
   each other. It is NOT FID and is never presented as one.
 
-The classifier is trained deterministically from (image_size, num_classes, seed) on real images
-of `nag_jax.data.synthetic.ShapesDataset` and cached as an .npz, so every run and every
+The classifier (the network and training loop of `nag_jax.evaluation.classifier`) is trained
+deterministically from (image_size, num_classes, seed) on real images of
+`nag_jax.data.synthetic.ShapesDataset` and cached as an .npz, so every run and every
 evaluation uses the same weights. Images are NHWC; the extractor takes uint8 (the project's
 `nag_jax.utils.to_uint8` rule) like every other feature extractor.
 """
@@ -22,40 +23,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from nag_jax.data.synthetic import ShapesDataset
-from nag_jax.storage.paths import as_path, atomic_write
+from nag_jax.evaluation import classifier
+from nag_jax.evaluation.classifier import (  # noqa: F401  (re-exported: the demo's names)
+    ARCH,
+    FEATURE_DIM,
+    _apply,
+    features,
+    predict,
+)
+from nag_jax.storage.paths import as_path
 
-FEATURE_DIM = 128
-ARCH = "cnn4-800"  # part of cache names: bump when the architecture or its training changes
+# The demo's classifier is the generic one (nag_jax.evaluation.classifier), under its old name.
+ShapesClassifier = classifier.SmallCNN
 # The classifier sees a different slice of the dataset than any generative run: seed offset.
 _DATA_SEED_OFFSET = 1_000_003
-
-
-class ShapesClassifier(nn.Module):
-    """(N, S, S, 3) images in [-1, 1] -> ({"pool": (N, 128)}, logits (N, K))."""
-
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, x):
-        for width, stride in ((32, 2), (64, 1), (64, 2), (128, 1)):
-            x = nn.gelu(nn.Conv(width, (3, 3), strides=(stride, stride))(x))
-        feats = nn.Dense(FEATURE_DIM)(jnp.mean(x, axis=(1, 2)))
-        logits = nn.Dense(self.num_classes)(nn.gelu(feats))
-        return feats, logits
-
-
-def _real_batch(ds: ShapesDataset, step: int, batch_size: int) -> dict:
-    return ds.random_batch(np.random.default_rng([ds.seed, step]), batch_size)
 
 
 def train_classifier(
@@ -68,63 +56,24 @@ def train_classifier(
     lr: float = 3e-3,
     variant: str = "base",
 ):
-    """Trains the classifier on real shapes (of ``variant``); returns (params, held-out real
-    accuracy)."""
+    """Trains the classifier on real shapes (of ``variant``, rendered on the fly); returns
+    (params, held-out real accuracy)."""
     ds = ShapesDataset(image_size, num_classes, seed=seed + _DATA_SEED_OFFSET, variant=variant)
-    model = ShapesClassifier(num_classes)
-    params = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))["params"]
-    tx = optax.adamw(optax.cosine_decay_schedule(lr, num_steps), weight_decay=1e-4)
-    opt_state = tx.init(params)
 
-    @jax.jit
-    def step(params, opt_state, images, labels):
-        def loss_fn(p):
-            _, logits = model.apply({"params": p}, images)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    def batch_at(step):
+        b = ds.random_batch(np.random.default_rng([ds.seed, step]), batch_size)
+        return b["image"], b["label"]
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    start = time.time()
-    for i in range(num_steps):
-        b = _real_batch(ds, i, batch_size)
-        params, opt_state, loss = step(params, opt_state, b["image"], b["label"])
-    held_out = ds.render_batch(np.arange(2**40, 2**40 + 1024))
-    acc = float(np.mean(predict(params, num_classes, held_out["image"]) == held_out["label"]))
-    logging.info(
-        "Proxy classifier: %d steps in %.1fs, final loss %.4f, held-out real accuracy %.4f",
-        num_steps,
-        time.time() - start,
-        float(loss),
-        acc,
+    settings = classifier.TrainSettings(
+        num_steps=num_steps, batch_size=batch_size, lr=lr, weight_decay=1e-4, seed=seed
     )
+    params, _ = classifier.train(
+        num_classes, batch_at, (image_size, image_size, 3), settings, name="Proxy classifier"
+    )
+    held_out = ds.render_batch(np.arange(2**40, 2**40 + 1024))
+    acc = classifier.accuracy(params, num_classes, held_out["image"], held_out["label"])
+    logging.info("Proxy classifier: held-out real accuracy %.4f", acc)
     return params, acc
-
-
-def _apply(params, num_classes, images):
-    return ShapesClassifier(num_classes).apply({"params": params}, images)
-
-
-_apply_jit = jax.jit(_apply, static_argnums=1)
-
-
-def predict(params, num_classes: int, images, batch_size: int = 512) -> np.ndarray:
-    """Predicted labels (N,) for float images (N, S, S, 3) in [-1, 1]."""
-    out = [
-        np.asarray(jnp.argmax(_apply_jit(params, num_classes, images[i : i + batch_size])[1], -1))
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out)
-
-
-def features(params, num_classes: int, images, batch_size: int = 512) -> np.ndarray:
-    """Penultimate features (N, 128) float64 for float images in [-1, 1]."""
-    out = [
-        np.asarray(_apply_jit(params, num_classes, images[i : i + batch_size])[0], np.float64)
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out)
 
 
 def cache_path(
@@ -155,23 +104,10 @@ def load_or_train(
     (on real shapes of ``variant``)."""
     path = path or cache_path(image_size, num_classes, seed, variant=variant)
     if as_path(path).exists():
-        with as_path(path).open("rb") as fh, np.load(fh) as f:
-            flat = {k: f[k] for k in f.files}
-        acc = float(flat.pop("__accuracy__"))
-        params = {}
-        for key, value in flat.items():
-            node = params
-            *parents, leaf = key.split("/")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = jnp.asarray(value)
-        return params, acc
+        params, scalars = classifier.load_npz(path)
+        return params, scalars["accuracy"]
     params, acc = train_classifier(image_size, num_classes, seed=seed, variant=variant)
-    flat = {
-        "/".join(str(getattr(k, "key", k)) for k in path_): np.asarray(v)
-        for path_, v in jax.tree_util.tree_leaves_with_path(params)
-    }
-    atomic_write(path, lambda f: np.savez(f, __accuracy__=np.float64(acc), **flat))
+    classifier.save_npz(path, params, accuracy=acc)
     return params, acc
 
 
