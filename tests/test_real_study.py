@@ -87,7 +87,8 @@ class _FakeSampler:
     def __call__(self, row: Row, params, seed, n):
         x = np.linspace(-0.5, 0.5, 8)[None, :] * np.ones((8, 1))
         checker = np.where((np.add.outer(np.arange(8), np.arange(8)) % 2) == 0, 1.0, -1.0)
-        img = 0.5 * x + 0.05 * row.nag_scale * checker
+        texture = np.random.default_rng(0).normal(0, 0.05, (8, 8))  # something to sharpen
+        img = 0.5 * x + texture + 0.05 * row.nag_scale * checker
         img[0, :3] = row.cfg_scale / 10, row.nag_scale / 10, row.nag_interval[1] / 10
         images = np.broadcast_to(img[None, :, :, None], (n, 8, 8, 1)).astype(np.float32)
         return images, np.zeros(n, np.int32), 100.0
@@ -125,7 +126,7 @@ def test_validate_picks_the_lowest_fid_among_scales_that_switch_guidance_on():
     assert c["nag_interval"] == [0.0, 1.0]
     assert c["cfg_nag"] == [2.0, 1.0]  # CFG+NAG at the CFG row's s
     # every distinct row is scored once per seed ("none" is shared by both curves)
-    distinct = 1 + 3 + 3 + 1 + 2 + 2  # none, cfg, nag, the extra interval, joint, cls
+    distinct = 1 + 3 + 3 + 2 + 2 + 2  # none, cfg, nag, the other 2 intervals, joint, cls
     assert scorer.calls == 2 * distinct
     # the controls reach NAG's high-frequency energy on the unguided images
     none = _FakeSampler()(Row("none"), None, 100, 4)[0]

@@ -125,3 +125,24 @@ def match_strength(
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+TRANSFORMS = ("unsharp", "noise")
+
+
+def noise_key(seed: int):
+    """The noise control's key for images of sampling seed ``seed`` (fixed: a rerun adds the
+    same noise)."""
+    return jax.random.fold_in(jax.random.key(int(seed)), 0x6E6F6973)
+
+
+def apply(transform: str, images, strength: float, key=None) -> np.ndarray:
+    """A control by name: ``"unsharp"`` (`unsharp_mask`, amount = strength) or ``"noise"``
+    (`add_noise`, sigma = strength, needs ``key``). (N, H, W, C) float in [-1, 1]."""
+    if transform == "unsharp":
+        return unsharp_mask(images, strength)
+    if transform == "noise":
+        if key is None:
+            raise ValueError("the noise control needs a key (controls.noise_key(seed))")
+        return add_noise(images, strength, key)
+    raise ValueError(f"control transform={transform!r}; expected one of {TRANSFORMS}")

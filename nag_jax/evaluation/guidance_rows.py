@@ -136,7 +136,7 @@ class RowSampler:
         if row.transform:
             from nag_jax.evaluation import controls
 
-            key = jax.random.fold_in(jax.random.key(int(seed)), 0x6E6F6973)
+            key = controls.noise_key(seed)
             images = np.asarray(controls.apply(row.transform, images, row.strength, key))
         return images, labels, ips
 
@@ -173,7 +173,7 @@ def evaluate_rows(
             if on_images is not None:
                 on_images(row, seed, images, labels)
             for m, v in scorer(images, labels).items():
-                per[m].append(float(v))
+                per.setdefault(m, []).append(float(v))
             per["images_per_sec"].append(float(ips))
         out[row.name] = dict(row=dataclasses.asdict(row), per_seed=per)
         ms = {m: stats.mean_se(per[m]) for m in metrics}

