@@ -238,8 +238,11 @@ def verdict(summary: dict, metrics=VERDICT_METRICS, z: float = 3.0) -> dict:
 def verdict_lines(v: dict) -> list[str]:
     """Markdown bullet lines of ``verdict``'s result."""
     lines = [f"Rule (stated before the report seeds were sampled): {VERDICT_RULE}", ""]
-    lines += ["Gains are minus the paired difference (positive = lower FID / KID than the "
-              "baseline); t is the gain over its SE with seeds - 1 degrees of freedom.", ""]  # fmt: skip
+    lines += [
+        "Gains are minus the paired difference (positive = lower FID / KID than the baseline); "
+        "t is the gain over its SE, with seeds - 1 degrees of freedom.",
+        "",
+    ]
     for label, r in v.items():
         if "status" in r:
             g = ", ".join(
