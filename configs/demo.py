@@ -102,8 +102,22 @@ def get_config():
             dict(name="CFG", cfg_scale=1.25),
             dict(name="NAG", nag_scale=1.0, nag_interval=(0.0, 0.5)),
             dict(name="CFG+NAG", cfg_scale=1.125, nag_scale=1.0, nag_interval=(0.0, 0.5)),
+            # the pair at EQUAL s: CFG+NAG above also has less CFG than the CFG row
+            dict(name="CFG+NAG same s", cfg_scale=1.25, nag_scale=1.0, nag_interval=(0.0, 0.5)),
         ),
-        comparisons=(("NAG", "none"), ("CFG", "none"), ("CFG+NAG", "CFG"), ("CFG+NAG", "NAG")),
+        # Controls no guidance made: the "none" images + a 3x3 unsharp mask, and + i.i.d. noise,
+        # each at the strength that gives them NAG's high-frequency energy (mean squared
+        # Laplacian) on the validation seed below (nag_jax.jobs.demo.match_controls).
+        controls=dict(match="NAG", seeds=(100,)),
+        comparisons=(
+            ("NAG", "none"),
+            ("CFG", "none"),
+            ("CFG+NAG", "CFG"),
+            ("CFG+NAG", "NAG"),
+            ("CFG+NAG same s", "CFG"),
+            ("none + unsharp", "none"),
+            ("none + noise", "none"),
+        ),
         seeds=(0, 1, 2),  # report seeds
         images_per_seed=256,
         grid_images_per_class=8,

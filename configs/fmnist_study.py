@@ -106,9 +106,9 @@ def get_config():
             scorer="inception",
             select="fid",  # the validation criterion: lowest mean FID (test set)
             val_seeds=(100, 101),
-            val_images_per_seed=150,
+            val_images_per_seed=100,
             report_seeds=(0, 1, 2, 3, 4),
-            images_per_seed=200,
+            images_per_seed=150,
             num_test=2000,  # reference: the first 2000 test images
             num_train=1000,  # a second reference: 1000 train images (seeded subset)
             cfg_scales=(1.0, 1.5, 2.0, 3.0),

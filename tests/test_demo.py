@@ -13,7 +13,7 @@ import pytest
 from nag_jax.data.synthetic import ShapesDataset
 from nag_jax.evaluation.guidance_rows import Row, RowSampler
 from nag_jax.jobs import demo
-from nag_jax.reporting import stats
+from nag_jax.reporting import figures, stats
 from nag_jax.sampling import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,8 +104,10 @@ def tiny_demo(tmp_path_factory):
 def test_demo_writes_table_grids_and_metrics(tiny_demo):
     c, workdir, metrics = tiny_demo
     names = [Row.from_config(r).name for r in c.demo.settings]
+    names += ["none + unsharp", "none + noise"]  # the controls (config.demo.controls)
     for name in names:
-        assert os.path.exists(os.path.join(workdir, f"grid_{name.replace('+', '_')}.png"))
+        assert os.path.exists(os.path.join(workdir, figures.grid_file(name)))
+    assert os.path.exists(os.path.join(workdir, "grid_CFG_NAG.png"))  # the plain file names
     assert os.path.exists(os.path.join(workdir, "comparison.png"))
     with open(os.path.join(workdir, "metrics.json")) as f:
         saved = json.load(f)
@@ -116,6 +118,12 @@ def test_demo_writes_table_grids_and_metrics(tiny_demo):
     with open(os.path.join(workdir, "table.md")) as f:
         table = f.read()
     assert "| NAG - none |" in table and "+-" in table
+    assert "| none + unsharp - none |" in table and "| CFG+NAG same s - CFG |" in table
+    # the controls: the unguided images, sharpened (or noised) to NAG's high-frequency energy on
+    # the validation seed, scored on the report seeds like the guidance rows
+    assert set(saved["controls"]) == {"none + unsharp", "none + noise"}
+    assert all(v >= 0 for v in saved["controls"].values())
+    assert len(saved["results"]["none + noise"]["per_seed"]["proxy_fd"]) == 2
     # TensorBoard: the fine-tune's curves and the settings' results, at the last step.
     from tests.helpers import read_tensorboard
 

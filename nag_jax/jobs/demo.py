@@ -8,9 +8,12 @@
    and ``nag_jax.training.export.export_base``) is fine-tuned for a few % of its steps with
    noise-condition dropout, which trains the noise-unconditional branch (the null noise token is
    created as the mean timestep embedding);
-3. the same images sampled with none / CFG / NAG / CFG+NAG on several held-out seeds, scored by
-   the proxy, printed as a table with standard errors and paired differences
-   (``nag_jax.evaluation.guidance_rows``, ``nag_jax.reporting``).
+3. the same images sampled with none / CFG / NAG / CFG+NAG (and CFG+NAG at the CFG row's s) on
+   several held-out seeds, plus two controls that no guidance made (the unguided images + an
+   unsharp mask, + i.i.d. noise, matched to NAG's high-frequency energy on a validation seed:
+   a texture change the proxy may reward), scored by the proxy, printed as a table with
+   standard errors and paired differences (``nag_jax.evaluation.guidance_rows``,
+   ``nag_jax.reporting``).
 
 Writes into the workdir: ``grid_<setting>.png`` (rows = classes, columns = images of the first
 seed), ``comparison.png`` (the four settings side by side), ``metrics.json`` (per seed, mean, SE,
@@ -31,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from nag_jax.data.synthetic import ShapesDataset
-from nag_jax.evaluation import guidance_rows, proxy
+from nag_jax.evaluation import guidance_rows, proxy, real_study
 from nag_jax.reporting import figures, stats, tables
 from nag_jax.sampling import build
 from nag_jax.storage import weights
@@ -55,6 +58,38 @@ def write_tensorboard(config, workdir: str, step: int, summary: dict, comparison
     writer.write_scalars(step, scalars)
     writer.write_images(step, {"demo/comparison": np.asarray(comparison)[None]})
     writer.close()
+
+
+def match_controls(config, sampler, params, rows, n: int) -> list:
+    """The control rows (``config.demo.controls``: ``match``, a row name, and ``seeds``): the
+    unguided images + an unsharp mask, and + i.i.d. noise, each at the strength that gives them
+    the high-frequency energy of the ``match`` row's images on the validation ``seeds`` (never
+    the report seeds; ``nag_jax.evaluation.real_study.match_controls``). [] without controls."""
+    ctrl = config.demo.get("controls")
+    if not ctrl:
+        return []
+    by_name = {r.name: r for r in rows}
+    if ctrl.match not in by_name or "none" not in by_name:
+        raise ValueError(
+            f"config.demo.controls.match={ctrl.match!r}: expected one of {sorted(by_name)} "
+            "(and a row named 'none', whose images the controls transform)"
+        )
+    seeds = [int(s) for s in ctrl.seeds]
+    if set(seeds) & {int(s) for s in config.demo.seeds}:
+        raise ValueError(
+            f"config.demo.controls.seeds={seeds} overlap the report seeds "
+            f"{list(config.demo.seeds)}: match the controls on other (validation) seeds."
+        )
+    none, match = by_name["none"], by_name[ctrl.match]
+    strengths, energies = real_study.match_controls(sampler, params, none, match, seeds, n)
+    logging.info(
+        "controls matched to %s on seeds %s: %s %s", ctrl.match, seeds, strengths, energies
+    )
+    Row = guidance_rows.Row
+    return [
+        Row("none + unsharp", transform="unsharp", strength=strengths["unsharp"]),
+        Row("none + noise", transform="noise", strength=strengths["noise"]),
+    ]
 
 
 def run(config, workdir: str) -> dict:
@@ -81,6 +116,8 @@ def run(config, workdir: str) -> dict:
     n = int(dc.images_per_seed)
     logging.info("[3/3] Sampling %d settings x %d seeds x %d images", len(rows), len(seeds), n)
     sampler = guidance_rows.RowSampler(config, build.build_model(config.model))
+    controls = match_controls(config, sampler, state.ema_params, rows, n)
+    rows += controls
     names = ShapesDataset(int(config.data.image_size), int(config.model.num_classes)).class_names
     grids = figures.GridWriter(names, seeds[0], int(dc.grid_images_per_class), workdir)
     results = guidance_rows.evaluate_rows(
@@ -113,6 +150,8 @@ def run(config, workdir: str) -> dict:
         ),
         devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     )
+    if controls:
+        metrics["controls"] = {r.name: r.strength for r in controls}
     metrics["total_seconds"] = round(time.time() - start, 1)
     weights.write_json(as_path(workdir) / "metrics.json", metrics, force=True)
     (as_path(workdir) / "table.md").write_text(table + "\n")

@@ -298,9 +298,7 @@ class _GridCollector:
             grid = figures.labelled_grid(
                 images, labels, names, per_class, f"{name} (seed {self.seed})"
             )
-            stem = name.replace(" + ", "_").replace("+", "_").replace("-", "_")
-            files.append("grid_" + "".join(c if c.isalnum() or c == "_" else "" for c in stem))
-            files[-1] += ".png"
+            files.append(figures.grid_file(name))
             save_png(str(work / files[-1]), grid)
         return files
 

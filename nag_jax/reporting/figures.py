@@ -94,6 +94,13 @@ def subset_panel(images, labels, names, classes, title, seeds: int = 4):
     return labelled_grid(images[order], sub_labels, [names[kk] for kk in classes], seeds, title)
 
 
+def grid_file(name: str) -> str:
+    """``grid_<row name>.png`` with a plain file name ("CFG+NAG" -> grid_CFG_NAG.png, "none +
+    unsharp" -> grid_none_unsharp.png)."""
+    stem = name.replace(" + ", "_").replace("+", "_").replace(" ", "_")
+    return "grid_" + "".join(c for c in stem if c.isalnum() or c in "_-.") + ".png"
+
+
 class GridWriter:
     """``on_images`` callback of ``nag_jax.evaluation.guidance_rows.evaluate_rows``:
     ``grid_<row>.png`` from the images of ``seed`` (rows = classes, ``per_class`` columns) and
@@ -110,8 +117,12 @@ class GridWriter:
         title = f"{row.name}: s_cfg={row.cfg_scale:g}, w_nag={row.nag_scale:g}"
         if row.nag_scale and row.nag_interval != (0.0, 1.0):
             title += " on noise [{:g}, {:g}]".format(*row.nag_interval)
+        if getattr(row, "transform", ""):
+            title += f" + {row.transform} {row.strength:.3g} (a control)"
         grid = labelled_grid(images, labels, self.names, self.per_class, title)
-        save_png(os.path.join(self.workdir, f"grid_{row.name.replace('+', '_')}.png"), grid)
+        save_png(os.path.join(self.workdir, grid_file(row.name)), grid)
+        if getattr(row, "transform", ""):  # the comparison shows guidance rows only
+            return
         k = len(self.names)  # red disk, green square, blue triangle, ...
         subset = [kk for kk in range(k) if kk % 4 == (kk // 4) % 4]
         self.panels.append(subset_panel(images, labels, self.names, subset, title))
