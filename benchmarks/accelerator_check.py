@@ -776,14 +776,7 @@ def part_train(p: Part, sizes: dict, ctx: dict):
             gflop = ctx.get("gflop_override") or timing.transformer_forward_flops(model) / 1e9
             mesh = parallel.create_mesh(config.parallel)
             state, shardings, tx = setup_state(config, model, mesh)
-            fn = step_lib.jit_train_step(
-                shardings,
-                mesh,
-                apply_fn=step_lib.make_apply_fn(model),
-                loss_fn=step_lib.make_nag_loss(config, build.build_process(config)),
-                tx=tx,
-                ema_decay=float(config.optim.ema_decay),
-            )
+            fn = step_lib.jit_train_step_from_config(config, model, shardings, mesh, tx)
             x, _, y = model_inputs(model, per_device * ndev, "SiT")
             batch = parallel.global_batch({"x": x, "y": y}, mesh)
             t0 = time.perf_counter()

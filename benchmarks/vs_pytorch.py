@@ -284,14 +284,7 @@ def train_side_by_side(
     model = build.build_model(config.model)
     mesh = parallel.create_mesh(config.parallel, jax.devices()[:1])
     state, shardings, tx = setup_state(config, model, mesh)
-    fn = step_lib.jit_train_step(
-        shardings,
-        mesh,
-        apply_fn=step_lib.make_apply_fn(model),
-        loss_fn=step_lib.make_nag_loss(config, build.build_process(config)),
-        tx=tx,
-        ema_decay=float(config.optim.ema_decay),
-    )
+    fn = step_lib.jit_train_step_from_config(config, model, shardings, mesh, tx)
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((batch, input_size, input_size, 4)).astype(np.float32)
     y = rng.integers(0, 1000, batch).astype(np.int32)

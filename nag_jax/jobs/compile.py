@@ -166,7 +166,6 @@ def flops(compiled) -> float | None:
 def compile_train_step(config, model, mesh, per_device_batch: int):
     """AOT-compiles the configured train step for ``mesh`` at ``per_device_batch`` images per batch
     shard (global batch = that x mesh data x fsdp). Returns (compiled, seconds)."""
-    from nag_jax.sampling import build
     from nag_jax.training import step as step_lib
     from nag_jax.training.loop import init_params_fn
     from nag_jax.training.state import create_optimizer, init_state
@@ -179,14 +178,7 @@ def compile_train_step(config, model, mesh, per_device_batch: int):
     shardings = parallel.tree_shardings(
         state, mesh, fsdp_min_size=int(config.parallel.fsdp_min_size)
     )
-    fn = step_lib.jit_train_step(
-        shardings,
-        mesh,
-        apply_fn=step_lib.make_apply_fn(model),
-        loss_fn=step_lib.make_nag_loss(config, build.build_process(config)),
-        tx=tx,
-        ema_decay=float(config.optim.ema_decay),
-    )
+    fn = step_lib.jit_train_step_from_config(config, model, shardings, mesh, tx)
     n = per_device_batch * parallel.batch_shards(mesh)
     s, c = int(config.model.input_size), int(config.model.in_channels)
     batch_sharding = parallel.batch_sharding(mesh)

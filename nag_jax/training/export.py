@@ -2,7 +2,12 @@
 the EMA params of one step, the shipped base with a zero token for unguided rows.
 
 ``export_base`` is how ``nag_jax/assets/demo_base`` was made from the configs/demo_pretrain.py
-run; the demo study (``nag_jax.jobs.study``) uses all three. Paths go through
+run (and ``nag_jax/assets/fmnist_base`` from configs/fmnist_pretrain.py's, raw params at step
+3000:
+
+    python -m nag_jax.training.export configs/fmnist_pretrain.py \
+        runs/fmnist_pretrain/checkpoints nag_jax/assets/fmnist_base --step=3000 --which=params
+); the demo study (``nag_jax.jobs.study``) uses all three. Paths go through
 ``nag_jax.storage.paths`` (local or ``gs://``).
 """
 
@@ -16,8 +21,12 @@ from nag_jax.storage.paths import as_path
 from nag_jax.training.finetune import NULL_TOKEN
 
 
-def export_base(config, checkpoints: str, dest: str, *, step: int | None = None, force=False):
-    """Writes a training run's EMA params WITHOUT the null noise token to ``dest``, as a release.
+def export_base(
+    config, checkpoints: str, dest: str, *, step: int | None = None, force=False, which="ema"
+):
+    """Writes a training run's EMA params (``which="params"``: the raw params; a short run's EMA
+    still carries ``ema_decay ** step`` of the random init) WITHOUT the null noise token to
+    ``dest``, as a release.
 
     ``checkpoints``: a training workdir's ``checkpoints/`` directory; ``step``: the step to take
     (None: the latest). The result has the converter's layout (params + metadata) and no null
@@ -31,7 +40,10 @@ def export_base(config, checkpoints: str, dest: str, *, step: int | None = None,
             f"steps found: {steps}. Point at a training workdir's checkpoints/ directory."
         )
     step = int(step) if step is not None else steps[-1]
-    params = dict(weights.load_params(str(root / str(step) / "ema_params"))[0])
+    if which not in ("ema", "params"):
+        raise ValueError(f"export_base which={which!r}: expected 'ema' or 'params'")
+    sub = "ema_params" if which == "ema" else "params"
+    params = dict(weights.load_params(str(root / str(step) / sub))[0])
     params.pop(NULL_TOKEN, None)
     m = config.model
     patch = int(params["x_embedder"]["proj"]["kernel"].shape[0])
@@ -52,7 +64,7 @@ def export_base(config, checkpoints: str, dest: str, *, step: int | None = None,
         null_noise=None,
         source=str(root),
         step=step,
-        weights="ema",
+        weights=which,
     )
     weights.save_params(dest, params, meta, force=force)
     return dest
@@ -78,3 +90,31 @@ def with_zero_null_token(params, hidden_size: int):
     params = dict(jax.tree.map(jnp.asarray, params))
     params.setdefault(NULL_TOKEN, jnp.zeros((int(hidden_size),)))
     return params
+
+
+def main(argv=None) -> None:
+    """``python -m nag_jax.training.export CONFIG CHECKPOINTS DEST [--step N] [--which W]``."""
+    import argparse
+    import os
+
+    from nag_jax.config import schema
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("config", help="the training run's config file (configs/*.py)")
+    ap.add_argument("checkpoints", help="the training workdir's checkpoints/ directory")
+    ap.add_argument("dest", help="where the base weights go (a new directory)")
+    ap.add_argument("--step", type=int, default=None, help="default: the latest")
+    ap.add_argument("--which", choices=("ema", "params"), default="ema")
+    ap.add_argument("--force", action="store_true", help="overwrite DEST")
+    a = ap.parse_args(argv)
+    if not os.path.exists(a.config):
+        raise SystemExit(f"config file {a.config!r} not found (give a configs/*.py path)")
+    name = os.path.splitext(os.path.basename(a.config))[0]
+    config = schema.sibling_config(os.path.abspath(a.config), name)
+    schema.resolve(config)
+    export_base(config, a.checkpoints, a.dest, step=a.step, force=a.force, which=a.which)
+    print(f"wrote {a.dest} ({a.which} of step {a.step or 'latest'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -45,7 +45,7 @@ from nag_jax.storage import workdir as workdir_lib
 from nag_jax.training import checkpoint as ckpt
 from nag_jax.training import run_config
 from nag_jax.training.state import TrainState, create_optimizer, init_state
-from nag_jax.training.step import jit_train_step, make_apply_fn, make_nag_loss
+from nag_jax.training.step import jit_train_step_from_config, make_nag_loss
 
 
 class NonFiniteLossError(RunStopped, FloatingPointError):
@@ -333,14 +333,7 @@ def _run_locked(config, workdir, stop, model, process, loss_fn, data_iter, make_
         del state
         state = ckpt.restore(mngr, abstract, data_iter)
 
-    train_step = jit_train_step(
-        shardings,
-        mesh,
-        apply_fn=make_apply_fn(model),
-        loss_fn=loss_fn,
-        tx=tx,
-        ema_decay=float(config.optim.ema_decay),
-    )
+    train_step = jit_train_step_from_config(config, model, shardings, mesh, tx, loss_fn=loss_fn)
     return _loop(
         config, workdir, model, mesh, mngr, state, train_step, data_iter, stop, make_evaluators
     )

@@ -103,3 +103,25 @@ def jit_train_step(
         out_shardings=(state_shardings, parallel.replicated(mesh)),
         donate_argnums=(0,) if donate else (),
     )
+
+
+def jit_train_step_from_config(
+    config, model, state_shardings, mesh: jax.sharding.Mesh, tx, *, loss_fn: LossFn | None = None,
+    donate: bool = True,
+):  # fmt: skip
+    """The configured train step: `jit_train_step` with ``model``'s apply, the NAG objective of
+    ``config.objective`` on the config's process (or ``loss_fn``) and ``config.optim.ema_decay``.
+    The one place that builds it (training loop, compile mode, benchmarks)."""
+    if loss_fn is None:
+        from nag_jax.sampling import build
+
+        loss_fn = make_nag_loss(config, build.build_process(config))
+    return jit_train_step(
+        state_shardings,
+        mesh,
+        apply_fn=make_apply_fn(model),
+        loss_fn=loss_fn,
+        tx=tx,
+        ema_decay=float(config.optim.ema_decay),
+        donate=donate,
+    )
