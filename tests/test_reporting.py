@@ -119,3 +119,39 @@ def test_sweep_table_shows_the_se_only_where_there_is_one():
 
 def test_markdown_table_layout():
     assert tables.markdown_table(["a", "b"], [[1, "x"]]) == ["| a | b |", "|---|---|", "| 1 | x |"]
+
+
+def test_real_study_table_scales_kid_and_shows_t_for_fid_and_kid():
+    per = lambda *v: {"fid": list(v), "kid": [x / 1000 for x in v], "images_per_sec": [1.0] * 2}  # noqa: E731
+    res = {
+        "none": {
+            "row": dict(cfg_scale=1.0, nag_scale=0.0, nag_interval=[0, 1]),
+            "per_seed": per(10, 12),
+        },
+        "none + unsharp": {
+            "row": dict(cfg_scale=1.0, nag_scale=0.0, nag_interval=[0, 1], transform="unsharp",
+                        strength=0.5),
+            "per_seed": per(9, 10),
+        },
+    }  # fmt: skip
+    summary = stats.summarize_rows(res, [("none + unsharp", "none")], ("fid", "kid"))
+    text = tables.guidance_rows_table(res, summary, 2, 100, ("fid", "kid"))
+    assert "| FID | KID x 1e3 |" in text
+    assert "| none | 1 | 0 | 11.00 +- 1.00 | 11.00 +- 1.00 | 1.0 |" in text  # KID x 1000
+    assert "0; unsharp 0.5" in text  # a control says what it is
+    # differences -1 and -2: mean -1.5, SE 0.5, t -3.0 with 1 dof, for both FID and KID
+    assert "| none + unsharp - none | -1.50 +- 0.50 (-3.0) | -1.50 +- 0.50 (-3.0) |" in text
+
+
+def test_save_png_writes_grey_and_rgb(tmp_path):
+    from PIL import Image
+
+    from nag_jax.utils import save_png
+
+    grey = (np.arange(12, dtype=np.uint8) * 20).reshape(3, 4, 1)
+    save_png(str(tmp_path / "g.png"), grey)
+    back = np.asarray(Image.open(tmp_path / "g.png"))
+    assert back.shape == (3, 4) and (back == grey[..., 0]).all()
+    rgb = np.stack([grey[..., 0]] * 3, -1)
+    save_png(str(tmp_path / "c.png"), rgb)
+    assert (np.asarray(Image.open(tmp_path / "c.png")) == rgb).all()
