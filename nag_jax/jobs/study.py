@@ -48,6 +48,7 @@ from nag_jax.training import export
 from nag_jax.training import loop as train
 
 _PARTS = {"validation", "table", "steps", "noise_shift", "recipe"}
+_REAL_PARTS = {"validation", "base", "table", "noise_shift"}  # run_real's
 
 
 def fine_tune_config(config, *, weights: str, num_steps: int, trainable: str, lr: float):
@@ -55,6 +56,22 @@ def fine_tune_config(config, *, weights: str, num_steps: int, trainable: str, lr
     c.model.weights, c.train.num_steps, c.optim.trainable = weights, int(num_steps), trainable
     c.optim.lr, c.train.checkpoint_every = float(lr), int(num_steps)
     return c
+
+
+def resume(path, identity: dict) -> dict:
+    """results.json of a study resumed part by part (a finished part is not recomputed): the
+    file's results when its ``identity`` (seeds, image counts) is this run's, a ValueError when
+    not, ``identity`` itself when there is no file."""
+    if not path.exists():
+        return dict(identity)
+    done = json.loads(path.read_text())
+    if not all(done.get(k) == identity[k] for k in identity):
+        raise ValueError(
+            f"{path} was written with other seeds or image counts "
+            f"({ {k: done.get(k) for k in identity} }); use a new workdir."
+        )
+    logging.info("Resuming %s: parts done %s", path, sorted((_PARTS | _REAL_PARTS) & set(done)))
+    return done
 
 
 def run(config, workdir: str) -> dict:
@@ -69,16 +86,7 @@ def run(config, workdir: str) -> dict:
     scorer = proxy.load_scorer(config, workdir)
     sampler = RowSampler(config, build.build_model(config.model))
     path = work / "results.json"
-    results = dict(val_seeds=val_seeds, report_seeds=rep_seeds, images_per_seed=n)
-    if path.exists():  # resume part by part: a finished part is not recomputed
-        done = json.loads(path.read_text())
-        if not all(done.get(k) == results[k] for k in results):
-            raise ValueError(
-                f"{path} was written with other seeds or image counts "
-                f"({ {k: done.get(k) for k in results} }); use a new workdir."
-            )
-        results = done
-        logging.info("Resuming %s: parts done %s", path, sorted(_PARTS & set(done)))
+    results = resume(path, dict(val_seeds=val_seeds, report_seeds=rep_seeds, images_per_seed=n))
 
     def save():
         results["elapsed_s"] = time.time() - start + float(results.get("elapsed_before_s", 0))
@@ -165,9 +173,6 @@ def recipe(config, workdir, sampler, rows, seeds, n, scorer) -> dict:
     return out
 
 
-_REAL_PARTS = ("validation", "base", "table", "noise_shift")
-
-
 def run_real(config, workdir: str) -> dict:
     """The real-image study (configs/fmnist_study.py; protocol: ``evaluation.real_study``).
 
@@ -187,18 +192,15 @@ def run_real(config, workdir: str) -> dict:
     work = as_path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     path = work / "results.json"
-    results = dict(
-        val_seeds=val_seeds, report_seeds=rep_seeds, images_per_seed=n, val_images_per_seed=n_val
+    results = resume(
+        path,
+        dict(
+            val_seeds=val_seeds,
+            report_seeds=rep_seeds,
+            images_per_seed=n,
+            val_images_per_seed=n_val,
+        ),
     )
-    if path.exists():  # resume part by part: a finished part is not recomputed
-        done = json.loads(path.read_text())
-        if not all(done.get(k) == results[k] for k in results):
-            raise ValueError(
-                f"{path} was written with other seeds or image counts "
-                f"({ {k: done.get(k) for k in results} }); use a new workdir."
-            )
-        results = done
-        logging.info("Resuming %s: parts done %s", path, [p for p in _REAL_PARTS if p in done])
     results["elapsed_before_s"] = float(results.get("elapsed_s", 0))
     timings = results.setdefault("part_seconds", {})
 
