@@ -114,3 +114,18 @@ def test_hf_energy_ratio():
     assert controls.hf_energy_ratio(0.5 * x, x) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="energy 0"):
         controls.hf_energy_ratio(x, np.zeros_like(x))
+
+
+def test_blur_is_a_mix_of_the_image_and_its_binomial_blur():
+    x = np.zeros((1, 5, 5, 1), np.float32)
+    x[0, 2, 2, 0] = 1.0
+    np.testing.assert_array_equal(controls.blur(x, 0.0), x)
+    full = controls.blur(x, 1.0)
+    # [1, 2, 1] / 4 in each direction: the centre keeps 1/4, edge neighbours 1/8, corners 1/16
+    assert full[0, 2, 2, 0] == pytest.approx(0.25)
+    assert full[0, 1, 2, 0] == pytest.approx(0.125) and full[0, 1, 1, 0] == pytest.approx(0.0625)
+    np.testing.assert_allclose(controls.blur(x, 0.5), 0.5 * x + 0.5 * full, atol=1e-7)
+    assert controls.laplacian_energy(full) < controls.laplacian_energy(x)
+    with pytest.raises(ValueError, match="0 <= amount <= 1"):
+        controls.blur(x, 1.5)
+    np.testing.assert_array_equal(controls.apply("blur", x, 1.0), full)

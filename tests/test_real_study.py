@@ -71,7 +71,7 @@ def test_report_rows_pair_cfg_nag_at_the_cfg_rows_scale():
     )
     rows = {r.name: r for r in real_study.report_rows(choice)}
     assert list(rows) == [
-        "none", "CFG", "NAG", "CFG+NAG", "cls-NAG", "none + unsharp", "none + noise"
+        "none", "CFG", "NAG", "CFG+NAG", "cls-NAG", "none + unsharp", "none + noise", "none + blur"
     ]  # fmt: skip
     assert rows["CFG+NAG"].cfg_scale == rows["CFG"].cfg_scale == 2.0
     assert rows["NAG"].nag_interval == (0.0, 0.5) and rows["cls-NAG"].nag_mode == "classifier"
@@ -126,7 +126,7 @@ def test_validate_picks_the_lowest_fid_among_scales_that_switch_guidance_on():
     assert c["nag_interval"] == [0.0, 1.0]
     assert c["cfg_nag"] == [2.0, 1.0]  # CFG+NAG at the CFG row's s
     # every distinct row is scored once per seed ("none" is shared by both curves)
-    distinct = 1 + 3 + 3 + 2 + 2 + 2  # none, cfg, nag, the other 2 intervals, joint, cls
+    distinct = 1 + 3 + 3 + 1 + 2 + 2  # none, cfg, nag, the other interval, joint, cls
     assert scorer.calls == 2 * distinct
     # the controls reach NAG's high-frequency energy on the unguided images
     none = _FakeSampler()(Row("none"), None, 100, 4)[0]
@@ -135,5 +135,27 @@ def test_validate_picks_the_lowest_fid_among_scales_that_switch_guidance_on():
     assert c["hf_energy"]["nag"] == pytest.approx(target, rel=1e-6)
     sharpened = controls.unsharp_mask(none, c["unsharp_amount"])
     assert controls.laplacian_energy(sharpened) == pytest.approx(target, rel=1e-2)
+    assert c["blur_amount"] == 0.0  # NAG added energy here: nothing to blur
     m, se = stats.mean_se(out["per_seed"]["none"]["per_seed"]["fid"])
     assert m == pytest.approx((1 - 2) ** 2 + (0 - 1) ** 2, abs=1e-3) and se == 0.0
+
+
+class _SmoothingSampler(_FakeSampler):
+    """As _FakeSampler, but NAG halves the texture: it LOWERS the high-frequency energy."""
+
+    def __call__(self, row: Row, params, seed, n):
+        images, labels, ips = super().__call__(Row("none"), params, seed, n)
+        texture = np.random.default_rng(0).normal(0, 0.05, (8, 8))
+        images = images - 0.5 * min(row.nag_scale, 1.0) * texture[None, :, :, None]
+        return images.astype(np.float32), labels, ips
+
+
+def test_controls_blur_where_nag_lowers_the_high_frequency_energy():
+    s = _SmoothingSampler()
+    none, nag = Row("none"), Row("nag", nag_scale=1.0)
+    strengths, energies = real_study.match_controls(s, None, none, nag, [100], 4)
+    assert energies["nag"] < energies["none"]
+    assert strengths["unsharp"] == 0.0 and strengths["noise"] == 0.0
+    assert 0 < strengths["blur"] <= 1
+    blurred = controls.blur(s(none, None, 100, 4)[0], strengths["blur"])
+    assert controls.laplacian_energy(blurred) == pytest.approx(energies["nag"], rel=1e-3)

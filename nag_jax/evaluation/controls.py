@@ -80,6 +80,16 @@ def unsharp_mask(images, amount: float) -> np.ndarray:
     return np.clip(x + np.float32(amount) * (x - binomial_blur(x)), -1.0, 1.0)
 
 
+def blur(images, amount: float) -> np.ndarray:
+    """(1 - amount) x + amount binomial_blur(x): a partial 3x3 blur, amount in [0, 1] (0 is the
+    identity, 1 the full blur); lowers the high-frequency energy. (N, H, W, C) float32."""
+    x = _check_images(images).astype(np.float32)
+    if not 0 <= amount <= 1:
+        raise ValueError(f"blur amount={amount!r}: expected 0 <= amount <= 1 (0 = identity)")
+    a = np.float32(amount)
+    return (1 - a) * x + a * binomial_blur(x)
+
+
 def add_noise(images, sigma: float, key) -> np.ndarray:
     """clip(x + sigma * eps, -1, 1) with eps ~ N(0, 1) i.i.d. per pixel and channel, drawn from
     ``key`` (the same key gives the same noise): (N, H, W, C) float32."""
@@ -127,7 +137,7 @@ def match_strength(
     return 0.5 * (lo + hi)
 
 
-TRANSFORMS = ("unsharp", "noise")
+TRANSFORMS = ("unsharp", "noise", "blur")
 
 
 def noise_key(seed: int):
@@ -137,10 +147,13 @@ def noise_key(seed: int):
 
 
 def apply(transform: str, images, strength: float, key=None) -> np.ndarray:
-    """A control by name: ``"unsharp"`` (`unsharp_mask`, amount = strength) or ``"noise"``
-    (`add_noise`, sigma = strength, needs ``key``). (N, H, W, C) float in [-1, 1]."""
+    """A control by name: ``"unsharp"`` (`unsharp_mask`, amount = strength), ``"blur"`` (`blur`,
+    amount = strength) or ``"noise"`` (`add_noise`, sigma = strength, needs ``key``).
+    (N, H, W, C) float in [-1, 1]."""
     if transform == "unsharp":
         return unsharp_mask(images, strength)
+    if transform == "blur":
+        return blur(images, strength)
     if transform == "noise":
         if key is None:
             raise ValueError("the noise control needs a key (controls.noise_key(seed))")

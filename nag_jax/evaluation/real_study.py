@@ -15,11 +15,12 @@ accuracy, the high-frequency energy relative to real images).
      w in {w_NAG / 2, w_NAG} on NAG's interval;
    - classifier-based NAG (a noise-level estimator's gradient, ``sample.nag_mode =
      "classifier"``): w in ``study.cls_nag_scales`` on ``study.cls_nag_interval``;
-   - the controls: the unsharp-mask amount and the i.i.d. noise sigma that give the unguided
+   - the controls: the unsharp-mask amount and the i.i.d. noise sigma (where NAG adds
+     high-frequency energy) or the blur amount (where it removes some) that give the unguided
      images (validation seeds) the high-frequency energy (mean squared Laplacian,
      ``controls.laplacian_energy``) of the chosen NAG row's images. No guidance made them: a
      metric that rewards them as much as NAG cannot tell NAG from a texture change.
-2. ``report_rows``: none, CFG, NAG, CFG+NAG (same s), cls-NAG, none + unsharp, none + noise, at
+2. ``report_rows``: none, CFG, NAG, CFG+NAG (same s), cls-NAG and the three controls, at
    the validation choice, sampled on the REPORT seeds (the choice is written, and committed,
    before they are sampled: run the study with ``study.stop_after="validation"`` first).
 3. ``verdict``: the rule stated before the run (``VERDICT_RULE``).
@@ -44,8 +45,9 @@ COMPARISONS = (
     ("cls-NAG", "none"),
     ("none + unsharp", "none"),
     ("none + noise", "none"),
+    ("none + blur", "none"),
 )
-CONTROLS = ("none + unsharp", "none + noise")
+CONTROLS = ("none + unsharp", "none + noise", "none + blur")
 # The claims the verdict tests: (difference, what it says when it holds).
 CLAIMS = (
     ("NAG - none", "NAG alone improves on unguided sampling"),
@@ -56,9 +58,9 @@ VERDICT_METRICS = ("fid", "kid")
 VERDICT_RULE = (
     "A guidance row is said to help only where its paired gain (lower is better) in FID AND in "
     "KID against the test set exceeds 3 standard errors of the paired difference AND exceeds "
-    "the gain of both controls (none + unsharp mask, none + i.i.d. noise, each matched to NAG's "
-    "high-frequency energy on the validation seeds) in that metric. Otherwise the result is "
-    "reported as null (or negative, where the row is worse by more than 3 SE)."
+    "the gain of every control (none + unsharp mask, none + i.i.d. noise, none + blur, each "
+    "matched to NAG's high-frequency energy on the validation seeds) in that metric. Otherwise "
+    "the result is reported as null (or negative, where the row is worse by more than 3 SE)."
 )
 
 
@@ -86,7 +88,7 @@ def validate(sampler, params, seeds, n: int, scorer, study) -> dict:
     res: dict = {}
 
     def run(rows):
-        todo = [r for r in rows if r.name not in res]
+        todo = list({r.name: r for r in rows if r.name not in res}.values())  # each row once
         res.update(evaluate_rows(sampler, params, todo, seeds, n, scorer))
 
     none = Row("none")
@@ -130,6 +132,7 @@ def validate(sampler, params, seeds, n: int, scorer, study) -> dict:
         cls_nag_interval=list(cls_iv),
         unsharp_amount=strengths["unsharp"],
         noise_sigma=strengths["noise"],
+        blur_amount=strengths["blur"],
         hf_energy=energies,
     )
     logging.info("validation choice (lowest mean %s on seeds %s): %s", metric, list(seeds), choice)
@@ -146,33 +149,47 @@ def validate(sampler, params, seeds, n: int, scorer, study) -> dict:
 def match_controls(sampler, params, none: Row, nag: Row, seeds, n: int) -> tuple[dict, dict]:
     """The control strengths that give the ``none`` row's images the mean squared Laplacian of
     the ``nag`` row's images (``seeds`` x ``n`` images, pooled): ``({"unsharp": amount,
-    "noise": sigma}, {"none", "nag", "none + unsharp", "none + noise": energy})``.
+    "noise": sigma, "blur": amount}, {"none", "nag", "none + <control>": energy})``.
 
-    NAG without extra high-frequency energy gives strengths 0; a control that saturates (the
-    clip to [-1, 1]) below the target gets its largest strength tried, and its energy shows it.
-    The noise is drawn with ``controls.noise_key(0)`` here; the report's noise rows use the
-    seed's own key (same sigma, other noise)."""
+    A trivial transform on the guidance's side of the unguided images' energy: where NAG adds
+    high-frequency energy, the unsharp mask and the noise are matched (blur 0); where it removes
+    some, the blur is matched (unsharp and noise 0). A control that saturates (the clip to
+    [-1, 1]) short of the target gets its largest strength, and its energy shows it. The noise
+    is drawn with ``controls.noise_key(0)`` here; the report's noise rows use each seed's key
+    (same sigma, other noise)."""
     from nag_jax.evaluation import controls
 
-    none_images = np.concatenate([sampler(none, params, s, n)[0] for s in seeds])
-    nag_images = np.concatenate([sampler(nag, params, s, n)[0] for s in seeds])
+    # in [-1, 1], as scored (the samples overshoot it a little; every metric clips)
+    none_images = np.clip(np.concatenate([sampler(none, params, s, n)[0] for s in seeds]), -1, 1)
+    nag_images = np.clip(np.concatenate([sampler(nag, params, s, n)[0] for s in seeds]), -1, 1)
     target = float(controls.laplacian_energy(nag_images))
     base = float(controls.laplacian_energy(none_images))
     strengths, energies = {}, dict(none=base, nag=target)
-    for transform, hi in (("unsharp", 8.0), ("noise", 0.5)):
-        key = None if transform == "unsharp" else controls.noise_key(0)
+    for transform, hi in (("unsharp", 8.0), ("noise", 0.5), ("blur", 1.0)):
+        key = None if transform != "noise" else controls.noise_key(0)
         fn = lambda x, a, transform=transform, key=key: controls.apply(transform, x, a, key)  # noqa: E731
-        if target <= base:  # NAG did not add high-frequency energy: nothing to match
-            strength = 0.0
-        elif controls.laplacian_energy(fn(none_images, hi)) < target:  # clipping saturates
-            strength = hi
+        if transform == "blur":  # energy falls with the amount: match 1 - amount
+            up = lambda x, s, fn=fn: fn(x, 1.0 - s)  # noqa: E731
+            strength = 0.0 if target >= base else 1.0 - _match(up, none_images, target, 1.0)
         else:
-            strength = float(controls.match_strength(fn, none_images, target, lo=0.0, hi=hi))
+            strength = 0.0 if target <= base else _match(fn, none_images, target, hi)
         strengths[transform] = strength
         energies[f"none + {transform}"] = float(
             controls.laplacian_energy(fn(none_images, strength))
         )
     return strengths, energies
+
+
+def _match(fn, images, target: float, hi: float) -> float:
+    """`controls.match_strength` on [0, hi], or the end of [0, hi] nearest the target where the
+    transform cannot reach it (saturation)."""
+    from nag_jax.evaluation import controls
+
+    if controls.laplacian_energy(fn(images, hi)) < target:
+        return hi
+    if controls.laplacian_energy(fn(images, 0.0)) > target:
+        return 0.0
+    return float(controls.match_strength(fn, images, target, lo=0.0, hi=hi))
 
 
 def report_rows(choice: dict) -> list[Row]:
@@ -194,6 +211,7 @@ def report_rows(choice: dict) -> list[Row]:
         ),  # fmt: skip
         Row("none + unsharp", transform="unsharp", strength=float(choice["unsharp_amount"])),
         Row("none + noise", transform="noise", strength=float(choice["noise_sigma"])),
+        Row("none + blur", transform="blur", strength=float(choice.get("blur_amount", 0.0))),
     ]
 
 
