@@ -230,7 +230,9 @@ def verdict(summary: dict, metrics=VERDICT_METRICS, z: float = 3.0) -> dict:
         gains, ok, why = {}, True, []
         for m in metrics:
             d = diffs[label][m]
-            ctrl = max(-diffs[f"{c} - none"][m]["mean"] for c in CONTROLS if f"{c} - none" in diffs)
+            ctrl = 0.0 + max(  # + 0.0: no "-0" for a control at strength 0
+                -diffs[f"{c} - none"][m]["mean"] for c in CONTROLS if f"{c} - none" in diffs
+            )
             gain = -d["mean"]
             gains[m] = dict(gain=gain, se=d["se"], t=d["t"], dof=d["dof"], control_gain=ctrl)
             if not gain > z * d["se"]:

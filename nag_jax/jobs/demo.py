@@ -154,6 +154,8 @@ def run(config, workdir: str) -> dict:
         metrics["controls"] = {r.name: r.strength for r in controls}
     metrics["total_seconds"] = round(time.time() - start, 1)
     weights.write_json(as_path(workdir) / "metrics.json", metrics, force=True)
+    if dc.get("note"):
+        table += "\n\n" + str(dc.note)
     (as_path(workdir) / "table.md").write_text(table + "\n")
     print(table, flush=True)
     logging.info("Demo done in %.0fs: %s", metrics["total_seconds"], workdir)
