@@ -250,7 +250,11 @@ def run_real(config, workdir: str) -> dict:
         save()
     if "table" not in results:
         logging.info("[5/6] Report table on seeds %s x %d images", rep_seeds, n)
-        grids = _GridCollector(rep_seeds[0])
+        k = int(config.model.num_classes)
+        names = idx.read_metadata(config.data.data_dir).get("class_names") or list(
+            map(str, range(k))
+        )
+        grids = figures.GridWriter(names, rep_seeds[0], 8, str(work))  # grid_<row>.png, seed 0
         table = timed(
             "table",
             lambda: report_table(
@@ -258,8 +262,7 @@ def run_real(config, workdir: str) -> dict:
             ),
         )
         table["verdict"] = real_study.verdict(table["summary"])
-        names = idx.read_metadata(config.data.data_dir).get("class_names")
-        table["grids"] = grids.write(work, names)
+        table["grids"] = [figures.grid_file(r.name) for r in rows]
         results["table"] = table
         save()
     if "noise_shift" not in results:
@@ -278,31 +281,6 @@ def run_real(config, workdir: str) -> dict:
     save()
     print(report, flush=True)
     return results
-
-
-class _GridCollector:
-    """``on_images`` of ``evaluate_rows``: keeps the first report seed's images of every row and
-    writes grid_<row>.png (rows = classes, ``per_class`` columns)."""
-
-    def __init__(self, seed: int):
-        self.seed, self.batches = int(seed), {}
-
-    def __call__(self, row, seed, images, labels):
-        if int(seed) == self.seed:
-            self.batches[row.name] = (images, labels)
-
-    def write(self, work, class_names, per_class: int = 8) -> list[str]:
-        from nag_jax.utils import save_png
-
-        files = []
-        for name, (images, labels) in self.batches.items():
-            names = class_names or [str(k) for k in range(int(labels.max()) + 1)]
-            grid = figures.labelled_grid(
-                images, labels, names, per_class, f"{name} (seed {self.seed})"
-            )
-            files.append(figures.grid_file(name))
-            save_png(str(work / files[-1]), grid)
-        return files
 
 
 def _validation_md(results: dict) -> str:
