@@ -719,11 +719,16 @@ def part_sampler(p: Part, sizes: dict, ctx: dict):
 
 
 def forward_diagnostics(p: Part, model, params, rows: int, sizes: dict, ctx: dict):
-    """Forward-only timing at ``rows`` images: XLA vs cuDNN attention, unrolled vs scanned."""
+    """Forward-only timing at ``rows`` images: XLA vs cuDNN vs the explicit attention
+    (nag_jax.models.attention, CPU's default), unrolled vs scanned."""
     jax, jnp, np, timing, *_ = _imports()
     x, t, y = model_inputs(model, rows, "SiT")
     x, t, y = jax.device_put((x, t, y))
-    variants = [("xla", {}), ("xla scan_blocks", dict(scan_blocks=True))]
+    variants = [
+        ("xla", dict(attention_impl="xla")),
+        ("explicit", dict(attention_impl="explicit")),  # the CPU default: is it good here too?
+        ("xla scan_blocks", dict(attention_impl="xla", scan_blocks=True)),
+    ]
     if jax.devices()[0].platform == "gpu":
         variants.insert(1, ("cudnn", dict(attention_impl="cudnn")))
     else:

@@ -64,7 +64,7 @@ MODES = {
 _OWN_CHOICES = {
     "model.null_noise": ("learned", "zero"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.attention_impl": (None, "xla", "cudnn"),
+    "model.attention_impl": (None, "explicit", "xla", "cudnn"),
     "process.beta_schedule": ("linear", "squaredcos_cap_v2"),
     "encode.dtype": ("float16", "bfloat16", "float32"),
     "encode.vae_dtype": ("float32", "bfloat16"),
@@ -161,7 +161,8 @@ def base_config() -> ml_collections.ConfigDict:
         depth=placeholder(int),
         num_heads=placeholder(int),
         patch_size=placeholder(int),  # None: from the name
-        attention_impl=placeholder(str),  # jax.nn.dot_product_attention: None/"xla"/"cudnn"
+        # nag_jax.models.attention: None (CPU "explicit", GPU/TPU "xla"), "explicit", "xla", "cudnn"
+        attention_impl=placeholder(str),
         remat=False,  # rematerialise each block in the backward pass
         weights=placeholder(str),  # see the module docstring
         # Domain Guidance (sample.dog_scale != 1): the PRE-TRAINED weights of the same

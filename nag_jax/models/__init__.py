@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from nag_jax.models.attention import resolve_impl
 from nag_jax.models.dit import DiT, unpatchify
 from nag_jax.models.embeddings import get_2d_sincos_pos_embed, timestep_embedding
 from nag_jax.models.registry import MODEL_SIZES, PATCH_SIZES, model_names, parse_model_name
@@ -36,12 +37,16 @@ def create_model(
     num_heads: int | None = None,
     patch_size: int | None = None,
     mlp_ratio: float = 4.0,
+    platform: str | None = None,
 ) -> DiT:
     """Builds the backbone for a registered name such as ``"SiT-XL/2"``.
 
     ``hidden_size``, ``depth``, ``num_heads`` and ``patch_size`` override the registry (tiny
     models for tests and the built-in demo). Impossible combinations raise a ValueError that names
-    the values.
+    the values. ``attention_impl=None`` is resolved here to the default of ``platform`` (the
+    platform the model will run on; default: jax's backend), see
+    `nag_jax.models.attention.default_impl` (CPU "explicit", GPU/TPU "xla"): an ahead-of-time
+    compile for a TPU from a CPU machine passes ``platform="tpu"``.
     """
     _, size, patch = parse_model_name(name)
     dims = dict(MODEL_SIZES[size])
@@ -70,7 +75,7 @@ def create_model(
         learn_sigma=learn_sigma,
         null_noise=null_noise,
         dtype=resolve_dtype(dtype),
-        attention_impl=attention_impl,
+        attention_impl=resolve_impl(attention_impl, platform),
         remat=remat,
         mlp_ratio=mlp_ratio,
         **dims,

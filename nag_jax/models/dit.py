@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nag_jax.models.attention import attention
 from nag_jax.models.embeddings import (
     FREQUENCY_EMBEDDING_SIZE,
     get_2d_sincos_pos_embed,
@@ -109,17 +110,14 @@ class Attention(nn.Module):
     hidden_size: int
     num_heads: int
     dtype: Dtype = jnp.float32
-    implementation: str | None = None  # None/"xla" or "cudnn" (jax.nn.dot_product_attention)
+    implementation: str | None = None  # nag_jax.models.attention: None/"explicit"/"xla"/"cudnn"
 
     @nn.compact
     def __call__(self, x):
         n, t, d = x.shape
         head_dim = d // self.num_heads
         qkv = nn.Dense(3 * d, kernel_init=xavier_uniform, dtype=self.dtype, name="qkv")(x)
-        q, k, v = jnp.split(qkv.reshape(n, t, 3, self.num_heads, head_dim), 3, axis=2)
-        out = jax.nn.dot_product_attention(
-            q[:, :, 0], k[:, :, 0], v[:, :, 0], implementation=self.implementation
-        )
+        out = attention(qkv.reshape(n, t, 3, self.num_heads, head_dim), self.implementation)
         out = out.reshape(n, t, d)
         return nn.Dense(d, kernel_init=xavier_uniform, dtype=self.dtype, name="proj")(out)
 
@@ -202,7 +200,8 @@ class DiT(nn.Module):
         half).
       null_noise: "learned" (a D-vector parameter ``null_noise_token``) or "zero" (no parameter).
       dtype: compute dtype (params are always float32).
-      attention_impl: passed to ``jax.nn.dot_product_attention`` (None/"xla" or "cudnn").
+      attention_impl: ``nag_jax.models.attention`` implementation: "explicit", "xla", "cudnn", or
+        None for the default of the platform traced on (CPU "explicit", else "xla").
       remat: rematerialise each block in the backward pass (saves activation memory).
       scan_blocks: run the blocks as one ``lax.scan`` over their stacked params (the XLA program
         holds one block instead of ``depth``: faster compiles). The parameter tree is unchanged

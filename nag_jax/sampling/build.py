@@ -47,8 +47,9 @@ def family_of(config) -> Family:
     return family_for(config.model.name)
 
 
-def build_model(model_cfg) -> DiT:
-    """``config.model`` -> the backbone (see nag_jax.models.create_model for the fields)."""
+def build_model(model_cfg, *, platform: str | None = None) -> DiT:
+    """``config.model`` -> the backbone (see nag_jax.models.create_model for the fields) for
+    ``platform`` (default: jax's backend; it picks the attention implementation)."""
     m = model_cfg
     return create_model(
         m.name,
@@ -64,6 +65,7 @@ def build_model(model_cfg) -> DiT:
         depth=m.depth,
         num_heads=m.num_heads,
         patch_size=m.patch_size,
+        platform=platform,
     )
 
 
