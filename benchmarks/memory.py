@@ -9,14 +9,14 @@
 
 Each row AOT-compiles the release config's train step (``nag_jax.config.release.release_config``:
 bf16 compute, f32 params, AdamW + EMA, FSDP over all chips, donated state; NAG loss) from abstract
-shapes with ``nag_jax.jobs.compile.compile_train_step`` (nothing is allocated) and records XLA's
+shapes with ``nag_jax.training.memory.compile_train_step`` (nothing is allocated) and records XLA's
 per-device bytes (``memory_analysis``: arguments, outputs, aliased, temporaries, generated code,
 their peak estimate) against the chip's HBM, the step's FLOPs and the compile time. Per
 (topology, remat, scan) the largest per-chip batch that fits is extrapolated linearly in the batch
 from the two largest batches compiled (said so in the field name; a batch the TPU compiler refuses
-for lack of HBM counts with the temporaries it asked for, nag_jax.jobs.compile.peak_points). A row
-that fails otherwise records its error and the run goes on. Memory numbers do not depend on the
-machine's load; compile seconds do.
+for lack of HBM counts with the temporaries it asked for, nag_jax.training.memory.peak_points).
+A row that fails otherwise records its error and the run goes on. Memory numbers do not depend on
+the machine's load; compile seconds do.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def _ints(text: str) -> list[int]:
 def measure(args) -> dict:
     from nag_jax import parallel
     from nag_jax.config.release import release_config
-    from nag_jax.jobs import compile as compile_job
     from nag_jax.sampling import build
+    from nag_jax.training import memory as compile_job
 
     rows, fits = [], []
     for topology in args.topologies.split(","):
@@ -53,7 +53,9 @@ def measure(args) -> dict:
                 config.model.update(remat=bool(remat), input_size=args.input_size)
                 if args.dtype:
                     config.model.dtype = args.dtype
-                model = build.build_model(config.model).clone(scan_blocks=bool(scan))
+                model = build.build_model(config.model, platform=target.devices[0].platform).clone(
+                    scan_blocks=bool(scan)
+                )
                 mesh = parallel.create_mesh(config.parallel, target.devices)
                 done = []
                 for b in _ints(args.batches):

@@ -1,4 +1,5 @@
-"""mode=compile (nag_jax.jobs.compile): the AOT memory / FLOPs report and its one-line errors.
+"""mode=compile (nag_jax.jobs.compile over nag_jax.training.memory): the AOT memory / FLOPs report
+and its one-line errors.
 
 CPU tests compile the tiny SiT for the conftest's 8 CPU devices ("cpu:8"), so CI needs no libtpu;
 the TPU test (slow) skips cleanly where libtpu is not installed.
@@ -17,6 +18,7 @@ from nag_jax import parallel
 from nag_jax.config.schema import ConfigError, validate
 from nag_jax.errors import UserError
 from nag_jax.jobs import compile as compile_job
+from nag_jax.training import memory as memory_lib
 from nag_jax.training.loop import setup_state
 from tests.fixtures import tiny_config, tiny_model
 
@@ -75,9 +77,9 @@ def test_train_arguments_are_the_sharded_state_and_batch(report):
 
 def test_largest_batch_extrapolates_linearly():
     # peak(b) = 100 + 100 b (hand-made): 700 bytes hold b = 6; 150 hold none.
-    assert compile_job.largest_batch(8, 900, 4, 500, 700) == 6
-    assert compile_job.largest_batch(8, 900, 4, 500, 150) == 0
-    assert compile_job.largest_batch(4, 500, 8, 900, 1100) == 10  # order of the two compiles
+    assert memory_lib.largest_batch(8, 900, 4, 500, 700) == 6
+    assert memory_lib.largest_batch(8, 900, 4, 500, 150) == 0
+    assert memory_lib.largest_batch(4, 500, 8, 900, 1100) == 10  # order of the two compiles
 
 
 def test_does_not_fit_stops_with_one_line(report, tmp_path):
@@ -98,9 +100,9 @@ def test_does_not_fit_stops_with_one_line(report, tmp_path):
 
 
 def test_no_libtpu_is_one_line_with_the_install(monkeypatch):
-    monkeypatch.setattr(compile_job, "libtpu_available", lambda: False)
+    monkeypatch.setattr(memory_lib, "libtpu_available", lambda: False)
     with pytest.raises(UserError) as e:
-        compile_job.resolve_target("v5e:2x2")
+        memory_lib.resolve_target("v5e:2x2")
     msg = str(e.value)
     assert "\n" not in msg and "'v5e:2x2'" in msg and 'pip install -e . "jax[tpu]==0.10.2"' in msg
 
@@ -108,28 +110,28 @@ def test_no_libtpu_is_one_line_with_the_install(monkeypatch):
 @pytest.mark.parametrize("name", ["v9z:2x2", "v5e", "v5e:2x", "tpu-v5e-16"])
 def test_bad_topology_name_is_one_line(name):
     with pytest.raises(ConfigError) as e:
-        compile_job.resolve_target(name)
+        memory_lib.resolve_target(name)
     msg = str(e.value)
     assert "\n" not in msg and repr(name) in msg and "v5e:4x4" in msg
 
 
 def test_more_cpu_devices_than_jax_has_names_the_flag():
     with pytest.raises(ConfigError, match="xla_force_host_platform_device_count=64"):
-        compile_job.resolve_target("cpu:64")
+        memory_lib.resolve_target("cpu:64")
 
 
 def test_hbm_table_per_device():
     """v5e: 16 GiB a chip, one device a chip; an override in GiB wins."""
-    assert compile_job.HBM_GIB_PER_CHIP["v5e"] == 16.0
-    t = compile_job.resolve_target("cpu:2", hbm_gib=1.5)
+    assert memory_lib.HBM_GIB_PER_CHIP["v5e"] == 16.0
+    t = memory_lib.resolve_target("cpu:2", hbm_gib=1.5)
     assert t.hbm_bytes == int(1.5 * 2**30) and len(t.devices) == 2
 
 
 @pytest.mark.slow
 def test_tpu_topology_with_libtpu(tmp_path, monkeypatch):
     """The real TPU compiler (libtpu, compile-only devices) on the tiny model, v5e 2x2."""
-    if not compile_job.libtpu_available():
-        pytest.skip(f"libtpu is not installed ({compile_job.TPU_INSTALL})")
+    if not memory_lib.libtpu_available():
+        pytest.skip(f"libtpu is not installed ({memory_lib.TPU_INSTALL})")
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # another compile may hold libtpu
     c = _config(topology="v5e:2x2")
     c.model.dtype = "bfloat16"
@@ -140,7 +142,7 @@ def test_tpu_topology_with_libtpu(tmp_path, monkeypatch):
     assert train["global_batch"] == 4 * B and train["flops_per_device"] > 0
     assert math.isfinite(np.float64(train["bytes_per_device"]["peak"]))
     with pytest.raises(ConfigError, match="refused by libtpu"):
-        compile_job.resolve_target("v5e:3x7")
+        memory_lib.resolve_target("v5e:3x7")
 
 
 def test_cli_bad_topology_is_one_error_line(tmp_path):
@@ -171,12 +173,12 @@ def test_compiler_out_of_memory_is_a_row_and_extrapolates(monkeypatch, tmp_path)
     0.0.42 words it); the job halves the batch until one compiles and extrapolates from the
     refused batches' temporaries. Simulated on the CPU: batches > 1 are refused, asking for batch
     1's temporaries plus a made-up SLOPE bytes per further image."""
-    real = compile_job.compile_train_step
+    real = memory_lib.compile_train_step
     slope = 2**30 / 3
     c = _config(hbm_gib=0.5, per_device_batch=4)
     mesh = parallel.create_mesh(c.parallel, jax.devices()[:8])
     compiled, _ = real(c, tiny_model(c), mesh, 1)
-    temp1 = compile_job.memory(compiled)["temp"]
+    temp1 = memory_lib.memory(compiled)["temp"]
 
     def fake(config, model, mesh, b):
         if b == 1:
@@ -187,7 +189,7 @@ def test_compiler_out_of_memory_is_a_row_and_extrapolates(monkeypatch, tmp_path)
             f"temporaries ({temp / 2**30:.4f}G) exceeds available HBM (15.75G)."
         )
 
-    monkeypatch.setattr(compile_job, "compile_train_step", fake)
+    monkeypatch.setattr(memory_lib, "compile_train_step", fake)
     with pytest.raises(ConfigError) as e:
         compile_job.run(c, str(tmp_path))
     msg = str(e.value)
