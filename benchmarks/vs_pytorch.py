@@ -3,6 +3,7 @@
     python benchmarks/vs_pytorch.py                          # every part, JSON on stdout
     python benchmarks/vs_pytorch.py --part sampler --sampler sde --steps 20 --batch 8
     python benchmarks/vs_pytorch.py --part train --train-sizes S,B --repeats 3 --out train.json
+    python benchmarks/vs_pytorch.py --part attention --train-sizes S
     python benchmarks/vs_pytorch.py --part convert --out /tmp/bench.json
 
 Part "sampler": images/s of the project's jitted sampler (nag_jax.sampling over
@@ -17,6 +18,10 @@ Part "train": seconds per train step of the SiT release's train.py loop (PyTorch
 objective, AdamW, EMA, donated state) on the same work (SiT-S/2 and B/2 at 32x32x4, batch 8,
 float32, one thread each by default), interleaved rounds; achieved GFLOP/s (3 forwards per image)
 and the fraction of the machine's measured float32 matmul ceiling (`train_side_by_side`).
+
+Part "attention": forward + backward of one attention op (packed qkv in, no projections) for the
+project's two JAX implementations (nag_jax.models.attention: "explicit", the CPU default, and
+"xla") and torch's ``F.scaled_dot_product_attention`` (the release's kernel), interleaved rounds.
 
 Part "convert": a full-size random SiT-XL/2 state dict (675,129,632 float32 numbers, ~2.7 GB) is
 generated and saved in one subprocess; a second subprocess times ``to-orbax`` on it and reports
@@ -74,7 +79,8 @@ def bench_sampler(args) -> dict:
     R.rerandomize(tm, 0, scale=0.5).eval()
     sd = {k: v.detach().clone() for k, v in tm.state_dict().items()}
     params, arch, _ = state_dict_to_params(sd, family, num_heads=args.heads)
-    fm = create_model_from_metadata(arch.metadata())
+    impl = None if args.attention[0] == "default" else args.attention[0]
+    fm = create_model_from_metadata(arch.metadata(), attention_impl=impl)
     params = jax.device_put(params)
     c = 4
     n, s = args.batch, args.input_size
@@ -154,6 +160,7 @@ def bench_sampler(args) -> dict:
     return dict(
         sampler=args.sampler,
         family=family,
+        jax_attention=fm.attention_impl,
         model=dict(
             hidden=args.hidden,
             depth=args.depth,
@@ -241,6 +248,7 @@ def train_side_by_side(
     overrides: dict | None = None,
     torch_device=None,
     ceiling_n: int = 1024,
+    attention_impls: tuple = (None,),
 ) -> dict:
     """Seconds per train step of the SiT release's loop (PyTorch) and of nag_jax's jitted step on
     the same work: SiT-``size``/``patch`` (or ``overrides`` of hidden_size/depth/num_heads) at
@@ -255,7 +263,11 @@ def train_side_by_side(
     JAX: ``nag_jax.training.step.jit_train_step`` with the NAG objective (same sampling of t and
     dropouts), donated state. ``repeats`` interleaved rounds (who goes first alternates) of
     ``steps`` steps each; per framework the best round. FLOPs: 3 forwards per image
-    (benchmarks.timing.transformer_forward_flops), against the measured matmul ceilings."""
+    (benchmarks.timing.transformer_forward_flops), against the measured matmul ceilings (best of
+    one measurement per round).
+    ``attention_impls``: the JAX step once per ``model.attention_impl`` (None: the platform's
+    default, nag_jax.models.attention), each in the same interleaved rounds; the first is the
+    headline ``jax_*`` fields, all are under ``jax_variants``."""
     import copy
     import types
     from collections import OrderedDict
@@ -281,24 +293,34 @@ def train_side_by_side(
     config.optim.update(lr=1e-4, weight_decay=0.0, ema_decay=0.9999)
     config.parallel.fsdp = False
     config.data.global_batch_size = batch
-    model = build.build_model(config.model)
     mesh = parallel.create_mesh(config.parallel, jax.devices()[:1])
-    state, shardings, tx = setup_state(config, model, mesh)
-    fn = step_lib.jit_train_step_from_config(config, model, shardings, mesh, tx)
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((batch, input_size, input_size, 4)).astype(np.float32)
     y = rng.integers(0, 1000, batch).astype(np.int32)
     jbatch = parallel.global_batch({"x": x1, "y": y}, mesh)
-    t0 = time.perf_counter()
-    compiled = fn.lower(state, jbatch).compile()
-    compile_s = time.perf_counter() - t0
-    holder = {"state": state}
+    variants = {}  # label -> (steps function, compile seconds, resolved attention)
 
-    def jax_steps():
-        for _ in range(steps):
-            holder["state"], metrics = compiled(holder["state"], jbatch)
-        jax.block_until_ready(metrics)
-        return metrics
+    def jax_variant(impl):
+        config.model.attention_impl = impl
+        model = build.build_model(config.model)
+        state, shardings, tx = setup_state(config, model, mesh)
+        fn = step_lib.jit_train_step_from_config(config, model, shardings, mesh, tx)
+        t0 = time.perf_counter()
+        compiled = fn.lower(state, jbatch).compile()
+        compile_s = time.perf_counter() - t0
+        holder = {"state": state}
+
+        def jax_steps():
+            for _ in range(steps):
+                holder["state"], metrics = compiled(holder["state"], jbatch)
+            jax.block_until_ready(metrics)
+            return metrics
+
+        return jax_steps, compile_s, model
+
+    for impl in attention_impls:
+        jax_steps, compile_s, model = jax_variant(impl)
+        variants[model.attention_impl] = (jax_steps, compile_s)
 
     # ---- PyTorch, the release's loop
     dev = torch.device(torch_device or "cpu")
@@ -342,15 +364,21 @@ def train_side_by_side(
         _torch_sync(torch_device)
         return float(loss.detach())
 
-    jax_loss = float(jax.device_get(jax_steps()["loss"]))  # warm-up both
+    jax_loss = min(float(jax.device_get(f()["loss"])) for f, _ in variants.values())  # warm-up
     torch_loss = torch_steps()
-    jt, tt = [], []
+    times = {label: [] for label in variants}
+    tt, ceilings = [], []
     for r in range(repeats):
-        order = ((jax_steps, jt), (torch_steps, tt))
+        order = [(f, times[label]) for label, (f, _) in variants.items()] + [(torch_steps, tt)]
         for fn_, out in order if r % 2 == 0 else order[::-1]:
             out.append(_seconds(fn_) / steps)
-    ceiling = matmul_ceiling_gflops(ceiling_n, torch_device=torch_device)
+        # the ceiling once per round, the best kept: one short measurement on a shared VM can
+        # land in a slow moment and make every fraction look too good
+        ceilings.append(matmul_ceiling_gflops(ceiling_n, torch_device=torch_device))
+    ceiling = {k: max(c[k] for c in ceilings) for k in ceilings[0]}
     flop = 3 * timing.transformer_forward_flops(model) * batch
+    first = next(iter(variants))
+    jt, compile_s = times[first], variants[first][1]
     j_s, t_s = min(jt), min(tt)
     j_gf, t_gf = flop / j_s / 1e9, flop / t_s / 1e9
     top = max(ceiling["xla"], ceiling["torch"])
@@ -375,6 +403,74 @@ def train_side_by_side(
         jax_fraction_of_ceiling=round(j_gf / top, 3),
         torch_fraction_of_ceiling=round(t_gf / top, 3),
         losses_finite=bool(np.isfinite(jax_loss) and np.isfinite(torch_loss)),
+        jax_attention=first,
+        jax_variants={
+            label: dict(
+                attention_impl=label,
+                compile_s=round(variants[label][1], 2),
+                s_per_step=dict(best=round(min(v), 4), all=[round(x, 4) for x in v]),
+                speedup_over_torch=round(t_s / min(v), 3),
+                fraction_of_ceiling=round(flop / min(v) / 1e9 / top, 3),
+            )
+            for label, v in times.items()
+        },
+    )
+
+
+def bench_attention(args) -> dict:
+    """Forward + backward of one attention op (packed qkv -> output, no projections) per
+    implementation: the project's "explicit" (custom VJP) and "xla" (autodiff of
+    jax.nn.dot_product_attention), and torch's ``F.scaled_dot_product_attention`` (the release's
+    kernel through timm). SiT-``--train-sizes``' first size's heads at ``--train-input-size``
+    tokens (patch 2), batch ``--train-batch``; interleaved rounds, best per implementation."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    import torch_reference as R
+
+    from nag_jax.models.attention import attention
+
+    size = args.train_sizes.split(",")[0]
+    arch = R.SIZES[size]
+    heads, hd = arch["num_heads"], arch["hidden_size"] // arch["num_heads"]
+    n, t = args.train_batch, (args.train_input_size // 2) ** 2
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((n, t, 3, heads, hd)).astype(np.float32)
+    g = rng.standard_normal((n, t, heads, hd)).astype(np.float32)
+    jq, jg = jnp.asarray(qkv), jnp.asarray(g)
+    fns = {}
+    for impl in ("explicit", "xla"):
+        f = jax.jit(jax.grad(lambda a, impl=impl: jnp.sum(attention(a, impl) * jg)))
+        f(jq).block_until_ready()
+        fns[f"jax {impl}"] = lambda f=f: f(jq).block_until_ready()
+    tq = torch.from_numpy(qkv.transpose(2, 0, 3, 1, 4).copy())  # (3, N, heads, T, hd)
+    tg = torch.from_numpy(g.transpose(0, 2, 1, 3).copy())
+
+    def torch_run():
+        q, k, v = (tq[i].clone().requires_grad_(True) for i in range(3))
+        (F.scaled_dot_product_attention(q, k, v) * tg).sum().backward()
+
+    torch_run()
+    fns["torch sdpa"] = torch_run
+    times = {k: [] for k in fns}
+    for r in range(max(5, args.repeats)):
+        order = list(fns.items())
+        for label, fn in order if r % 2 == 0 else order[::-1]:
+            times[label].append(_seconds(fn))
+    flop = 6 * 2.0 * n * heads * t * t * hd  # QK^T and PV forward, four such matmuls backward
+    return dict(
+        what="forward + backward of one attention op (no projections), float32",
+        size=size,
+        batch=n,
+        tokens=t,
+        heads=heads,
+        head_dim=hd,
+        threads=args.threads,
+        ms=dict({k: round(min(v) * 1e3, 2) for k, v in times.items()}),
+        all_ms={k: [round(x * 1e3, 2) for x in v] for k, v in times.items()},
+        gflop=round(flop / 1e9, 3),
     )
 
 
@@ -389,6 +485,7 @@ def bench_train(args) -> list[dict]:
             input_size=args.train_input_size,
             steps=args.train_steps,
             repeats=args.repeats,
+            attention_impls=tuple(None if v == "default" else v for v in args.attention),
         )
         for size in args.train_sizes.split(",")
     ]
@@ -492,7 +589,9 @@ def bench_convert(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["all", "sampler", "train", "convert"], default="all")
+    p.add_argument(
+        "--part", choices=["all", "sampler", "train", "attention", "convert"], default="all"
+    )
     p.add_argument("--sampler", choices=["sde", "ode", "ddpm"], default="sde")
     p.add_argument("--steps", type=int, default=10, help="SDE: grid points (release num_steps)")
     p.add_argument("--batch", type=int, default=8)
@@ -515,6 +614,13 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--train-input-size", type=int, default=32)
     p.add_argument("--train-steps", type=int, default=5, help="part train: steps per round")
+    p.add_argument(
+        "--attention",
+        default=["default"],
+        type=lambda v: v.split(","),
+        help="part train: JAX attention implementations to time side by side (comma list of "
+        "default/explicit/xla; the first is the headline); part sampler: the first one",
+    )
     p.add_argument("--workdir", default=tempfile.gettempdir(), help="scratch for part convert")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
@@ -535,6 +641,8 @@ def main(argv=None) -> int:
         result["sampler"] = bench_sampler(args)
     if args.part in ("all", "train"):
         result["train"] = bench_train(args)
+    if args.part in ("all", "attention"):
+        result["attention"] = bench_attention(args)
     if args.part in ("all", "convert"):
         result["convert"] = bench_convert(args)
     text = json.dumps(result, indent=1)
