@@ -112,6 +112,7 @@ def shapes_config(flags: set):
     c.mode = "sweep"
     c.model.weights = ft
     c.model.domain_weights = demo.BASE_MODEL
+    c.sample.labels = tuple(range(c.model.num_classes))  # cycled, as the demo's rows
     c.eval.update(
         extractor="proxy",
         reference="dataset",
