@@ -13,8 +13,10 @@ shapes with ``nag_jax.training.memory.compile_train_step`` (nothing is allocated
 per-device bytes (``memory_analysis``: arguments, outputs, aliased, temporaries, generated code,
 their peak estimate) against the chip's HBM, the step's FLOPs and the compile time. Per
 (topology, remat, scan) the largest per-chip batch that fits is extrapolated linearly in the batch
-from the two largest batches compiled (said so in the field name; a batch the TPU compiler refuses
-for lack of HBM counts with the temporaries it asked for, nag_jax.training.memory.peak_points).
+(said so in the field name) from the two largest batches compiled, or from one batch and the bytes
+per image of another topology (``--slope-from``; named in the row). A batch the TPU compiler
+refuses for lack of HBM counts with the temporaries it asked for
+(nag_jax.training.memory.peak_points).
 A row that fails otherwise records its error and the run goes on. Memory numbers do not depend on
 the machine's load; compile seconds do.
 """
@@ -41,6 +43,31 @@ def measure(args) -> dict:
     from nag_jax.training import memory as compile_job
 
     rows, fits = [], []
+    # (remat, scan) -> (peak bytes per image, its topology): --slope-from files, two-batch rows
+    slopes = {}
+    for path in args.slope_from or []:
+        with open(path) as f:
+            prev = json.load(f)
+        for r in prev["rows"]:
+            rows.append(dict(r, from_file=path))
+        for topology in dict.fromkeys(r["topology"] for r in prev["rows"] if "topology" in r):
+            for remat in (False, True):
+                for scan in (False, True):
+                    mine = [
+                        r
+                        for r in prev["rows"]
+                        if r.get("topology") == topology
+                        and r.get("remat") == remat
+                        and r.get("scan_blocks") == scan
+                        and "per_device_batch" in r
+                    ]
+                    pts = compile_job.peak_points(
+                        [r for r in mine if "bytes_per_device" in r or "temp_required_bytes" in r]
+                    )
+                    if len(pts) >= 2:
+                        (b1, p1), (b2, p2) = pts[0], pts[1]
+                        slopes.setdefault((remat, scan), ((p1 - p2) / (b1 - b2), topology))
+        fits.extend(prev.get("largest_batch", []))
     for topology in args.topologies.split(","):
         try:
             target = compile_job.resolve_target(topology, args.hbm_gib)
@@ -72,19 +99,30 @@ def measure(args) -> dict:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 points = compile_job.peak_points(done)
+                key = (bool(remat), bool(scan))
+                fit = dict(topology=topology, remat=bool(remat), scan_blocks=bool(scan))
                 if len(points) >= 2 and target.hbm_bytes:
                     (b1, p1), (b2, p2) = points[0], points[1]
-                    fits.append(
-                        dict(
-                            topology=topology,
-                            remat=bool(remat),
-                            scan_blocks=bool(scan),
-                            largest_per_device_batch_extrapolated=compile_job.largest_batch(
-                                b1, p1, b2, p2, target.hbm_bytes
-                            ),
-                            from_batches=[b2, b1],
-                        )
+                    slopes.setdefault(key, ((p1 - p2) / (b1 - b2), topology))
+                    fit.update(
+                        largest_per_device_batch_extrapolated=compile_job.largest_batch(
+                            b1, p1, b2, p2, target.hbm_bytes
+                        ),
+                        from_batches=[b2, b1],
                     )
+                elif len(points) == 1 and key in slopes and target.hbm_bytes:
+                    # one compile here; bytes per further image from another chip's two compiles
+                    (b1, p1), (slope, source) = points[0], slopes[key]
+                    fit.update(
+                        largest_per_device_batch_extrapolated=compile_job.largest_batch(
+                            b1, p1, b1 + 1, p1 + slope, target.hbm_bytes
+                        ),
+                        from_batches=[b1],
+                        bytes_per_image_from=source,
+                    )
+                else:
+                    continue
+                fits.append(fit)
     return dict(rows=rows, largest_batch=fits)
 
 
@@ -98,6 +136,12 @@ def main(argv=None) -> dict:
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--dtype", default=None, help="compute dtype (default: the release's bf16)")
     p.add_argument("--hbm-gib", type=float, default=None, help="override the chip's HBM")
+    p.add_argument(
+        "--slope-from",
+        action="append",
+        help="an earlier JSON of this benchmark: its rows are kept, and a topology compiled at "
+        "ONE batch here is extrapolated with that file's bytes per image (said in the row)",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
