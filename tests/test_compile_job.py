@@ -204,3 +204,33 @@ def test_compiler_out_of_memory_is_a_row_and_extrapolates(monkeypatch, tmp_path)
     peak1 = rows[2]["bytes_per_device"]["peak"]
     expect = int((0.5 * 2**30 - peak1) // slope) + 1
     assert written["largest_per_device_batch_extrapolated"] == expect
+
+
+@pytest.mark.parametrize(
+    "name, chip_config",
+    [
+        ("v4:2x2x2", "megacore"),
+        ("v5p:2x2x1", "megacore"),
+        ("v5e:4x4", "default"),
+        ("v6e:2x2", "default"),
+    ],
+)
+def test_two_core_chips_compile_as_one_device_a_chip(monkeypatch, name, chip_config):
+    """v4 and v5p chips have two TensorCores; libtpu's default topology shows each as a device
+    and jax.make_mesh then refuses the mesh ("requires one device per chip"). The target asks
+    for megacore (as MaxText's train_compile.py) and gives each device the chip's whole HBM."""
+    from jax.experimental import topologies
+
+    seen = {}
+    chips = math.prod(int(d) for d in name.split(":")[1].split("x"))
+
+    def fake(topology, platform=None, **kw):
+        seen.update(kw, topology=topology, platform=platform)
+        return type("Desc", (), {"devices": jax.devices("cpu")[:1] * chips})()
+
+    monkeypatch.setattr(memory_lib, "libtpu_available", lambda: True)
+    monkeypatch.setattr(topologies, "get_topology_desc", fake)
+    t = memory_lib.resolve_target(name)
+    assert seen == dict(topology=name, platform="tpu", chip_config_name=chip_config)
+    chip = name.split(":")[0]
+    assert t.chips == chips and t.hbm_bytes == int(memory_lib.HBM_GIB_PER_CHIP[chip] * 2**30)

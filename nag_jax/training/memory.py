@@ -38,6 +38,8 @@ GIB = 2**30
 #   v6e: 32 GiB HBM per chip     https://cloud.google.com/tpu/docs/v6e ("HBM capacity: 32 GiB")
 HBM_GIB_PER_CHIP = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
 
+MEGACORE_CHIPS = ("v4", "v5p")  # two TensorCores a chip, compiled for as one device a chip
+
 TPU_INSTALL = (
     'python -m venv ~/venv-tpu && . ~/venv-tpu/bin/activate && pip install -e . "jax[tpu]==0.10.2"'
 )
@@ -94,7 +96,14 @@ def resolve_target(topology: str | None, hbm_gib: float | None = None) -> Target
     from jax.experimental import topologies
 
     try:
-        devices = list(topologies.get_topology_desc(topology, platform="tpu").devices)
+        # v4 and v5p chips hold two TensorCores: one device per chip ("megacore", as MaxText's
+        # train_compile.py asks for), else jax.make_mesh refuses the second core's device.
+        chip_config = "megacore" if m.group("chip") in MEGACORE_CHIPS else "default"
+        devices = list(
+            topologies.get_topology_desc(
+                topology, platform="tpu", chip_config_name=chip_config
+            ).devices
+        )
     except Exception as e:  # noqa: BLE001 - libtpu's own message names what it rejects
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "lockfile" in first:  # another process holds libtpu (one per machine by default)
