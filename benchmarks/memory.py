@@ -80,6 +80,10 @@ def measure(args) -> dict:
                 config.model.update(remat=bool(remat), input_size=args.input_size)
                 if args.dtype:
                     config.model.dtype = args.dtype
+                if args.attention:
+                    config.model.attention_impl = args.attention
+                if args.fsdp:  # data x fsdp: FSDP within groups of --fsdp chips, data across
+                    config.parallel.mesh.update(data=-1, fsdp=args.fsdp)
                 model = build.build_model(config.model, platform=target.devices[0].platform).clone(
                     scan_blocks=bool(scan)
                 )
@@ -136,6 +140,14 @@ def main(argv=None) -> dict:
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--dtype", default=None, help="compute dtype (default: the release's bf16)")
     p.add_argument("--hbm-gib", type=float, default=None, help="override the chip's HBM")
+    p.add_argument("--fsdp", type=int, default=None, help="FSDP group size (default: all chips)")
+    p.add_argument("--attention", default=None, help="model.attention_impl (default: platform's)")
+    p.add_argument(
+        "--xla-dump",
+        default=None,
+        help="also dump the compiled programs (buffer assignment, "
+        "memory-usage report) here: XLA_FLAGS --xla_dump_to",
+    )
     p.add_argument(
         "--slope-from",
         action="append",
@@ -144,6 +156,11 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.xla_dump:  # read by XLA when the backend starts (jax is imported in measure)
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={args.xla_dump} "
+            "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*train_step.*"
+        )
     t0 = time.perf_counter()
     report = dict(
         benchmark="train step memory by topology and batch",
