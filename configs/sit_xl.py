@@ -16,6 +16,10 @@ devices. 1400 epochs (~7M steps) reproduce the published model; see sit_xl_nag_f
 add NAG to the released checkpoint in ~10 epochs instead. Multi-host: launch/tpu_pod.sh,
 launch/slurm_gpu.sh.
 
+Fits (the TPU compiler, docs/benchmarks.md): XL/2 per-chip batches that compile within the HBM:
+v5e 32 (64 with model.remat=True), v4 128, v5p 256; with remat 64 / 128 / 256 use 6.1 / 8.0 /
+12.3 GB. Check a topology first: --config.mode=compile --config.compile.topology=v5e:4x4.
+
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise levels (1 = noise).
 """
 

@@ -15,6 +15,11 @@ Variants (``:VARIANT``): ``all`` (default: every weight trains with both dropout
 ``null_token`` (only the new token trains; the release's weights stay frozen, a cheap probe).
 Sample afterwards with configs/eval_sit_xl.py and --config.sample.nag_scale.
 
+Fits (the TPU compiler, docs/benchmarks.md): on a v4-16 (v4:2x2x2, 32 images a chip) the train
+step peaks at 17.6 of 34.4 GB a chip. XL/2 per-chip batches that compile within the HBM: v5e 32
+(64 with model.remat=True), v4 128, v5p 256; with remat 64 / 128 / 256 use 6.1 / 8.0 / 12.3 GB.
+Check a topology before renting it: --config.mode=compile --config.compile.topology=v4:2x2x2.
+
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise levels (1 = noise).
 """
 
