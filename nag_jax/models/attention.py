@@ -6,13 +6,13 @@ Layout: the qkv projection's output as one packed array ``(N, T, 3, heads, head_
 ``head_dim ** -0.5``.
 
 Implementations (``config.model.attention_impl``):
-- ``"explicit"``: `explicit_attention` below: head-major batched matmuls and a hand-written VJP
-  that keeps the softmax probabilities P and the output O and forms the softmax backward with
+- ``"explicit"``: `explicit_attention` below: head-major batched matmuls and a hand-written JVP
+  whose transpose keeps the softmax probabilities P and the output O and forms the backward with
   ``rowsum(dO * O)`` (head_dim terms per row) instead of ``rowsum(dP * P)`` (T terms per row), the
-  identity flash attention's backward uses. On one CPU thread, forward + backward of one SiT-S/2
-  attention (batch 8, 256 tokens) take 26 ms against 69 ms for XLA's autodiff of
-  ``jax.nn.dot_product_attention``, and the whole train step is ~1.1x faster (docs/benchmarks.md,
-  ``benchmarks/vs_pytorch.py --part train --attention default,xla``).
+  identity flash attention's backward uses. One thread, one SiT-S/2 attention op (batch 8, 256
+  tokens) forward + backward: 31 ms against 49 ms for XLA's autodiff of
+  ``jax.nn.dot_product_attention`` (torch's fused SDPA: 19 ms); ``benchmarks/vs_pytorch.py --part
+  attention``. The whole train step: docs/benchmarks.md.
 - ``"xla"``: ``jax.nn.dot_product_attention(implementation="xla")``.
 - ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU, fp16/bf16).
 - ``None``: the platform's default, `default_impl`: CPU "explicit"; GPU and TPU "xla", whose
@@ -67,39 +67,43 @@ def _forward(qkv):
     return o, (qh, kh, vh, p, o)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def explicit_attention(qkv):
     """softmax(q k^T / sqrt(head_dim)) v for packed ``qkv`` (N, T, 3, heads, head_dim) (the
     qkv projection's output reshaped, timm's [q; k; v] order) -> (N, T, heads, head_dim).
 
     Forward: one transpose to head-major for q, k and v together, the scale folded into q (T x hd
     multiplies instead of T x T), the softmax's divide as one reciprocal per row, logits and
-    softmax in float32 whatever the input dtype. Backward (the custom VJP): dV = P^T dO,
-    dP = dO V^T, D = rowsum(dO * O), dS = P * (dP - D), dQ = dS K / sqrt(hd),
-    dK = dS^T Q / sqrt(hd), written back to the packed layout in one transpose. Equal to autodiff
-    of the forward up to rounding (``tests/test_attention.py``)."""
+    softmax in float32 whatever the input dtype.
+
+    Derivatives: a custom JVP (so forward mode works too: the likelihood's divergence) written so
+    that its transpose, the backward pass, is flash attention's. With dS = dQ K^T + Q dK^T
+    (scaled) and c = rowsum(P * dS), the tangent is dO = P dV + (P * dS) V - c * O (P V = O).
+    Transposed: dV = P^T dO, dS = P * (dO V^T - D) with D = rowsum(dO * O) over head_dim terms
+    (instead of rowsum(dP * P) over T), dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd). Equal to
+    autodiff of XLA's attention up to rounding (``tests/test_attention.py``)."""
     return _head_major(_forward(qkv)[0])
 
 
-def _explicit_fwd(qkv):
-    o, residuals = _forward(qkv)
-    return _head_major(o), residuals
-
-
-def _explicit_bwd(residuals, d_out):
-    qh, kh, vh, p, o = residuals  # qh already carries the scale
+@explicit_attention.defjvp
+def _explicit_jvp(primals, tangents):
+    (qkv,), (d_qkv,) = primals, tangents
+    o, (qh, kh, vh, p, _) = _forward(qkv)
     f32 = jnp.float32
-    do = _head_major(d_out)
-    dv = jnp.einsum("bnts,bnth->bnsh", p, do)
-    dp = jnp.einsum("bnth,bnsh->bnts", do, vh, preferred_element_type=f32)
-    d = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True)
-    ds = (p.astype(f32) * (dp - d)).astype(qh.dtype)
-    dq = jnp.einsum("bnts,bnsh->bnth", ds, kh) * jnp.asarray(qh.shape[-1] ** -0.5, qh.dtype)
-    dk = jnp.einsum("bnts,bnth->bnsh", ds, qh)
-    return (jnp.transpose(jnp.stack([dq, dk, dv]), (1, 3, 0, 2, 4)),)
-
-
-explicit_attention.defvjp(_explicit_fwd, _explicit_bwd)
+    dh = jnp.transpose(d_qkv, (2, 0, 3, 1, 4))
+    dq = dh[0] * jnp.asarray(qkv.shape[-1] ** -0.5, qkv.dtype)
+    dk, dv = dh[1], dh[2]
+    ds = jnp.einsum("bnth,bnsh->bnts", dq, kh, preferred_element_type=f32) + jnp.einsum(
+        "bnth,bnsh->bnts", qh, dk, preferred_element_type=f32
+    )
+    pds = p.astype(f32) * ds
+    c = jnp.sum(pds, axis=-1, keepdims=True)
+    d_o = (
+        jnp.einsum("bnts,bnsh->bnth", p, dv)
+        + jnp.einsum("bnts,bnsh->bnth", pds.astype(qkv.dtype), vh)
+        - (c * o.astype(f32)).astype(qkv.dtype)
+    )
+    return _head_major(o), _head_major(d_o)
 
 
 def attention(qkv, implementation: str | None = None):
