@@ -54,17 +54,21 @@ def _head_major(a):
     return jnp.swapaxes(a, 1, 2)
 
 
+def _split_head_major(qkv):
+    """Packed (N, T, 3, heads, hd) -> q / sqrt(hd), k, v, each (N, heads, T, hd), through one
+    transpose. Linear, so it maps the tangent of ``qkv`` the same way."""
+    h = jnp.transpose(qkv, (2, 0, 3, 1, 4))
+    return h[0] * jnp.asarray(qkv.shape[-1] ** -0.5, qkv.dtype), h[1], h[2]
+
+
 def _forward(qkv):
-    """Head-major attention of packed ``qkv``; returns O (N, heads, T, hd) and the backward's
-    residuals."""
-    h = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # (3, N, heads, T, hd): one copy for q, k and v
-    qh = h[0] * jnp.asarray(qkv.shape[-1] ** -0.5, qkv.dtype)
-    kh, vh = h[1], h[2]
+    """Head-major attention of packed ``qkv``: O (N, heads, T, hd), and the scaled q, k, v and
+    the softmax probabilities P that the JVP reuses."""
+    qh, kh, vh = _split_head_major(qkv)
     logits = jnp.einsum("bnth,bnsh->bnts", qh, kh, preferred_element_type=jnp.float32)
     e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     p = (e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))).astype(qkv.dtype)
-    o = jnp.einsum("bnts,bnsh->bnth", p, vh)
-    return o, (qh, kh, vh, p, o)
+    return jnp.einsum("bnts,bnsh->bnth", p, vh), (qh, kh, vh, p)
 
 
 @jax.custom_jvp
@@ -88,11 +92,9 @@ def explicit_attention(qkv):
 @explicit_attention.defjvp
 def _explicit_jvp(primals, tangents):
     (qkv,), (d_qkv,) = primals, tangents
-    o, (qh, kh, vh, p, _) = _forward(qkv)
+    o, (qh, kh, vh, p) = _forward(qkv)
     f32 = jnp.float32
-    dh = jnp.transpose(d_qkv, (2, 0, 3, 1, 4))
-    dq = dh[0] * jnp.asarray(qkv.shape[-1] ** -0.5, qkv.dtype)
-    dk, dv = dh[1], dh[2]
+    dq, dk, dv = _split_head_major(d_qkv)
     ds = jnp.einsum("bnth,bnsh->bnts", dq, kh, preferred_element_type=f32) + jnp.einsum(
         "bnth,bnsh->bnts", qh, dk, preferred_element_type=f32
     )
