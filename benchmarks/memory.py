@@ -36,6 +36,12 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _bytes_per_image(points) -> float:
+    """Peak bytes per further image through the two largest batches of ``peak_points``."""
+    (b1, p1), (b2, p2) = points[0], points[1]
+    return (p1 - p2) / (b1 - b2)
+
+
 def measure(args) -> dict:
     from nag_jax import parallel
     from nag_jax.config.release import release_config
@@ -48,25 +54,15 @@ def measure(args) -> dict:
     for path in args.slope_from or []:
         with open(path) as f:
             prev = json.load(f)
+        rows += [dict(r, from_file=path) for r in prev["rows"]]
+        groups = {}
         for r in prev["rows"]:
-            rows.append(dict(r, from_file=path))
-        for topology in dict.fromkeys(r["topology"] for r in prev["rows"] if "topology" in r):
-            for remat in (False, True):
-                for scan in (False, True):
-                    mine = [
-                        r
-                        for r in prev["rows"]
-                        if r.get("topology") == topology
-                        and r.get("remat") == remat
-                        and r.get("scan_blocks") == scan
-                        and "per_device_batch" in r
-                    ]
-                    pts = compile_job.peak_points(
-                        [r for r in mine if "bytes_per_device" in r or "temp_required_bytes" in r]
-                    )
-                    if len(pts) >= 2:
-                        (b1, p1), (b2, p2) = pts[0], pts[1]
-                        slopes.setdefault((remat, scan), ((p1 - p2) / (b1 - b2), topology))
+            if "bytes_per_device" in r:  # train rows (a compiler out-of-memory row has None)
+                groups.setdefault((r["remat"], r["scan_blocks"], r["topology"]), []).append(r)
+        for (remat, scan, topology), group in groups.items():
+            points = compile_job.peak_points(group)
+            if len(points) >= 2:
+                slopes.setdefault((remat, scan), (_bytes_per_image(points), topology))
         fits.extend(prev.get("largest_batch", []))
     for topology in args.topologies.split(","):
         try:
@@ -107,7 +103,7 @@ def measure(args) -> dict:
                 fit = dict(topology=topology, remat=bool(remat), scan_blocks=bool(scan))
                 if len(points) >= 2 and target.hbm_bytes:
                     (b1, p1), (b2, p2) = points[0], points[1]
-                    slopes.setdefault(key, ((p1 - p2) / (b1 - b2), topology))
+                    slopes.setdefault(key, (_bytes_per_image(points), topology))
                     fit.update(
                         largest_per_device_batch_extrapolated=compile_job.largest_batch(
                             b1, p1, b2, p2, target.hbm_bytes
