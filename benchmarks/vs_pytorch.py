@@ -79,8 +79,7 @@ def bench_sampler(args) -> dict:
     R.rerandomize(tm, 0, scale=0.5).eval()
     sd = {k: v.detach().clone() for k, v in tm.state_dict().items()}
     params, arch, _ = state_dict_to_params(sd, family, num_heads=args.heads)
-    impl = None if args.attention[0] == "default" else args.attention[0]
-    fm = create_model_from_metadata(arch.metadata(), attention_impl=impl)
+    fm = create_model_from_metadata(arch.metadata(), attention_impl=args.attention[0])
     params = jax.device_put(params)
     c = 4
     n, s = args.batch, args.input_size
@@ -223,6 +222,19 @@ def matmul_ceiling_gflops(n: int = 1024, repeats: int = 5, torch_device=None) ->
     return dict(n=n, xla=flop / best_j / 1e9, torch=flop / best_t / 1e9)
 
 
+def _interleaved(fns: dict, repeats: int, after_round=None) -> dict:
+    """{label: [seconds of each round]}: ``repeats`` rounds calling every function once, the order
+    reversed every other round (no one always runs first); ``after_round()`` after each."""
+    times = {label: [] for label in fns}
+    for r in range(repeats):
+        order = list(fns.items())
+        for label, fn in order if r % 2 == 0 else order[::-1]:
+            times[label].append(_seconds(fn))
+        if after_round is not None:
+            after_round()
+    return times
+
+
 def _seconds(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -298,7 +310,7 @@ def train_side_by_side(
     x1 = rng.standard_normal((batch, input_size, input_size, 4)).astype(np.float32)
     y = rng.integers(0, 1000, batch).astype(np.int32)
     jbatch = parallel.global_batch({"x": x1, "y": y}, mesh)
-    variants = {}  # label -> (steps function, compile seconds, resolved attention)
+    variants = {}  # resolved attention -> (steps function, compile seconds)
 
     def jax_variant(impl):
         config.model.attention_impl = impl
@@ -366,15 +378,16 @@ def train_side_by_side(
 
     jax_loss = min(float(jax.device_get(f()["loss"])) for f, _ in variants.values())  # warm-up
     torch_loss = torch_steps()
-    times = {label: [] for label in variants}
-    tt, ceilings = [], []
-    for r in range(repeats):
-        order = [(f, times[label]) for label, (f, _) in variants.items()] + [(torch_steps, tt)]
-        for fn_, out in order if r % 2 == 0 else order[::-1]:
-            out.append(_seconds(fn_) / steps)
-        # the ceiling once per round, the best kept: one short measurement on a shared VM can
-        # land in a slow moment and make every fraction look too good
-        ceilings.append(matmul_ceiling_gflops(ceiling_n, torch_device=torch_device))
+    # The ceiling once per round, the best kept: one short measurement on a shared VM can land
+    # in a slow moment and make every fraction look too good.
+    ceilings = []
+    rounds = _interleaved(
+        {**{label: f for label, (f, _) in variants.items()}, "torch": torch_steps},
+        repeats,
+        lambda: ceilings.append(matmul_ceiling_gflops(ceiling_n, torch_device=torch_device)),
+    )
+    times = {label: [t / steps for t in v] for label, v in rounds.items()}
+    tt = times.pop("torch")
     ceiling = {k: max(c[k] for c in ceilings) for k in ceilings[0]}
     flop = 3 * timing.transformer_forward_flops(model) * batch
     first = next(iter(variants))
@@ -419,7 +432,7 @@ def train_side_by_side(
 
 def bench_attention(args) -> dict:
     """Forward + backward of one attention op (packed qkv -> output, no projections) per
-    implementation: the project's "explicit" (custom VJP) and "xla" (autodiff of
+    implementation: the project's "explicit" (custom JVP) and "xla" (autodiff of
     jax.nn.dot_product_attention), and torch's ``F.scaled_dot_product_attention`` (the release's
     kernel through timm). SiT-``--train-sizes``' first size's heads at ``--train-input-size``
     tokens (patch 2), batch ``--train-batch``; interleaved rounds, best per implementation."""
@@ -454,11 +467,7 @@ def bench_attention(args) -> dict:
 
     torch_run()
     fns["torch sdpa"] = torch_run
-    times = {k: [] for k in fns}
-    for r in range(max(5, args.repeats)):
-        order = list(fns.items())
-        for label, fn in order if r % 2 == 0 else order[::-1]:
-            times[label].append(_seconds(fn))
+    times = _interleaved(fns, max(5, args.repeats))
     flop = 6 * 2.0 * n * heads * t * t * hd  # QK^T and PV forward, four such matmuls backward
     return dict(
         what="forward + backward of one attention op (no projections), float32",
@@ -468,7 +477,7 @@ def bench_attention(args) -> dict:
         heads=heads,
         head_dim=hd,
         threads=args.threads,
-        ms=dict({k: round(min(v) * 1e3, 2) for k, v in times.items()}),
+        ms={k: round(min(v) * 1e3, 2) for k, v in times.items()},
         all_ms={k: [round(x * 1e3, 2) for x in v] for k, v in times.items()},
         gflop=round(flop / 1e9, 3),
     )
@@ -485,7 +494,7 @@ def bench_train(args) -> list[dict]:
             input_size=args.train_input_size,
             steps=args.train_steps,
             repeats=args.repeats,
-            attention_impls=tuple(None if v == "default" else v for v in args.attention),
+            attention_impls=tuple(args.attention),
         )
         for size in args.train_sizes.split(",")
     ]
@@ -616,8 +625,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-steps", type=int, default=5, help="part train: steps per round")
     p.add_argument(
         "--attention",
-        default=["default"],
-        type=lambda v: v.split(","),
+        default=[None],
+        type=lambda v: [None if x == "default" else x for x in v.split(",")],
         help="part train: JAX attention implementations to time side by side (comma list of "
         "default/explicit/xla; the first is the headline); part sampler: the first one",
     )
