@@ -112,6 +112,20 @@ def test_trainable_regex_and_schedule():
         )
 
 
+def test_cosine_decay_schedule_by_hand():
+    # lr 1e-3, warmup 10, decay ending at step 110: linear to 1e-3 at 10, then
+    # 1e-3 * (1 + cos(pi * (s - 10) / 100)) / 2: half at 60, 0 at 110 and after (hand values).
+    cfg = tiny_config()
+    cfg.optim.update(lr=1e-3, warmup_steps=10, decay_steps=110)
+    sched = learning_rate_schedule(cfg.optim)
+    want = [0.0, 5e-4, 1e-3, 1e-3 * (1 + np.cos(np.pi * 0.25)) / 2, 5e-4, 0.0, 0.0]
+    got = [float(sched(s)) for s in (0, 5, 10, 35, 60, 110, 200)]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    cfg.optim.decay_steps = 10  # the decay would end where the warmup ends
+    with pytest.raises(ValueError, match="decay_steps=10 must exceed optim.warmup_steps=10"):
+        learning_rate_schedule(cfg.optim)
+
+
 def test_grad_clip_bounds_the_update():
     # b1 = b2 = 0, eps = 1, lr = 1: AdamW's update is -g / (|g| + 1) elementwise (hand calc).
     params = {"w": jnp.zeros(4)}

@@ -227,6 +227,7 @@ def base_config() -> ml_collections.ConfigDict:
         eps=1e-8,
         grad_clip=placeholder(float),  # global norm; None = off
         warmup_steps=0,
+        decay_steps=0,  # 0: constant lr after warmup; N: cosine decay to 0 ending at step N
         ema_decay=0.9999,
         trainable="all",  # "all", "null_token" or a regex over '/'-joined param paths
     )
@@ -482,6 +483,7 @@ VALUE_CHECKS = {
     "optim.eps": _NONNEG,
     "optim.grad_clip": (lambda v: v is None or (_finite(v) and v > 0), "None or a number > 0"),
     "optim.warmup_steps": _COUNT,
+    "optim.decay_steps": _COUNT,
     "optim.ema_decay": _PROBABILITY,
     "objective.p_class_drop": _PROBABILITY,
     "objective.p_noise_drop": _PROBABILITY,

@@ -62,9 +62,22 @@ def trainable_labels(params, trainable: str = "all"):
 
 
 def learning_rate_schedule(optim_cfg) -> optax.Schedule:
-    """Constant ``lr`` after an optional linear warmup from 0 over ``warmup_steps``."""
+    """The lr of the update that makes step ``s + 1``, as a function of ``s`` (optax's count).
+
+    A linear warmup from 0 to ``lr`` over ``warmup_steps``; then constant ``lr`` when
+    ``decay_steps`` is 0, or a cosine decay from ``lr`` to 0 that ends at step ``decay_steps``
+    (counted from the start, warmup included; 0 after it: set ``train.num_steps`` to it).
+    """
     lr = float(optim_cfg.lr)
     warmup = int(optim_cfg.warmup_steps)
+    decay = int(optim_cfg.get("decay_steps", 0) or 0)
+    if decay > 0:
+        if decay <= warmup:
+            raise ValueError(
+                f"config.optim.decay_steps={decay} must exceed optim.warmup_steps={warmup}: the "
+                "cosine decay starts where the warmup ends. Raise decay_steps or set it to 0."
+            )
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, decay, end_value=0.0)
     if warmup <= 0:
         return optax.constant_schedule(lr)
     return optax.linear_schedule(0.0, lr, warmup)
