@@ -45,6 +45,7 @@ def get_config():
             estimator_seed=0,
             max_states=11,
             late=0.25,
+            stop_after="",  # "validation": stop once the choice is written, to commit it first
         )
     )
     return c

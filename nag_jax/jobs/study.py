@@ -100,6 +100,11 @@ def run(config, workdir: str) -> dict:
         logging.info("[2/5] Validation curves on seeds %s", val_seeds)
         results["validation"] = scale_curves(sampler, ft_all, val_seeds, n, scorer, st)
         save()
+    if st.get("stop_after", "") == "validation":  # commit the choice before the report seeds
+        (work / "validation.md").write_text(_proxy_validation_md(results))
+        logging.info("Stopped after validation (study.stop_after): commit the choice, then rerun.")
+        print((work / "validation.md").read_text(), flush=True)
+        return results
     rows = table_rows(results["validation"]["choice"])
     if "steps" not in results:
         logging.info("[3/5] Report table on seeds %s, and at other step counts", rep_seeds)
@@ -299,6 +304,23 @@ def _validation_md(results: dict) -> str:
         body = [[p["name"], f"{p['mean']:.3f} +- {p['se']:.2g}"] for p in pts]
         lines += [f"## {axis}", ""] + tables.markdown_table(["row", v["choice"]["select"]], body)
         lines.append("")
+    return "\n".join(lines)
+
+
+def _proxy_validation_md(results: dict) -> str:
+    """The demo study's validation curves (proxy FD, class accuracy) and its choice."""
+    v = results["validation"]
+    lines = [f"# Validation (seeds {results['val_seeds']} x {results['images_per_seed']} images)"]
+    lines += ["", "Choice (lowest mean proxy FD among scales that switch the guidance on):", ""]
+    lines += ["```", json.dumps(v["choice"]), "```", ""]
+    for axis, pts in v["curves"].items():
+        body = [
+            [f"{p['value']:g}", p.get("nag_scale", p.get("interval", "")),
+             tables.pm(p["proxy_fd"], p["proxy_fd_se"], ".2f"), f"{p['class_accuracy']:.3f}"]
+            for p in pts
+        ]  # fmt: skip
+        head = ["scale", "w_nag / interval", "proxy FD", "class acc"]
+        lines += [f"## {axis}", ""] + tables.markdown_table(head, body) + [""]
     return "\n".join(lines)
 
 
