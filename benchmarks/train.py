@@ -2,6 +2,9 @@
 
     python benchmarks/train.py [--devices 1,2,4,8] [--steps 20] [--hidden 128] [--depth 2]
         [--batch 16] [--out results.json]
+    # the demo's fine-tune step (configs/demo.py, its 2 host devices) by model.attention_impl
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/train.py \
+        --config configs/demo.py --attention explicit,xla --steps 100 --repeats 4
 
 On a CPU-only machine the script creates 8 virtual CPU devices (XLA flag set before JAX is
 imported), so the sharding layouts are real but the devices share the host's cores: steps/s on
@@ -13,6 +16,11 @@ tiny SiT with the stand-in flow-matching loss, and reports:
   param_opt_bytes_per_device        max over devices of params + opt state bytes (FSDP)
   replicated_bytes_per_device       the same without FSDP (every device holds everything)
   compile_sec
+With ``--config`` it times that config's own train step (its model, objective, optimizer, batch
+and mesh over all devices; random weights and data) once per ``--attention`` implementation, in
+``--repeats`` interleaved rounds of ``--steps`` steps (the order reversed every other round), and
+reports steps/s per round and the best: what the choice of attention does to that training run's
+wall time.
 """
 
 from __future__ import annotations
@@ -88,6 +96,61 @@ def measure(num_devices: int, args) -> dict:
     return row
 
 
+def by_attention(args) -> dict:
+    """Steps/s of ``args.config``'s train step per ``model.attention_impl``, interleaved rounds."""
+    import jax
+    import numpy as np
+
+    from benchmarks.vs_pytorch import _interleaved
+    from nag_jax import parallel
+    from nag_jax.config.schema import sibling_config
+    from nag_jax.sampling import build
+    from nag_jax.training import step as step_lib
+    from nag_jax.training.loop import setup_state
+
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    config = sibling_config(os.path.abspath(args.config), name)
+    config.model.weights = None  # random weights: the step's cost does not depend on them
+    mesh = parallel.create_mesh(config.parallel, jax.devices())
+    m, b = config.model, int(config.data.global_batch_size)
+    rng = np.random.default_rng(0)
+    local = {
+        "x": rng.standard_normal((b, m.input_size, m.input_size, m.in_channels)).astype(np.float32),
+        "y": rng.integers(0, m.num_classes, b).astype(np.int32),
+    }
+    batch = parallel.global_batch(local, mesh)
+    fns, compile_s = {}, {}
+    for impl in args.attention.split(","):
+        config.model.attention_impl = impl
+        model = build.build_model(config.model)
+        state, shardings, tx = setup_state(config, model, mesh)
+        fn = step_lib.jit_train_step_from_config(config, model, shardings, mesh, tx)
+        t0 = time.perf_counter()
+        compiled = fn.lower(state, batch).compile()
+        compile_s[impl] = time.perf_counter() - t0
+        holder = {"state": state}
+
+        def steps(holder=holder, compiled=compiled):
+            for _ in range(args.steps):
+                holder["state"], metrics = compiled(holder["state"], batch)
+            jax.block_until_ready(metrics)
+
+        steps()  # warm-up
+        fns[impl] = steps
+    rounds = _interleaved(fns, args.repeats)
+    per_s = {k: [args.steps / t for t in v] for k, v in rounds.items()}
+    return {
+        "benchmark": "train_step_by_attention",
+        "config": args.config,
+        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "global_batch": b,
+        "steps_per_round": args.steps,
+        "steps_per_sec_by_round": per_s,
+        "best_steps_per_sec": {k: max(v) for k, v in per_s.items()},
+        "compile_sec": compile_s,
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--devices", default="1,2,4,8")
@@ -95,11 +158,18 @@ def main():
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--config", default=None, help="time this config's train step instead")
+    p.add_argument("--attention", default="explicit,xla", help="with --config: impls to compare")
+    p.add_argument("--repeats", type=int, default=4, help="with --config: interleaved rounds")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     import jax
 
     from benchmarks import timing
+
+    if args.config:
+        timing.emit_json(by_attention(args), args.out)
+        return
 
     counts = [int(n) for n in args.devices.split(",") if int(n) <= jax.device_count()]
     rows = [measure(n, args) for n in counts]
