@@ -50,6 +50,27 @@ def test_row_from_config_forms():
     assert r.nag_interval == (0.0, 0.5) and r.num_steps == 10 and r.cfg_scale == 1.0
 
 
+def test_demo_rows_are_the_committed_validation_choice():
+    # The demo's scales must be the study's choice on its validation seeds, committed in
+    # benchmarks/results/demo_study/validation.json before the report seeds were sampled.
+    with open(os.path.join(ROOT, "benchmarks", "results", "demo_study", "validation.json")) as f:
+        v = json.load(f)
+    study = _config("demo_study.py").study
+    assert v["val_seeds"] == list(study.val_seeds)
+    assert not set(v["val_seeds"]) & set(_config().demo.seeds)
+    choice = v["choice"]
+    s, w, iv = choice["cfg_scale"], choice["nag_scale"], tuple(choice["nag_interval"])
+    js, jw = choice["cfg_nag"]
+    want = [
+        Row("none"),
+        Row("CFG", cfg_scale=s),
+        Row("NAG", nag_scale=w, nag_interval=iv),
+        Row("CFG+NAG", cfg_scale=js, nag_scale=jw, nag_interval=iv),
+        Row("CFG+NAG same s", cfg_scale=s, nag_scale=jw, nag_interval=iv),
+    ]
+    assert [Row.from_config(r) for r in _config().demo.settings] == want
+
+
 def test_study_rejects_overlapping_seeds(tmp_path):
     from nag_jax.jobs import study as demo_study
 
