@@ -36,9 +36,9 @@ recoloured shapes (class accuracy, proxy FD; not FID):
     python -m nag_jax.main --config=configs/finetune_fine_grained.py:shapes,table \
         --workdir=runs/table_shapes
 
-Scales are pre-registered: the demo's validation-chosen scales (configs/demo.py: CFG 1.25;
-NAG 1.0 on noise levels [0, 0.5]; CFG+NAG 1.125 + 1.0), and DoG takes CFG's scales (omega 1.25
-alone, 1.125 with NAG), never tuned on the reported seeds. In the miniature every row samples the
+Scales are pre-registered: the demo's validation-chosen scales, read from configs/demo.py's
+rows (now CFG 1.25; NAG 0.25 on noise levels [0, 0.5]; CFG+NAG 1.125 + 0.25), and DoG takes
+CFG's scales (omega 1.25 alone, 1.125 with NAG), never tuned on the reported seeds. In the miniature every row samples the
 one NAG fine-tune (as the demo's Table 1 does); on the pod the FT rows use the ``nonag`` model.
 On the pod the scales are those of the DiT releases' FID setting (CFG 1.5) and the project's
 DiT-XL/2 NAG scale (1.5); DoG likewise 1.5 (the DoG release's CFG-style default). These are
@@ -121,9 +121,13 @@ def shapes_config(flags: set):
         feature_batch_size=256,
         pr_block_size=2048,
     )
+    # The demo's scales (chosen on its validation seeds, committed before any report seed):
+    # DoG takes CFG's s, and with NAG the demo's smaller joint s.
+    rows = {r["name"]: r for r in c.demo.settings}
+    s, js = rows["CFG"]["cfg_scale"], rows["CFG+NAG"]["cfg_scale"]
+    w, iv = rows["NAG"]["nag_scale"], rows["NAG"]["nag_interval"]
     c.sweep.update(
-        points=table_points(1.25, 1.0, 1.25, (0.0, 0.5), ft_nag="", ft_base="",
-                            joint=(1.125, 1.125)),
+        points=table_points(s, w, s, iv, ft_nag="", ft_base="", joint=(js, js)),
         val_seeds=(),  # table mode: pre-registered rows on the report seeds
         report_seeds=(0, 1, 2),
         num_images=128,
