@@ -5,12 +5,12 @@
 No downloads. The paper's recipe in miniature (nag_jax/jobs/demo.py): a small SiT (patch 2, 16x16
 RGB, 16 classes = 4 shapes x 4 colours of the built-in shapes set) trained WITHOUT noise-condition
 dropout -- like the DiT/SiT releases -- ships as nag_jax/assets/demo_base (reproduce it with
-configs/demo_pretrain.py). The demo fine-tunes it for 600 steps (5% of its training) with
+configs/demo_pretrain.py). The demo fine-tunes it for 600 steps (3% of its training) with
 noise-condition dropout, then samples the same images with none / CFG / NAG / CFG+NAG on three
 report seeds and prints the table (class accuracy, Fréchet distance, precision and recall in the
 feature space of a classifier trained on real shapes; mean +- SE over seeds; paired differences).
 Writes grid_<setting>.png, comparison.png, table.md and metrics.json. From scratch instead:
---config.model.weights=None --config.train.num_steps=12000 --config.optim.lr=1e-3.
+--config.model.weights=None --config.train.num_steps=20000 --config.optim.lr=1e-3.
 
 Time convention: SiT, t = 0 noise, t = 1 data; guidance intervals are noise levels (1 = noise).
 """
@@ -69,7 +69,7 @@ def get_config():
         trainable="all",
     )
     c.train.update(
-        num_steps=600,  # 5% of the base model's 12000 steps
+        num_steps=600,  # 3% of the base model's 20000 steps
         log_every=100,
         checkpoint_every=300,
         keep=2,
