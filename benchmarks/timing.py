@@ -145,3 +145,29 @@ def peak_memory_bytes(device=None) -> int | None:
     except Exception:  # noqa: BLE001  (CPU backends raise or return None)
         return None
     return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def train_steps(config, mesh, batch, steps: int):
+    """(run, compile seconds, model) for ``config``'s jitted, donated train step on ``batch``
+    (``nag_jax.training.step.jit_train_step_from_config``, fresh state): ``run()`` makes
+    ``steps`` steps, carrying the state between calls, blocks on the last metrics and returns
+    them. Compiled ahead of time (the seconds apart), not yet run."""
+    from nag_jax.sampling import build
+    from nag_jax.training import step as step_lib
+    from nag_jax.training.loop import setup_state
+
+    model = build.build_model(config.model)
+    state, shardings, tx = setup_state(config, model, mesh)
+    fn = step_lib.jit_train_step_from_config(config, model, shardings, mesh, tx)
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def run():
+        for _ in range(steps):
+            holder["state"], metrics = compiled(holder["state"], batch)
+        jax.block_until_ready(metrics)
+        return metrics
+
+    return run, compile_s, model

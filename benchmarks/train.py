@@ -101,12 +101,10 @@ def by_attention(args) -> dict:
     import jax
     import numpy as np
 
+    from benchmarks import timing
     from benchmarks.vs_pytorch import _interleaved
     from nag_jax import parallel
     from nag_jax.config.schema import sibling_config
-    from nag_jax.sampling import build
-    from nag_jax.training import step as step_lib
-    from nag_jax.training.loop import setup_state
 
     name = os.path.splitext(os.path.basename(args.config))[0]
     config = sibling_config(os.path.abspath(args.config), name)
@@ -122,21 +120,8 @@ def by_attention(args) -> dict:
     fns, compile_s = {}, {}
     for impl in args.attention.split(","):
         config.model.attention_impl = impl
-        model = build.build_model(config.model)
-        state, shardings, tx = setup_state(config, model, mesh)
-        fn = step_lib.jit_train_step_from_config(config, model, shardings, mesh, tx)
-        t0 = time.perf_counter()
-        compiled = fn.lower(state, batch).compile()
-        compile_s[impl] = time.perf_counter() - t0
-        holder = {"state": state}
-
-        def steps(holder=holder, compiled=compiled):
-            for _ in range(args.steps):
-                holder["state"], metrics = compiled(holder["state"], batch)
-            jax.block_until_ready(metrics)
-
-        steps()  # warm-up
-        fns[impl] = steps
+        fns[impl], compile_s[impl], _ = timing.train_steps(config, mesh, batch, args.steps)
+        fns[impl]()  # warm-up
     rounds = _interleaved(fns, args.repeats)
     per_s = {k: [args.steps / t for t in v] for k, v in rounds.items()}
     return {

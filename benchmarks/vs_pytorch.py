@@ -292,9 +292,6 @@ def train_side_by_side(
     from benchmarks import timing
     from nag_jax import parallel
     from nag_jax.config.schema import base_config
-    from nag_jax.sampling import build
-    from nag_jax.training import step as step_lib
-    from nag_jax.training.loop import setup_state
 
     arch = dict(R.SIZES[size], **(overrides or {}))
     name = f"SiT-{size}/{patch}"
@@ -314,21 +311,7 @@ def train_side_by_side(
 
     def jax_variant(impl):
         config.model.attention_impl = impl
-        model = build.build_model(config.model)
-        state, shardings, tx = setup_state(config, model, mesh)
-        fn = step_lib.jit_train_step_from_config(config, model, shardings, mesh, tx)
-        t0 = time.perf_counter()
-        compiled = fn.lower(state, jbatch).compile()
-        compile_s = time.perf_counter() - t0
-        holder = {"state": state}
-
-        def jax_steps():
-            for _ in range(steps):
-                holder["state"], metrics = compiled(holder["state"], jbatch)
-            jax.block_until_ready(metrics)
-            return metrics
-
-        return jax_steps, compile_s, model
+        return timing.train_steps(config, mesh, jbatch, steps)
 
     for impl in attention_impls:
         jax_steps, compile_s, model = jax_variant(impl)
