@@ -38,7 +38,7 @@ def get_config():
             null_token_lr=1e-2,  # one D-vector: a larger step than the full fine-tune's
             pretrain_dir="runs/demo_pretrain",
             recipe_base_step=3000,
-            recipe_ft_steps=150,  # 5% of the base's steps, as the demo's 600 of 12000
+            recipe_ft_steps=150,  # 5% of the 3000-step base
             joint_from="runs/demo_joint3k",
             estimator=dict(num_bins=50, hidden=128, depth=2, num_steps=800, batch_size=64, lr=1e-3),
             estimator_pool=4096,
