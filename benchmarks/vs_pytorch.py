@@ -4,6 +4,7 @@
     python benchmarks/vs_pytorch.py --part sampler --sampler sde --steps 20 --batch 8
     python benchmarks/vs_pytorch.py --part train --train-sizes S,B --repeats 3 --out train.json
     python benchmarks/vs_pytorch.py --part attention --train-sizes S
+    python benchmarks/vs_pytorch.py --part gemms --train-sizes S,B --out gemms.json
     python benchmarks/vs_pytorch.py --part convert --out /tmp/bench.json
 
 Part "sampler": images/s of the project's jitted sampler (nag_jax.sampling over
@@ -466,6 +467,56 @@ def bench_attention(args) -> dict:
     )
 
 
+def bench_gemms(args) -> dict:
+    """The train step's dense matmuls alone, at their own shapes: per SiT size of
+    ``--train-sizes`` (batch ``--train-batch``, patch 2), the four weight GEMMs of a block (qkv,
+    proj, fc1, fc2: M = batch x tokens rows) forward (M x K . K x N) and their two backward
+    products (dX = dY . W^T: M x N . N x K; dW = X^T . dY: K x M . M x N), each jitted alone
+    (highest precision) and through torch, best of ``max(5, --repeats)`` interleaved rounds.
+    The FLOP-weighted GFLOP/s of the set is the ceiling a step made only of these products could
+    reach here, beside the square n x n x n ceiling the train part divides by."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    import torch_reference as R
+
+    torch.set_num_threads(args.threads)
+    out = {"threads": args.threads, "square": matmul_ceiling_gflops(), "sizes": {}}
+    rng = np.random.default_rng(0)
+    for size in args.train_sizes.split(","):
+        d = R.SIZES[size]["hidden_size"]
+        m = args.train_batch * (args.train_input_size // 2) ** 2
+        shapes = []
+        for name, k, n in (("qkv", d, 3 * d), ("proj", d, d), ("fc1", d, 4 * d), ("fc2", 4 * d, d)):
+            shapes += [(f"{name} fwd", m, k, n), (f"{name} dX", m, n, k), (f"{name} dW", k, m, n)]
+        fns, flops = {}, {}
+        for label, a, b, c in shapes:
+            x = rng.standard_normal((a, b)).astype(np.float32)
+            w = rng.standard_normal((b, c)).astype(np.float32)
+            jx, jw, tx, tw = (
+                jnp.asarray(x),
+                jnp.asarray(w),
+                torch.from_numpy(x),
+                torch.from_numpy(w),
+            )
+            f = jax.jit(lambda u, v: jnp.matmul(u, v, precision="highest"))
+            f(jx, jw).block_until_ready()
+            fns[f"jax {label}"] = lambda f=f, jx=jx, jw=jw: f(jx, jw).block_until_ready()
+            fns[f"torch {label}"] = lambda tx=tx, tw=tw: tx @ tw
+            flops[label] = 2.0 * a * b * c
+        times = {k: min(v) for k, v in _interleaved(fns, max(5, args.repeats)).items()}
+        row = {"rows_m": m, "hidden": d}
+        for fw in ("jax", "torch"):
+            total_t = sum(times[f"{fw} {lb}"] for lb in flops)
+            row[f"{fw}_gflops_weighted"] = round(sum(flops.values()) / total_t / 1e9, 1)
+            row[f"{fw}_gflops"] = {
+                lb: round(fl / times[f"{fw} {lb}"] / 1e9, 1) for lb, fl in flops.items()
+            }
+        out["sizes"][size] = row
+    return out
+
+
 def bench_train(args) -> list[dict]:
     import torch
 
@@ -582,7 +633,9 @@ def bench_convert(args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--part", choices=["all", "sampler", "train", "attention", "convert"], default="all"
+        "--part",
+        choices=["all", "sampler", "train", "attention", "gemms", "convert"],
+        default="all",
     )
     p.add_argument("--sampler", choices=["sde", "ode", "ddpm"], default="sde")
     p.add_argument("--steps", type=int, default=10, help="SDE: grid points (release num_steps)")
@@ -635,6 +688,8 @@ def main(argv=None) -> int:
         result["train"] = bench_train(args)
     if args.part in ("all", "attention"):
         result["attention"] = bench_attention(args)
+    if args.part in ("all", "gemms"):
+        result["gemms"] = bench_gemms(args)
     if args.part in ("all", "convert"):
         result["convert"] = bench_convert(args)
     text = json.dumps(result, indent=1)
