@@ -104,10 +104,9 @@ def by_attention(args) -> dict:
     from benchmarks import timing
     from benchmarks.vs_pytorch import _interleaved
     from nag_jax import parallel
-    from nag_jax.config.schema import sibling_config
+    from nag_jax.config.schema import config_file
 
-    name = os.path.splitext(os.path.basename(args.config))[0]
-    config = sibling_config(os.path.abspath(args.config), name)
+    config = config_file(args.config)
     config.model.weights = None  # random weights: the step's cost does not depend on them
     mesh = parallel.create_mesh(config.parallel, jax.devices())
     m, b = config.model, int(config.data.global_batch_size)

@@ -141,6 +141,14 @@ def sibling_config(here: str, name: str, *args) -> ml_collections.ConfigDict:
     return sibling_module(here, name).get_config(*args)
 
 
+def config_file(path: str, *args) -> ml_collections.ConfigDict:
+    """``get_config(*args)`` of the config file at ``path`` (configs/NAME.py), by path."""
+    import os
+
+    name = os.path.splitext(os.path.basename(path))[0]
+    return sibling_config(os.path.abspath(path), name, *args)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The full schema with its defaults. Model, objective, optimizer and schedule default to the
     releases' recipe (SiT-XL/2, 256px SD-VAE latents; bf16 compute and ImageNet latents are set

@@ -100,11 +100,9 @@ def run(config, workdir: str) -> dict:
         logging.info("[2/5] Validation curves on seeds %s", val_seeds)
         results["validation"] = scale_curves(sampler, ft_all, val_seeds, n, scorer, st)
         save()
-    if st.get("stop_after", "") == "validation":  # commit the choice before the report seeds
         (work / "validation.md").write_text(_proxy_validation_md(results))
-        logging.info("Stopped after validation (study.stop_after): commit the choice, then rerun.")
-        print((work / "validation.md").read_text(), flush=True)
-        return results
+    if st.get("stop_after", "") == "validation":  # commit the choice before the report seeds
+        return _stopped_after_validation(work, results)
     rows = table_rows(results["validation"]["choice"])
     if "steps" not in results:
         logging.info("[3/5] Report table on seeds %s, and at other step counts", rep_seeds)
@@ -239,9 +237,7 @@ def run_real(config, workdir: str) -> dict:
         save()
         (work / "validation.md").write_text(_validation_md(results))
     if st.stop_after == "validation":
-        logging.info("Stopped after validation (study.stop_after): commit the choice, then rerun.")
-        print((work / "validation.md").read_text(), flush=True)
-        return results
+        return _stopped_after_validation(work, results)
     rows = real_study.report_rows(results["validation"]["choice"])
     if "base" not in results:
         logging.info("[4/6] The base model (no fine-tune, unguided) on the report seeds")
@@ -285,6 +281,13 @@ def run_real(config, workdir: str) -> dict:
     (work / "report.md").write_text(report)
     save()
     print(report, flush=True)
+    return results
+
+
+def _stopped_after_validation(work, results: dict) -> dict:
+    """``study.stop_after="validation"``: says so, prints validation.md, returns ``results``."""
+    logging.info("Stopped after validation (study.stop_after): commit the choice, then rerun.")
+    print((work / "validation.md").read_text(), flush=True)
     return results
 
 

@@ -109,8 +109,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if not os.path.exists(a.config):
         raise SystemExit(f"config file {a.config!r} not found (give a configs/*.py path)")
-    name = os.path.splitext(os.path.basename(a.config))[0]
-    config = schema.sibling_config(os.path.abspath(a.config), name)
+    config = schema.config_file(a.config)
     schema.resolve(config)
     export_base(config, a.checkpoints, a.dest, step=a.step, force=a.force, which=a.which)
     print(f"wrote {a.dest} ({a.which} of step {a.step or 'latest'})")
