@@ -21,6 +21,8 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import timing  # noqa: E402
 from benchmarks.accelerator_check import PARTS, Budget, rel_err  # noqa: E402
+from nag_jax import parallel  # noqa: E402
+from nag_jax.config.schema import base_config  # noqa: E402
 from nag_jax.models import create_model  # noqa: E402
 
 
@@ -153,6 +155,28 @@ def test_time_calls_and_mfu():
     assert timing.mfu(1e12, 2.0, None) is None
     with pytest.raises(ValueError, match="repeats=0"):
         timing.time_calls(lambda: None, repeats=0)
+
+
+def test_step_variants_change_one_choice_at_a_time():
+    """The side-by-side benchmarks' variants: the headline choices, then one change at a time."""
+    head = {
+        "model.attention_impl": None,
+        "model.dense_impl": "transposed_input",
+        "train.cpu_dot_library": None,
+    }
+    assert timing.step_variants([None, "xla"], ["transposed_input", "xla"], [None, "xla"]) == [
+        head,
+        dict(head, **{"model.attention_impl": "xla"}),
+        dict(head, **{"model.dense_impl": "xla"}),
+        dict(head, **{"train.cpu_dot_library": "xla"}),
+    ]
+    config = base_config()
+    timing.apply_variant(config, dict(head, **{"train.cpu_dot_library": "xla"}))
+    assert config.model.dense_impl == "transposed_input" and config.train.cpu_dot_library == "xla"
+    model = create_model("SiT-S/2", attention_impl="xla", dense_impl="xla")
+    mesh = parallel.create_mesh(config.parallel, jax.devices()[:1])
+    label = timing.variant_label(model, config, mesh)
+    assert label == "attention=xla dense=xla cpu_dots=xla"
 
 
 def test_no_recompiles_between_train_steps_or_sampler_calls():

@@ -11,6 +11,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -404,3 +405,49 @@ def test_training_grid_draws_images_0_to_n_of_the_seed_like_sample_and_eval(tmp_
     path = write_grid(str(tmp_path), w, 3, grid)
     assert path.endswith("step_00000003.png") and os.path.exists(path)
     assert w.images["samples"].shape[0] == 1 and w.images["samples"].shape[-1] == 3
+
+
+def test_cpu_dot_library_compiles_onednn_dots_with_the_same_updates():
+    """train.cpu_dot_library on this CPU: "onednn" compiles the step's products as XLA's oneDNN
+    fusions, "xla" has none; two steps of each from the same state give the same loss and params
+    to float32 rounding. None picks the host's default; an unknown name is named."""
+    import platform
+
+    cfg = tiny_config()
+    model, state, fn_default, batch = _one_device_setup(cfg)
+    mesh = parallel.create_mesh(cfg.parallel, jax.devices()[:1])
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert step_lib.compiler_options(None, mesh) == (
+        step_lib.compiler_options("onednn", mesh) if x86 else None
+    )
+    assert step_lib.compiler_options("xla", mesh) is None
+    with pytest.raises(ValueError, match=r"cpu_dot_library='mkl'.*None picks"):
+        step_lib.compiler_options("mkl", mesh)
+    shardings = jax.tree.map(lambda a: a.sharding, state)
+    state = state.replace(opt_state=optax.sgd(0.1).init(state.params))
+    shardings = shardings.replace(opt_state=jax.tree.map(lambda a: a.sharding, state.opt_state))
+    results = {}
+    for library in ("onednn", "xla"):
+        fn = step_lib.jit_train_step(
+            shardings,
+            mesh,
+            apply_fn=step_lib.make_apply_fn(model),
+            loss_fn=standin_loss,
+            # plain SGD: updates linear in the gradients (Adam's m / sqrt(v) would turn rounding
+            # in a near-zero gradient into a full lr-sized step)
+            tx=optax.sgd(0.1),
+            ema_decay=float(cfg.optim.ema_decay),
+            donate=False,
+            cpu_dot_library=library,
+        )
+        hlo = fn.lower(state, batch).compile().as_text()
+        assert ("__onednn_fusion" in hlo) == (library == "onednn")
+        s = state
+        for _ in range(2):
+            s, metrics = fn(s, batch)
+        results[library] = (float(metrics["loss"]), s.params)
+    (l_o, p_o), (l_x, p_x) = results["onednn"], results["xla"]
+    np.testing.assert_allclose(l_o, l_x, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p_o), jax.tree.leaves(p_x), strict=True):
+        # float32 rounding relative to the leaf's largest entry (the params are ~0.1-0.4 here)
+        assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-5 * float(np.abs(b).max())

@@ -86,7 +86,9 @@ def choices() -> dict[str, tuple]:
     """Every enumerated key -> its allowed values (``CHOICES``): `_OWN_CHOICES` and the tuples
     of the modules that own them (imported on first use: they import jax)."""
     from nag_jax.diffusion import family, transport
+    from nag_jax.models import linear
     from nag_jax.sampling import adaptive, scan
+    from nag_jax.training import step
 
     samplers = tuple(dict.fromkeys(s for f in family.FAMILIES.values() for s in f.samplers))
     owned = {
@@ -98,6 +100,8 @@ def choices() -> dict[str, tuple]:
         "sample.method": scan.ODE_METHODS,  # the SDE integrators are the same pair (a test)
         "sample.diffusion_form": transport.DIFFUSION_FORMS,
         "sample.last_step": scan.LAST_STEPS,
+        "model.dense_impl": linear.IMPLEMENTATIONS,
+        "train.cpu_dot_library": step.CPU_DOT_LIBRARIES,
     }
     return {**owned, **_OWN_CHOICES}
 
@@ -171,6 +175,9 @@ def base_config() -> ml_collections.ConfigDict:
         patch_size=placeholder(int),  # None: from the name
         # nag_jax.models.attention: None (CPU "explicit", GPU/TPU "xla"), "explicit", "xla", "cudnn"
         attention_impl=placeholder(str),
+        # nag_jax.models.linear: None (CPU "transposed_input", GPU/TPU "xla"), "transposed_input",
+        # "xla": how the dense layers' kernel gradients are formed (same forward pass)
+        dense_impl=placeholder(str),
         remat=False,  # rematerialise each block in the backward pass
         weights=placeholder(str),  # see the module docstring
         # Domain Guidance (sample.dog_scale != 1): the PRE-TRAINED weights of the same
@@ -252,6 +259,9 @@ def base_config() -> ml_collections.ConfigDict:
         preemption_sync_every=10,  # steps between the processes' SIGTERM agreement
         async_checkpoint=True,
         tensorboard=True,
+        # XLA:CPU's library for the train step's dot products (nag_jax.training.step):
+        # "onednn", "xla"; None: "onednn" on x86-64 hosts, else "xla". Ignored off CPU.
+        cpu_dot_library=placeholder(str),
     )
     c.sample = _section(
         sampler="sde",  # SiT: "ode" | "sde" | "ode_adaptive"; DiT: "ddpm" | "ddim"

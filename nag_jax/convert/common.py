@@ -157,9 +157,9 @@ class Architecture:
 def create_model_from_metadata(meta: Mapping, **kwargs):
     """``nag_jax.models.create_model`` for a converted checkpoint's metadata.
 
-    kwargs override (dtype, attention_impl, remat, null_noise, ...). null_noise defaults to
-    "learned" when the checkpoint has the token and "zero" otherwise (a release checkpoint has
-    none; fine-tuning with null_noise="learned" adds it).
+    kwargs override (dtype, attention_impl, dense_impl, remat, null_noise, ...). null_noise
+    defaults to "learned" when the checkpoint has the token and "zero" otherwise (a release
+    checkpoint has none; fine-tuning with null_noise="learned" adds it).
     """
     from nag_jax.models import create_model
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from nag_jax.models.attention import resolve_impl
 from nag_jax.models.dit import DiT, unpatchify
 from nag_jax.models.embeddings import get_2d_sincos_pos_embed, timestep_embedding
+from nag_jax.models.linear import resolve_impl as resolve_dense_impl
 from nag_jax.models.registry import MODEL_SIZES, PATCH_SIZES, model_names, parse_model_name
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -31,6 +32,7 @@ def create_model(
     null_noise: str = "learned",
     dtype="float32",
     attention_impl: str | None = None,
+    dense_impl: str | None = None,
     remat: bool = False,
     hidden_size: int | None = None,
     depth: int | None = None,
@@ -45,8 +47,9 @@ def create_model(
     models for tests and the built-in demo). Impossible combinations raise a ValueError that names
     the values. ``attention_impl=None`` is resolved here to the default of ``platform`` (the
     platform the model will run on; default: jax's backend), see
-    `nag_jax.models.attention.default_impl` (CPU "explicit", GPU/TPU "xla"): an ahead-of-time
-    compile for a TPU from a CPU machine passes ``platform="tpu"``.
+    `nag_jax.models.attention.default_impl` (CPU "explicit", GPU/TPU "xla"), and so is
+    ``dense_impl=None`` (`nag_jax.models.linear`: CPU "transposed_input", GPU/TPU "xla"): an
+    ahead-of-time compile for a TPU from a CPU machine passes ``platform="tpu"``.
     """
     _, size, patch = parse_model_name(name)
     dims = dict(MODEL_SIZES[size])
@@ -76,6 +79,7 @@ def create_model(
         null_noise=null_noise,
         dtype=resolve_dtype(dtype),
         attention_impl=resolve_impl(attention_impl, platform),
+        dense_impl=resolve_dense_impl(dense_impl, platform),
         remat=remat,
         mlp_ratio=mlp_ratio,
         **dims,

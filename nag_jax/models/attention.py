@@ -26,6 +26,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from nag_jax.models import platforms
+
 IMPLEMENTATIONS = (None, "explicit", "xla", "cudnn")
 _PLATFORM_DEFAULT = {"cpu": "explicit"}
 
@@ -33,20 +35,15 @@ _PLATFORM_DEFAULT = {"cpu": "explicit"}
 def default_impl(platform: str) -> str:
     """The implementation ``attention_impl=None`` resolves to on ``platform`` ("cpu", "gpu",
     "tpu", ...)."""
-    return _PLATFORM_DEFAULT.get(platform, "xla")
+    return resolve_impl(None, platform)
 
 
 def resolve_impl(implementation: str | None, platform: str | None = None) -> str:
     """``implementation`` itself, or for None the default of ``platform`` (default: the backend
     jax runs on). Unknown names raise a ValueError naming the choices."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"attention_impl={implementation!r} is not one of {IMPLEMENTATIONS}; "
-            "None picks the platform's default."
-        )
-    if implementation is None:
-        return default_impl(platform or jax.default_backend())
-    return implementation
+    return platforms.resolve(
+        "attention_impl", implementation, IMPLEMENTATIONS, _PLATFORM_DEFAULT, "xla", platform
+    )
 
 
 def _head_major(a):

@@ -27,6 +27,7 @@ from nag_jax.models.embeddings import (
     get_2d_sincos_pos_embed,
     timestep_embedding,
 )
+from nag_jax.models.linear import dot_general_for
 
 Dtype = Any
 
@@ -40,6 +41,11 @@ zeros = nn.initializers.zeros
 def modulate(x, shift, scale):
     """adaLN modulation: (N, T, D) tokens with (N, D) shift/scale -> x * (1 + scale) + shift."""
     return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+def _dense(features: int, dense_impl: str | None, **kwargs) -> nn.Dense:
+    """A ``flax.linen.Dense`` whose products are ``dense_impl``'s (nag_jax.models.linear)."""
+    return nn.Dense(features, dot_general=dot_general_for(dense_impl), **kwargs)
 
 
 def _layer_norm(dtype: Dtype) -> nn.LayerNorm:
@@ -73,12 +79,13 @@ class TimestepEmbedder(nn.Module):
 
     hidden_size: int
     dtype: Dtype = jnp.float32
+    dense_impl: str | None = None
 
     @nn.compact
     def __call__(self, t):
         emb = timestep_embedding(t, FREQUENCY_EMBEDDING_SIZE)
-        dense = lambda name: nn.Dense(
-            self.hidden_size, kernel_init=normal_002, dtype=self.dtype, name=name
+        dense = lambda name: _dense(
+            self.hidden_size, self.dense_impl, kernel_init=normal_002, dtype=self.dtype, name=name
         )
         return dense("mlp_2")(nn.silu(dense("mlp_0")(emb)))
 
@@ -111,30 +118,34 @@ class Attention(nn.Module):
     num_heads: int
     dtype: Dtype = jnp.float32
     implementation: str | None = None  # nag_jax.models.attention: None/"explicit"/"xla"/"cudnn"
+    dense_impl: str | None = None  # nag_jax.models.linear: None/"transposed_input"/"xla"
 
     @nn.compact
     def __call__(self, x):
         n, t, d = x.shape
         head_dim = d // self.num_heads
-        qkv = nn.Dense(3 * d, kernel_init=xavier_uniform, dtype=self.dtype, name="qkv")(x)
+        dense = lambda features, name: _dense(
+            features, self.dense_impl, kernel_init=xavier_uniform, dtype=self.dtype, name=name
+        )
+        qkv = dense(3 * d, "qkv")(x)
         out = attention(qkv.reshape(n, t, 3, self.num_heads, head_dim), self.implementation)
-        out = out.reshape(n, t, d)
-        return nn.Dense(d, kernel_init=xavier_uniform, dtype=self.dtype, name="proj")(out)
+        return dense(d, "proj")(out.reshape(n, t, d))
 
 
 class Mlp(nn.Module):
     hidden_size: int
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
+    dense_impl: str | None = None
 
     @nn.compact
     def __call__(self, x):
         h = int(self.hidden_size * self.mlp_ratio)
-        x = nn.Dense(h, kernel_init=xavier_uniform, dtype=self.dtype, name="fc1")(x)
-        x = nn.gelu(x, approximate=True)
-        return nn.Dense(self.hidden_size, kernel_init=xavier_uniform, dtype=self.dtype, name="fc2")(
-            x
+        dense = lambda features, name: _dense(
+            features, self.dense_impl, kernel_init=xavier_uniform, dtype=self.dtype, name=name
         )
+        x = nn.gelu(dense(h, "fc1")(x), approximate=True)
+        return dense(self.hidden_size, "fc2")(x)
 
 
 class DiTBlock(nn.Module):
@@ -145,11 +156,13 @@ class DiTBlock(nn.Module):
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    dense_impl: str | None = None
 
     @nn.compact
     def __call__(self, x, c):
-        mod = nn.Dense(
+        mod = _dense(
             6 * self.hidden_size,
+            self.dense_impl,
             kernel_init=zeros,
             bias_init=zeros,
             dtype=self.dtype,
@@ -157,11 +170,16 @@ class DiTBlock(nn.Module):
         )(nn.silu(c))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         attn = Attention(
-            self.hidden_size, self.num_heads, self.dtype, self.attention_impl, name="attn"
+            self.hidden_size,
+            self.num_heads,
+            self.dtype,
+            self.attention_impl,
+            self.dense_impl,
+            name="attn",
         )
         h = attn(modulate(_layer_norm(self.dtype)(x), shift_msa, scale_msa))
         x = x + gate_msa[:, None, :] * h
-        mlp = Mlp(self.hidden_size, self.mlp_ratio, self.dtype, name="mlp")
+        mlp = Mlp(self.hidden_size, self.mlp_ratio, self.dtype, self.dense_impl, name="mlp")
         h = mlp(modulate(_layer_norm(self.dtype)(x), shift_mlp, scale_mlp))
         return x + gate_mlp[:, None, :] * h
 
@@ -171,16 +189,22 @@ class FinalLayer(nn.Module):
     patch_size: int
     out_channels: int
     dtype: Dtype = jnp.float32
+    dense_impl: str | None = None
 
     @nn.compact
     def __call__(self, x, c):
-        mod = nn.Dense(
-            2 * self.hidden_size, kernel_init=zeros, dtype=self.dtype, name="adaLN_modulation_1"
+        mod = _dense(
+            2 * self.hidden_size,
+            self.dense_impl,
+            kernel_init=zeros,
+            dtype=self.dtype,
+            name="adaLN_modulation_1",
         )(nn.silu(c))
         shift, scale = jnp.split(mod, 2, axis=-1)
         x = modulate(_layer_norm(self.dtype)(x), shift, scale)
-        return nn.Dense(
+        return _dense(
             self.patch_size * self.patch_size * self.out_channels,
+            self.dense_impl,
             kernel_init=zeros,
             dtype=self.dtype,
             name="linear",
@@ -202,6 +226,9 @@ class DiT(nn.Module):
       dtype: compute dtype (params are always float32).
       attention_impl: ``nag_jax.models.attention`` implementation: "explicit", "xla", "cudnn", or
         None for the default of the platform traced on (CPU "explicit", else "xla").
+      dense_impl: ``nag_jax.models.linear`` implementation of the dense layers' products:
+        "transposed_input", "xla", or None for the platform's default (CPU "transposed_input",
+        else "xla"). The forward pass is the same in both; the kernel gradients' products differ.
       remat: rematerialise each block in the backward pass (saves activation memory).
       scan_blocks: run the blocks as one ``lax.scan`` over their stacked params (the XLA program
         holds one block instead of ``depth``: faster compiles). The parameter tree is unchanged
@@ -222,6 +249,7 @@ class DiT(nn.Module):
     attention_impl: str | None = None
     remat: bool = False
     scan_blocks: bool = False
+    dense_impl: str | None = None
 
     @property
     def out_channels(self) -> int:
@@ -237,9 +265,10 @@ class DiT(nn.Module):
 
         Callable on its own: ``model.apply({"params": params}, t, method=DiT.embed_time)``
         (NAG fine-tuning averages it into the initial null noise token)."""
-        return TimestepEmbedder(self.hidden_size, self.dtype, name="t_embedder")(t).astype(
-            jnp.float32
+        embedder = TimestepEmbedder(
+            self.hidden_size, self.dtype, self.dense_impl, name="t_embedder"
         )
+        return embedder(t).astype(jnp.float32)
 
     @nn.compact
     def __call__(self, x, t, y, drop_class=None, drop_noise=None):
@@ -292,10 +321,16 @@ class DiT(nn.Module):
                     self.mlp_ratio,
                     self.dtype,
                     self.attention_impl,
+                    self.dense_impl,
                     name=f"blocks_{i}",
                 )(x, c)
         x = FinalLayer(
-            self.hidden_size, self.patch_size, self.out_channels, self.dtype, name="final_layer"
+            self.hidden_size,
+            self.patch_size,
+            self.out_channels,
+            self.dtype,
+            self.dense_impl,
+            name="final_layer",
         )(x, c)
         return unpatchify(x.astype(jnp.float32), p, self.grid_size, self.out_channels)
 
@@ -316,6 +351,7 @@ class DiT(nn.Module):
             self.mlp_ratio,
             self.dtype,
             self.attention_impl,
+            self.dense_impl,
             parent=None,
         )
 

@@ -60,6 +60,7 @@ def build_model(model_cfg, *, platform: str | None = None) -> DiT:
         null_noise=m.null_noise,
         dtype=m.dtype,
         attention_impl=m.attention_impl,
+        dense_impl=m.dense_impl,
         remat=m.remat,
         hidden_size=m.hidden_size,
         depth=m.depth,

@@ -11,6 +11,7 @@ over ('data', 'fsdp') on N.
 from __future__ import annotations
 
 import functools
+import platform as host
 from collections.abc import Callable
 
 import jax
@@ -22,6 +23,39 @@ from nag_jax.training.state import TrainState, ema_update
 
 # loss_fn(apply_fn, params, x1, y, key) -> (scalar loss, aux dict of scalars)
 LossFn = Callable
+
+# config.train.cpu_dot_library: XLA:CPU's library for the step's dot products.
+CPU_DOT_LIBRARIES = (None, "onednn", "xla")
+_ONEDNN_DOTS = {
+    "xla_cpu_use_onednn": True,
+    "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
+}
+
+
+def compiler_options(cpu_dot_library: str | None, mesh: jax.sharding.Mesh) -> dict | None:
+    """XLA compile options of the train step on ``mesh``'s devices.
+
+    On CPU, ``cpu_dot_library="onednn"`` compiles the step's dot products as XLA's oneDNN
+    fusions; "xla" leaves XLA's own choice (YNNPACK for row-major products, Eigen for the rest).
+    None picks "onednn" on an x86-64 host and "xla" on others (oneDNN's x86 kernels are what was
+    measured: docs/benchmarks.md).
+    Off CPU: None, whatever the choice (a GPU or TPU compiler has its own GEMMs). Unknown names
+    raise a ValueError naming the choices.
+
+    XLA (jaxlib 0.10.2) cannot write a step with oneDNN fusions to jax's persistent compilation
+    cache: with a cache directory set, jax warns ("ToProto is not implemented for thunk kind:
+    onednn-fusion") and the step is compiled anew in each process. Choose "xla" where reusing
+    the cache matters more than the step's speed."""
+    if cpu_dot_library not in CPU_DOT_LIBRARIES:
+        raise ValueError(
+            f"train.cpu_dot_library={cpu_dot_library!r} is not one of {CPU_DOT_LIBRARIES}; "
+            "None picks the host's default."
+        )
+    if mesh.devices.flat[0].platform != "cpu":
+        return None
+    if cpu_dot_library is None:
+        cpu_dot_library = "onednn" if host.machine().lower() in ("x86_64", "amd64") else "xla"
+    return dict(_ONEDNN_DOTS) if cpu_dot_library == "onednn" else None
 
 
 def make_apply_fn(model):
@@ -92,8 +126,10 @@ def jit_train_step(
     tx: optax.GradientTransformation,
     ema_decay: float,
     donate: bool = True,
+    cpu_dot_library: str | None = None,
 ):
-    """``train_step`` as one jit: state in/out with ``state_shardings``, batch over data x fsdp."""
+    """``train_step`` as one jit: state in/out with ``state_shardings``, batch over data x fsdp,
+    compiled with `compiler_options` of ``cpu_dot_library`` for the mesh's platform."""
     step = functools.partial(
         train_step, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx, ema_decay=float(ema_decay)
     )
@@ -102,6 +138,7 @@ def jit_train_step(
         in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
         out_shardings=(state_shardings, parallel.replicated(mesh)),
         donate_argnums=(0,) if donate else (),
+        compiler_options=compiler_options(cpu_dot_library, mesh),
     )
 
 
@@ -110,7 +147,8 @@ def jit_train_step_from_config(
     donate: bool = True,
 ):  # fmt: skip
     """The configured train step: `jit_train_step` with ``model``'s apply, the NAG objective of
-    ``config.objective`` on the config's process (or ``loss_fn``) and ``config.optim.ema_decay``.
+    ``config.objective`` on the config's process (or ``loss_fn``), ``config.optim.ema_decay`` and
+    ``config.train.cpu_dot_library``.
     The one place that builds it (training loop, compile mode, benchmarks)."""
     if loss_fn is None:
         from nag_jax.sampling import build
@@ -124,4 +162,5 @@ def jit_train_step_from_config(
         tx=tx,
         ema_decay=float(config.optim.ema_decay),
         donate=donate,
+        cpu_dot_library=config.train.get("cpu_dot_library"),
     )
