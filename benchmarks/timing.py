@@ -171,3 +171,41 @@ def train_steps(config, mesh, batch, steps: int):
         return metrics
 
     return run, compile_s, model
+
+
+def step_variants(attention: list, dense: list, cpu_dots: list = (None,)) -> list[dict]:
+    """Config overrides (dotted keys) to time side by side: the first attention, dense and CPU
+    dot-library choices together (the headline), then each other choice of one of them with the
+    headline's others. Entries are names of ``nag_jax.models.attention`` /
+    ``nag_jax.models.linear`` implementations and ``nag_jax.training.step.CPU_DOT_LIBRARIES``,
+    None for the platform's default."""
+    head = {
+        "model.attention_impl": attention[0],
+        "model.dense_impl": dense[0],
+        "train.cpu_dot_library": cpu_dots[0],
+    }
+    return (
+        [head]
+        + [dict(head, **{"model.attention_impl": a}) for a in attention[1:]]
+        + [dict(head, **{"model.dense_impl": d}) for d in dense[1:]]
+        + [dict(head, **{"train.cpu_dot_library": c}) for c in cpu_dots[1:]]
+    )
+
+
+def apply_variant(config, variant: dict) -> None:
+    """Sets a `step_variants` entry's dotted keys on ``config`` in place."""
+    for dotted, value in variant.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
+
+
+def variant_label(model, config, mesh) -> str:
+    """A variant's resolved choices as its label: "attention=explicit dense=transposed_input
+    cpu_dots=onednn" (cpu_dots "-" off CPU)."""
+    from nag_jax.training.step import compiler_options
+
+    dots = "-"
+    if mesh.devices.flat[0].platform == "cpu":
+        opts = compiler_options(config.train.get("cpu_dot_library"), mesh)
+        dots = "onednn" if opts else "xla"
+    return f"attention={model.attention_impl} dense={model.dense_impl} cpu_dots={dots}"

@@ -2,9 +2,11 @@
 
     python benchmarks/train.py [--devices 1,2,4,8] [--steps 20] [--hidden 128] [--depth 2]
         [--batch 16] [--out results.json]
-    # the demo's fine-tune step (configs/demo.py, its 2 host devices) by model.attention_impl
+    # the demo's fine-tune step (configs/demo.py, its 2 host devices) by model.attention_impl,
+    # model.dense_impl and train.cpu_dot_library
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/train.py \
-        --config configs/demo.py --attention explicit,xla --steps 100 --repeats 4
+        --config configs/demo.py --attention explicit,xla --dense transposed_input,xla \
+        --cpu-dots onednn,xla --steps 100 --repeats 4
 
 On a CPU-only machine the script creates 8 virtual CPU devices (XLA flag set before JAX is
 imported), so the sharding layouts are real but the devices share the host's cores: steps/s on
@@ -17,10 +19,11 @@ tiny SiT with the stand-in flow-matching loss, and reports:
   replicated_bytes_per_device       the same without FSDP (every device holds everything)
   compile_sec
 With ``--config`` it times that config's own train step (its model, objective, optimizer, batch
-and mesh over all devices; random weights and data) once per ``--attention`` implementation, in
-``--repeats`` interleaved rounds of ``--steps`` steps (the order reversed every other round), and
-reports steps/s per round and the best: what the choice of attention does to that training run's
-wall time.
+and mesh over all devices; random weights and data) once per implementation choice
+(``benchmarks.timing.step_variants`` of ``--attention``, ``--dense`` and ``--cpu-dots``; "default"
+for the platform's), in ``--repeats``
+interleaved rounds of ``--steps`` steps (the order reversed every other round), and reports
+steps/s per round and the best: what each choice does to that training run's wall time.
 """
 
 from __future__ import annotations
@@ -96,13 +99,14 @@ def measure(num_devices: int, args) -> dict:
     return row
 
 
-def by_attention(args) -> dict:
-    """Steps/s of ``args.config``'s train step per ``model.attention_impl``, interleaved rounds."""
+def by_implementation(args) -> dict:
+    """Steps/s of ``args.config``'s train step per choice of ``model.attention_impl``,
+    ``model.dense_impl`` and ``train.cpu_dot_library``, interleaved rounds."""
     import jax
     import numpy as np
 
     from benchmarks import timing
-    from benchmarks.vs_pytorch import _interleaved
+    from benchmarks.vs_pytorch import _choices, _interleaved
     from nag_jax import parallel
     from nag_jax.config.schema import config_file
 
@@ -117,14 +121,17 @@ def by_attention(args) -> dict:
     }
     batch = parallel.global_batch(local, mesh)
     fns, compile_s = {}, {}
-    for impl in args.attention.split(","):
-        config.model.attention_impl = impl
-        fns[impl], compile_s[impl], _ = timing.train_steps(config, mesh, batch, args.steps)
-        fns[impl]()  # warm-up
+    choices = [_choices(v) for v in (args.attention, args.dense, args.cpu_dots)]
+    for variant in timing.step_variants(*choices):
+        timing.apply_variant(config, variant)
+        fn, seconds, model = timing.train_steps(config, mesh, batch, args.steps)
+        label = timing.variant_label(model, config, mesh)
+        fns[label], compile_s[label] = fn, seconds
+        fn()  # warm-up
     rounds = _interleaved(fns, args.repeats)
     per_s = {k: [args.steps / t for t in v] for k, v in rounds.items()}
     return {
-        "benchmark": "train_step_by_attention",
+        "benchmark": "train_step_by_implementation",
         "config": args.config,
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "global_batch": b,
@@ -144,6 +151,12 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--config", default=None, help="time this config's train step instead")
     p.add_argument("--attention", default="explicit,xla", help="with --config: impls to compare")
+    p.add_argument(
+        "--dense", default="transposed_input,xla", help="with --config: dense impls to compare"
+    )
+    p.add_argument(
+        "--cpu-dots", default="default", help="with --config: train.cpu_dot_library choices"
+    )
     p.add_argument("--repeats", type=int, default=4, help="with --config: interleaved rounds")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -152,7 +165,7 @@ def main():
     from benchmarks import timing
 
     if args.config:
-        timing.emit_json(by_attention(args), args.out)
+        timing.emit_json(by_implementation(args), args.out)
         return
 
     counts = [int(n) for n in args.devices.split(",") if int(n) <= jax.device_count()]

@@ -3,6 +3,8 @@
     python benchmarks/vs_pytorch.py                          # every part, JSON on stdout
     python benchmarks/vs_pytorch.py --part sampler --sampler sde --steps 20 --batch 8
     python benchmarks/vs_pytorch.py --part train --train-sizes S,B --repeats 3 --out train.json
+    python benchmarks/vs_pytorch.py --part train --attention default,xla --dense default,xla \
+        --cpu-dots default,xla
     python benchmarks/vs_pytorch.py --part attention --train-sizes S
     python benchmarks/vs_pytorch.py --part gemms --train-sizes S,B --out gemms.json
     python benchmarks/vs_pytorch.py --part convert --out /tmp/bench.json
@@ -261,7 +263,7 @@ def train_side_by_side(
     overrides: dict | None = None,
     torch_device=None,
     ceiling_n: int = 1024,
-    attention_impls: tuple = (None,),
+    variants: tuple = ({},),
 ) -> dict:
     """Seconds per train step of the SiT release's loop (PyTorch) and of nag_jax's jitted step on
     the same work: SiT-``size``/``patch`` (or ``overrides`` of hidden_size/depth/num_heads) at
@@ -278,9 +280,12 @@ def train_side_by_side(
     ``steps`` steps each; per framework the best round. FLOPs: 3 forwards per image
     (benchmarks.timing.transformer_forward_flops), against the measured matmul ceilings (best of
     one measurement per round).
-    ``attention_impls``: the JAX step once per ``model.attention_impl`` (None: the platform's
-    default, nag_jax.models.attention), each in the same interleaved rounds; the first is the
-    headline ``jax_*`` fields, all are under ``jax_variants``."""
+    ``variants``: the JAX step once per dict of config overrides
+    (``benchmarks.timing.step_variants``: model.attention_impl, nag_jax.models.attention;
+    model.dense_impl, nag_jax.models.linear; train.cpu_dot_library, nag_jax.training.step; None
+    or absent: the platform's default), each in the same interleaved rounds; the first is the
+    headline ``jax_*`` fields, all are under ``jax_variants``, labelled by the choices they
+    resolved to."""
     import copy
     import types
     from collections import OrderedDict
@@ -308,15 +313,11 @@ def train_side_by_side(
     x1 = rng.standard_normal((batch, input_size, input_size, 4)).astype(np.float32)
     y = rng.integers(0, 1000, batch).astype(np.int32)
     jbatch = parallel.global_batch({"x": x1, "y": y}, mesh)
-    variants = {}  # resolved attention -> (steps function, compile seconds)
-
-    def jax_variant(impl):
-        config.model.attention_impl = impl
-        return timing.train_steps(config, mesh, jbatch, steps)
-
-    for impl in attention_impls:
-        jax_steps, compile_s, model = jax_variant(impl)
-        variants[model.attention_impl] = (jax_steps, compile_s)
+    compiled = {}  # label (resolved implementations) -> (steps function, compile seconds)
+    for variant in variants:
+        timing.apply_variant(config, variant)
+        jax_steps, compile_s, model = timing.train_steps(config, mesh, jbatch, steps)
+        compiled[timing.variant_label(model, config, mesh)] = (jax_steps, compile_s)
 
     # ---- PyTorch, the release's loop
     dev = torch.device(torch_device or "cpu")
@@ -360,13 +361,13 @@ def train_side_by_side(
         _torch_sync(torch_device)
         return float(loss.detach())
 
-    jax_loss = min(float(jax.device_get(f()["loss"])) for f, _ in variants.values())  # warm-up
+    jax_loss = min(float(jax.device_get(f()["loss"])) for f, _ in compiled.values())  # warm-up
     torch_loss = torch_steps()
     # The ceiling once per round, the best kept: one short measurement on a shared VM can land
     # in a slow moment and make every fraction look too good.
     ceilings = []
     rounds = _interleaved(
-        {**{label: f for label, (f, _) in variants.items()}, "torch": torch_steps},
+        {**{label: f for label, (f, _) in compiled.items()}, "torch": torch_steps},
         repeats,
         lambda: ceilings.append(matmul_ceiling_gflops(ceiling_n, torch_device=torch_device)),
     )
@@ -374,8 +375,8 @@ def train_side_by_side(
     tt = times.pop("torch")
     ceiling = {k: max(c[k] for c in ceilings) for k in ceilings[0]}
     flop = 3 * timing.transformer_forward_flops(model) * batch
-    first = next(iter(variants))
-    jt, compile_s = times[first], variants[first][1]
+    first = next(iter(compiled))
+    jt, compile_s = times[first], compiled[first][1]
     j_s, t_s = min(jt), min(tt)
     j_gf, t_gf = flop / j_s / 1e9, flop / t_s / 1e9
     top = max(ceiling["xla"], ceiling["torch"])
@@ -400,11 +401,10 @@ def train_side_by_side(
         jax_fraction_of_ceiling=round(j_gf / top, 3),
         torch_fraction_of_ceiling=round(t_gf / top, 3),
         losses_finite=bool(np.isfinite(jax_loss) and np.isfinite(torch_loss)),
-        jax_attention=first,
+        jax_variant=first,
         jax_variants={
             label: dict(
-                attention_impl=label,
-                compile_s=round(variants[label][1], 2),
+                compile_s=round(compiled[label][1], 2),
                 s_per_step=dict(best=round(min(v), 4), all=[round(x, 4) for x in v]),
                 speedup_over_torch=round(t_s / min(v), 3),
                 fraction_of_ceiling=round(flop / min(v) / 1e9 / top, 3),
@@ -520,6 +520,8 @@ def bench_gemms(args) -> dict:
 def bench_train(args) -> list[dict]:
     import torch
 
+    from benchmarks import timing
+
     torch.set_num_threads(args.threads)
     return [
         train_side_by_side(
@@ -528,7 +530,7 @@ def bench_train(args) -> list[dict]:
             input_size=args.train_input_size,
             steps=args.train_steps,
             repeats=args.repeats,
-            attention_impls=tuple(args.attention),
+            variants=tuple(timing.step_variants(args.attention, args.dense, args.cpu_dots)),
         )
         for size in args.train_sizes.split(",")
     ]
@@ -630,6 +632,11 @@ def bench_convert(args) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _choices(value: str) -> list:
+    """A comma list of implementation names, "default" read as None (the platform's)."""
+    return [None if x == "default" else x for x in value.split(",")]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -662,9 +669,22 @@ def main(argv=None) -> int:
     p.add_argument(
         "--attention",
         default=[None],
-        type=lambda v: [None if x == "default" else x for x in v.split(",")],
+        type=_choices,
         help="part train: JAX attention implementations to time side by side (comma list of "
         "default/explicit/xla; the first is the headline); part sampler: the first one",
+    )
+    p.add_argument(
+        "--dense",
+        default=[None],
+        type=_choices,
+        help="part train: JAX dense-layer implementations (nag_jax.models.linear) to time side by "
+        "side, comma list of default/transposed_input/xla, each with the first --attention",
+    )
+    p.add_argument(
+        "--cpu-dots",
+        default=[None],
+        type=_choices,
+        help="part train: train.cpu_dot_library choices (default/onednn/xla) side by side",
     )
     p.add_argument("--workdir", default=tempfile.gettempdir(), help="scratch for part convert")
     p.add_argument("--out", default=None, help="also write the JSON here")
