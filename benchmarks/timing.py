@@ -177,7 +177,7 @@ def step_variants(attention: list, dense: list, cpu_dots: list = (None,)) -> lis
     """Config overrides (dotted keys) to time side by side: the first attention, dense and CPU
     dot-library choices together (the headline), then each other choice of one of them with the
     headline's others. Entries are names of ``nag_jax.models.attention`` /
-    ``nag_jax.models.linear`` implementations and ``nag_jax.training.step.CPU_DOT_LIBRARIES``,
+    ``nag_jax.models.linear`` implementations and ``train.cpu_dot_library`` choices,
     None for the platform's default."""
     head = {
         "model.attention_impl": attention[0],

@@ -65,6 +65,8 @@ _OWN_CHOICES = {
     "model.null_noise": ("learned", "zero"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attention_impl": (None, "explicit", "xla", "cudnn"),
+    # nag_jax.training.step.compiler_options reads it from here (the step imports the schema)
+    "train.cpu_dot_library": (None, "onednn", "xla"),
     "process.beta_schedule": ("linear", "squaredcos_cap_v2"),
     "encode.dtype": ("float16", "bfloat16", "float32"),
     "encode.vae_dtype": ("float32", "bfloat16"),
@@ -88,7 +90,6 @@ def choices() -> dict[str, tuple]:
     from nag_jax.diffusion import family, transport
     from nag_jax.models import linear
     from nag_jax.sampling import adaptive, scan
-    from nag_jax.training import step
 
     samplers = tuple(dict.fromkeys(s for f in family.FAMILIES.values() for s in f.samplers))
     owned = {
@@ -101,7 +102,6 @@ def choices() -> dict[str, tuple]:
         "sample.diffusion_form": transport.DIFFUSION_FORMS,
         "sample.last_step": scan.LAST_STEPS,
         "model.dense_impl": linear.IMPLEMENTATIONS,
-        "train.cpu_dot_library": step.CPU_DOT_LIBRARIES,
     }
     return {**owned, **_OWN_CHOICES}
 

@@ -24,8 +24,7 @@ from nag_jax.training.state import TrainState, ema_update
 # loss_fn(apply_fn, params, x1, y, key) -> (scalar loss, aux dict of scalars)
 LossFn = Callable
 
-# config.train.cpu_dot_library: XLA:CPU's library for the step's dot products.
-CPU_DOT_LIBRARIES = (None, "onednn", "xla")
+# config.train.cpu_dot_library "onednn": XLA:CPU's oneDNN fusions for the step's dot products.
 _ONEDNN_DOTS = {
     "xla_cpu_use_onednn": True,
     "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
@@ -46,9 +45,12 @@ def compiler_options(cpu_dot_library: str | None, mesh: jax.sharding.Mesh) -> di
     cache: with a cache directory set, jax warns ("ToProto is not implemented for thunk kind:
     onednn-fusion") and the step is compiled anew in each process. Choose "xla" where reusing
     the cache matters more than the step's speed."""
-    if cpu_dot_library not in CPU_DOT_LIBRARIES:
+    from nag_jax.config.schema import choices
+
+    libraries = choices()["train.cpu_dot_library"]
+    if cpu_dot_library not in libraries:
         raise ValueError(
-            f"train.cpu_dot_library={cpu_dot_library!r} is not one of {CPU_DOT_LIBRARIES}; "
+            f"train.cpu_dot_library={cpu_dot_library!r} is not one of {libraries}; "
             "None picks the host's default."
         )
     if mesh.devices.flat[0].platform != "cpu":
