@@ -151,9 +151,7 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--config", default=None, help="time this config's train step instead")
     p.add_argument("--attention", default="explicit,xla", help="with --config: impls to compare")
-    p.add_argument(
-        "--dense", default="transposed_input,xla", help="with --config: dense impls to compare"
-    )
+    p.add_argument("--dense", default="default", help="with --config: dense impls to compare")
     p.add_argument(
         "--cpu-dots", default="default", help="with --config: train.cpu_dot_library choices"
     )
