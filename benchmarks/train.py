@@ -20,10 +20,10 @@ tiny SiT with the stand-in flow-matching loss, and reports:
   compile_sec
 With ``--config`` it times that config's own train step (its model, objective, optimizer, batch
 and mesh over all devices; random weights and data) once per implementation choice
-(``benchmarks.timing.step_variants`` of ``--attention``, ``--dense`` and ``--cpu-dots``; "default"
-for the platform's), in ``--repeats``
-interleaved rounds of ``--steps`` steps (the order reversed every other round), and reports
-steps/s per round and the best: what each choice does to that training run's wall time.
+(``benchmarks.timing.step_variants`` of ``--attention``, ``--dense`` and ``--cpu-dots``;
+"default" for the platform's), in ``--repeats`` interleaved rounds of ``--steps`` steps (the
+order reversed every other round), and reports steps/s per round and the best: what each choice
+does to that training run's wall time.
 """
 
 from __future__ import annotations
